@@ -101,14 +101,19 @@ class MaskedUpdate:
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
+        if not self.params:  # an all-ones mask: nothing to confine
+            return
         torch._foreach_mul_([p.grad for p in self.params], self.masks)
 
     @torch.no_grad()
     def snapshot(self) -> None:
-        torch._foreach_copy_(self.snapshots, self.params)
+        if self.params:
+            torch._foreach_copy_(self.snapshots, self.params)
 
     @torch.no_grad()
     def restore_unmasked(self) -> None:
+        if not self.params:
+            return
         torch._foreach_sub_(self.params, self.snapshots)  # params now hold the update
         torch._foreach_mul_(self.params, self.masks)
         torch._foreach_add_(self.params, self.snapshots)

@@ -7,18 +7,9 @@ from erase.errors import NonFiniteLossError
 from erase.objectives import denoising_losses
 from erase.saliency import trainable_parameters
 from erase.sfron import SFRonConfig, sfron
+from eval.losses import fixed_draw_loss
 from pipelines import load_adapter
 from tests.conftest import tiny_adapter
-
-
-def fixed_loss(adapter, dataset, n=256, seed=123) -> float:
-    """Mean denoising loss on a fixed draw of images, noise and timesteps (no training randomness)."""
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randint(0, len(dataset), (n,), generator=generator)
-    noise = torch.randn(n, *dataset.images.shape[1:], generator=generator)
-    timesteps = torch.randint(0, adapter.num_train_timesteps, (n,), generator=generator)
-    with torch.no_grad():
-        return denoising_losses(adapter, dataset.images[index], dataset.labels[index], timesteps, noise).mean().item()
 
 
 def steppers(adapter):
@@ -69,9 +60,9 @@ def test_gradient_masking_alone_would_leak_through_adam_momentum(digit_data):
 def test_forget_loss_rises_while_remain_loss_holds_over_20_steps(trained_model_dir, digit_data):
     adapter = load_adapter(trained_model_dir)
     forget, remain = split_by_class(digit_data, [7])
-    forget_before, remain_before = fixed_loss(adapter, forget), fixed_loss(adapter, remain)
+    forget_before, remain_before = fixed_draw_loss(adapter, forget), fixed_draw_loss(adapter, remain)
     result = sfron(adapter, forget, remain, SFRonConfig(steps=20, batch_size=32, fisher_batches=4), Runtime(seed=0))
-    forget_after, remain_after = fixed_loss(adapter, forget), fixed_loss(adapter, remain)
+    forget_after, remain_after = fixed_draw_loss(adapter, forget), fixed_draw_loss(adapter, remain)
     assert forget_after > 1.3 * forget_before, (forget_before, forget_after)
     assert abs(remain_after - remain_before) <= 0.10 * remain_before, (remain_before, remain_after)
     assert len(result["losses"]["forget"]["value"]) == 20 and len(result["losses"]["remain"]["value"]) == 20

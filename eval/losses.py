@@ -1,0 +1,25 @@
+"""Denoising loss on a fixed draw of images, noise and timesteps: comparable across models and runs."""
+
+from __future__ import annotations
+
+import torch
+
+from erase.objectives import denoising_losses
+
+
+@torch.no_grad()
+def fixed_draw_loss(adapter, dataset, num_samples: int = 512, seed: int = 123, batch_size: int = 256) -> float:
+    """Mean denoising loss of `adapter` on `num_samples` (image, noise, timestep) triples drawn with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, len(dataset), (num_samples,), generator=generator)
+    noise = torch.randn(num_samples, *dataset.images.shape[1:], generator=generator)
+    timesteps = torch.randint(0, adapter.num_train_timesteps, (num_samples,), generator=generator)
+    device = next(adapter.denoiser.parameters()).device
+    total = 0.0
+    for start in range(0, num_samples, batch_size):
+        part = slice(start, start + batch_size)
+        x0 = adapter.encode(dataset.images[index[part]].to(device))
+        losses = denoising_losses(adapter, x0, dataset.labels[index[part]].to(device),
+                                  timesteps[part].to(device), noise[part].to(device))
+        total += losses.sum().item()
+    return total / num_samples
