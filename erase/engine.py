@@ -22,7 +22,7 @@ class Runtime:
 
     seed: int = field(default=0, metadata={"help": "seed for weights init, data order, noise and timesteps"})
     mixed_precision: str = field(
-        default="no", metadata={"help": "no | fp16 | bf16 (GPU); fp32 is used on CPU", "choices": ("no", "fp16", "bf16")}
+        default="no", metadata={"help": "autocast precision: no (fp32), fp16 (GPU) or bf16 (recent GPUs and CPUs); weights stay fp32", "choices": ("no", "fp16", "bf16")}
     )
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
     cpu: bool = field(default=False, metadata={"help": "run on the CPU even when a GPU is present"})

@@ -1,6 +1,8 @@
 """Unconditional DDPM: diffusers `UNet2DModel` + `DDPMScheduler`, the layout of public DDPM checkpoints.
 
-Folder layout (what `DDPMPipeline.from_pretrained` reads): `model_index.json`, `unet/`, `scheduler/`.
+Folder layout (what `DDPMPipeline.from_pretrained` reads): `model_index.json`, `unet/`, `scheduler/`, plus
+relative links `config.json` and `diffusion_pytorch_model.safetensors` to the UNet's files, so that
+`UNet2DModel.from_pretrained(folder)` works without `subfolder="unet"` and without a second copy of the weights.
 This package's own facts about the model (backbone, class names, guidance) sit under the private key
 `_erase` of `model_index.json`, which diffusers ignores.
 """
@@ -128,6 +130,8 @@ class DDPMAdapter:
         index = json.loads(index_path.read_text())
         index[ERASE_KEY] = self.info
         index_path.write_text(json.dumps(index, indent=2) + "\n")
+        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+            (directory / name).symlink_to(Path("unet") / name)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs):

@@ -29,8 +29,11 @@ def test_unlearn_end_to_end_writes_a_diffusers_model_mask_and_record(trained_mod
     code, err = run_cli(capsys, *UNLEARN, "--model", trained_model_dir, "--forget-class", "7", "--out", out)
     assert code == 0, err
     assert tree_digest(trained_model_dir) == before, "the input checkpoint was modified"
-    assert {p.name for p in out.iterdir()} == {"model_index.json", "unet", "scheduler", "mask.safetensors", "run.json"}
-    unet = UNet2DModel.from_pretrained(out, subfolder="unet")
+    assert {p.name for p in out.iterdir()} == {
+        "model_index.json", "unet", "scheduler", "mask.safetensors", "run.json",
+        "config.json", "diffusion_pytorch_model.safetensors",  # links into unet/
+    }
+    unet = UNet2DModel.from_pretrained(out)
     original = UNet2DModel.from_pretrained(trained_model_dir, subfolder="unet")
     assert any(not torch.equal(a, b) for a, b in zip(unet.parameters(), original.parameters()))
     record = json.loads((out / "run.json").read_text())

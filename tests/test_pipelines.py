@@ -17,12 +17,14 @@ def test_cfg_folder_loads_in_plain_diffusers_with_the_same_weights(tmp_path):
     adapter = tiny_adapter()
     adapter.save_pretrained(tmp_path / "model")
     unet = UNet2DModel.from_pretrained(tmp_path / "model", subfolder="unet")
+    root_unet = UNet2DModel.from_pretrained(tmp_path / "model")  # the root links to unet/
     pipe = DDPMPipeline.from_pretrained(tmp_path / "model")
     assert isinstance(pipe.scheduler, DDPMScheduler)
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([10, 500]), torch.tensor([3, 10])
     with torch.no_grad():
         expected = adapter.predict_noise(x, t, y)
         assert torch.equal(unet(x, t, class_labels=y).sample, expected)
+        assert torch.equal(root_unet(x, t, class_labels=y).sample, expected)
         assert torch.equal(pipe.unet(x, t, class_labels=y).sample, expected)
     info = json.loads((tmp_path / "model" / "model_index.json").read_text())["_erase"]
     assert info["backbone"] == "cfg_unet"

@@ -44,6 +44,26 @@ def test_forget_step_leaves_masked_entries_bit_identical_and_remain_step_moves_t
     assert moved_masked > 0.5 * sum(int((~m).sum()) for m in mask.values()), "the remain step is never masked"
 
 
+def test_gradient_accumulation_over_halves_equals_one_full_batch(digit_data):
+    images, labels = digit_data.images[:16], digit_data.labels[:16]
+    noise, timesteps = torch.randn_like(images), torch.randint(0, 1000, (16,))
+    results = []
+    for accum in (1, 2):
+        adapter = tiny_adapter()
+        optimizer = torch.optim.SGD(adapter.denoiser.parameters(), lr=1.0)
+        stepper = Stepper(make_accelerator(Runtime()), adapter.denoiser, optimizer, None, grad_accum=accum)
+        parts = iter(torch.arange(16).chunk(accum))
+
+        def loss_fn():
+            part = next(parts)
+            loss = denoising_losses(adapter, images[part], labels[part], timesteps[part], noise[part]).mean()
+            return loss, loss
+
+        stepper.step(loss_fn)
+        results.append(torch.cat([p.detach().flatten() for p in adapter.denoiser.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
 def test_gradient_masking_alone_would_leak_through_adam_momentum(digit_data):
     """Why MaskedUpdate restores entries: masking only the gradient lets Adam's momentum move them."""
     adapter = tiny_adapter()
