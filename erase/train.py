@@ -20,7 +20,7 @@ class TrainConfig:
 
     steps: int = field(default=4000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=64, metadata={"help": "images per step"})
-    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (1e-3 trains the small demo UNet faster than 2e-4 at equal steps)"})
     label_dropout: float = field(
         default=0.1, metadata={"help": "probability of replacing a label by the null label (enables guidance; Ho & Salimans: 0.1)"}
     )

@@ -109,3 +109,15 @@ def test_a_mask_that_does_not_fit_the_model_is_refused(digit_data):
     forget, remain = split_by_class(digit_data, [7])
     with pytest.raises(ValueError, match="no entry"):
         sfron(tiny_adapter(), forget, remain, SFRonConfig(steps=1, batch_size=8), Runtime(), mask={"x": torch.ones(1)})
+
+
+def test_same_seed_same_result_different_seed_different_result(digit_data):
+    forget, remain = split_by_class(digit_data, [7])
+    config = SFRonConfig(steps=3, batch_size=16, fisher_batches=2)
+    weights = []
+    for seed in (0, 0, 1):
+        adapter = tiny_adapter()
+        sfron(adapter, forget, remain, config, Runtime(seed=seed))
+        weights.append(torch.cat([p.detach().flatten() for p in adapter.denoiser.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])
