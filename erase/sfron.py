@@ -138,7 +138,11 @@ def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runti
 
 
 def make_forget_loss(adapter, forget_batches, remain_data, config: SFRonConfig):
-    """forget_loss(alpha) -> (alpha * objective, mean raw denoising loss on the forget batch)."""
+    """forget_loss(alpha) -> (alpha * objective, value logged as the forget loss).
+
+    The logged value is the forget batch's mean denoising loss, or for the pseudo objective its mean squared
+    distance to the pseudo-class prediction.
+    """
     remain_classes = torch.unique(remain_data.labels)
 
     def forget_loss(alpha: float):
