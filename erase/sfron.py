@@ -108,7 +108,7 @@ def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runti
         )
     masked = MaskedUpdate(trainable_parameters(adapter.denoiser), mask)
     stepper = Stepper(accelerator, adapter.denoiser, optimizer, config.max_grad_norm, runtime.grad_accum)
-    forget_loss = make_forget_loss(adapter, forget_batches, remain_data, config)
+    forget_loss = make_forget_loss(adapter, forget_batches, remain_data, config, accelerator.device)
 
     def remain_loss():
         images, labels = next(remain_batches)
@@ -137,13 +137,13 @@ def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runti
     }
 
 
-def make_forget_loss(adapter, forget_batches, remain_data, config: SFRonConfig):
+def make_forget_loss(adapter, forget_batches, remain_data, config: SFRonConfig, device):
     """forget_loss(alpha) -> (alpha * objective, value logged as the forget loss).
 
     The logged value is the forget batch's mean denoising loss, or for the pseudo objective its mean squared
     distance to the pseudo-class prediction.
     """
-    remain_classes = torch.unique(remain_data.labels)
+    remain_classes = torch.unique(remain_data.labels).to(device)  # pseudo labels are drawn from these
 
     def forget_loss(alpha: float):
         images, labels = next(forget_batches)
@@ -153,7 +153,7 @@ def make_forget_loss(adapter, forget_batches, remain_data, config: SFRonConfig):
                 pseudo = torch.full_like(labels, config.pseudo_class)
             else:
                 pick = torch.randint(0, len(remain_classes), labels.shape, device=labels.device)
-                pseudo = remain_classes.to(labels.device)[pick]
+                pseudo = remain_classes[pick]
             losses = pseudo_target_losses(adapter, x0, labels, pseudo, config.antithetic)
             return alpha * losses.mean(), losses.mean()
         losses = denoising_losses(adapter, x0, labels, antithetic=config.antithetic)

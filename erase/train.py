@@ -39,9 +39,10 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
     adapter.denoiser.train()
     optimizer = torch.optim.AdamW(trainable_parameters(adapter.denoiser).values(), lr=config.lr)
     adapter.denoiser, optimizer = accelerator.prepare(adapter.denoiser, optimizer)
+    params = list(trainable_parameters(adapter.denoiser).values())
     ema = None
     if config.ema_decay > 0:
-        ema = EMAModel(trainable_parameters(adapter.denoiser).values(), decay=config.ema_decay, foreach=True)
+        ema = EMAModel(params, decay=config.ema_decay, foreach=True)
         ema.to(accelerator.device)
     batches = endless_batches(dataset, config.batch_size, runtime.seed, accelerator)
     stepper = Stepper(accelerator, adapter.denoiser, optimizer, config.max_grad_norm, runtime.grad_accum)
@@ -61,12 +62,12 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
         for step in progress:
             log.record("train", step, stepper.step(loss_fn))
             if ema is not None:
-                ema.step(trainable_parameters(adapter.denoiser).values())
+                ema.step(params)
             if (step + 1) % runtime.log_every == 0 or step + 1 == config.steps:
                 progress.set_postfix(log.check())
     adapter.denoiser = accelerator.unwrap_model(adapter.denoiser)
     if ema is not None:
-        ema.copy_to(trainable_parameters(adapter.denoiser).values())
+        ema.copy_to(params)
     adapter.info["weights"] = f"ema (decay {config.ema_decay})" if ema is not None else "trained (no EMA)"
     return {"losses": log.as_lists(), "timings": timer.seconds, "device": str(accelerator.device),
             "is_main_process": accelerator.is_main_process}

@@ -103,7 +103,7 @@ class DDPMAdapter:
         return None
 
     @torch.no_grad()
-    def sample(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None, batch_size=None):
+    def sample(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None):
         """DDIM (eta 0) sampling, one image per entry of `conditions`, floats in [0, 1]."""
         num_inference_steps = num_inference_steps or 50
         device = next(self.denoiser.parameters()).device

@@ -42,3 +42,18 @@ def test_alpha_schedules():
     assert alpha_schedule(10.0, 25, 100, "cosine") == pytest.approx(10 * (1 + math.cos(math.pi / 4)) / 2)
     assert alpha_schedule(10.0, 25, 100, "linear") == pytest.approx(7.5)
     assert alpha_schedule(10.0, 99, 100, "none") == 10.0
+
+
+def test_pseudo_target_loss_is_zero_for_the_same_condition_and_pulls_toward_the_pseudo_class():
+    from erase.objectives import pseudo_target_losses
+    from tests.conftest import tiny_adapter
+
+    adapter = tiny_adapter()
+    x0 = torch.randn(4, 1, 8, 8)
+    same = torch.tensor([7, 7, 7, 7])
+    assert torch.equal(pseudo_target_losses(adapter, x0, same, same), torch.zeros(4))
+    losses = pseudo_target_losses(adapter, x0, same, torch.tensor([1, 1, 1, 1]))
+    assert torch.all(losses > 0)
+    losses.mean().backward()
+    embedding_grad = adapter.denoiser.class_embedding.weight.grad
+    assert embedding_grad[7].abs().sum() > 0 and embedding_grad[1].abs().sum() == 0, "the pseudo target is detached"

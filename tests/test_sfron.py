@@ -121,3 +121,11 @@ def test_same_seed_same_result_different_seed_different_result(digit_data):
         weights.append(torch.cat([p.detach().flatten() for p in adapter.denoiser.parameters()]))
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], weights[2])
+
+
+@pytest.mark.parametrize("objective, extra", [("ga", {}), ("pseudo", {}), ("pseudo", {"pseudo_class": 3})])
+def test_other_forget_objectives_run_and_log_finite_losses(digit_data, objective, extra):
+    forget, remain = split_by_class(digit_data, [7])
+    config = SFRonConfig(steps=2, batch_size=8, fisher_batches=1, forget_objective=objective, **extra)
+    result = sfron(tiny_adapter(), forget, remain, config, Runtime(seed=0))
+    assert all(torch.isfinite(torch.tensor(result["losses"]["forget"]["value"])))
