@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -36,9 +36,14 @@ def image_grid(
     return canvas
 
 
-def sample_grid_rows(adapters: dict, conditions: Sequence, seed: int, num_inference_steps: int | None = None) -> dict:
-    """Sample every model on the same conditions with the same seed (so columns are comparable)."""
-    return {
-        name: adapter.sample(conditions, num_inference_steps, generator=torch.Generator().manual_seed(seed))
-        for name, adapter in adapters.items()
-    }
+def grid_rows(adapters: dict, make_jobs: Callable[[int], list], seeds: Sequence[int],
+              num_inference_steps: int | None = None, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Rows "model sSEED", models adjacent for each seed; `make_jobs(seed)` gives one job per column."""
+    from eval.generate import generate
+
+    rows = {}
+    for seed in seeds:
+        jobs = make_jobs(seed)
+        for name, adapter in adapters.items():
+            rows[f"{name} s{seed}"] = generate(adapter, jobs, num_inference_steps, batch_size, f"{name} s{seed}")
+    return rows

@@ -27,7 +27,8 @@ def run(args) -> None:
     import torch
 
     from erase.data import mnist, split_by_class
-    from eval.grid import image_grid, sample_grid_rows
+    from eval.generate import class_jobs
+    from eval.grid import grid_rows, image_grid
     from eval.losses import fixed_draw_loss
     from pipelines import load_adapter
     from scripts.cli import build_parser
@@ -49,10 +50,8 @@ def run(args) -> None:
     forget, remain = split_by_class(mnist(16), [args.forget_class])
     losses = {name: {"forget": fixed_draw_loss(m, forget), "remain": fixed_draw_loss(m, remain)} for name, m in models.items()}
     digits = list(range(10))
-    rows = {}
-    for seed in range(2):
-        for name, images in sample_grid_rows(models, digits, seed=args.seed + seed).items():
-            rows[f"{name} s{seed}"] = images
+    names = models["base"].class_names
+    rows = grid_rows(models, lambda seed: class_jobs(digits, [seed], names), [args.seed, args.seed + 1])
     image_grid(rows, [str(d) for d in digits]).save(args.out / "grid.png")
     record = json.loads((erased / "run.json").read_text())
     summary = {"forget_class": args.forget_class, "denoising_loss": losses, "mask_sparsity": record["mask_sparsity"]["overall"],
