@@ -89,7 +89,7 @@ def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runti
         raise UsageError(f"--steps must be at least 1, got {config.steps}")
     accelerator = make_accelerator(runtime)
     timer = PhaseTimer(accelerator.device)
-    adapter.denoiser.requires_grad_(True)
+    adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
     adapter.denoiser.train()
     optimizer = torch.optim.Adam(trainable_parameters(adapter.denoiser).values(), lr=config.lr)
     adapter.denoiser, optimizer = accelerator.prepare(adapter.denoiser, optimizer)

@@ -36,6 +36,7 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
         raise UsageError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
     accelerator = make_accelerator(runtime)
     timer = PhaseTimer(accelerator.device)
+    adapter.to(accelerator.device)
     adapter.denoiser.train()
     optimizer = torch.optim.AdamW(trainable_parameters(adapter.denoiser).values(), lr=config.lr)
     adapter.denoiser, optimizer = accelerator.prepare(adapter.denoiser, optimizer)

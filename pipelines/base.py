@@ -7,6 +7,8 @@ single `model(x, sigma, **extra)` idea: `predict_noise(x_t, timesteps, condition
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -52,3 +54,131 @@ class DiffusionAdapter(Protocol):
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> "DiffusionAdapter":
         """Load a folder written by `save_pretrained` (or a public checkpoint of the same layout)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared mechanics of the adapters in this package (each backbone file adds only what differs).
+
+ERASE_KEY = "_erase"  # this package's facts about a model, kept in model_index.json (diffusers ignores "_" keys)
+
+
+def read_model_index(directory: str | Path) -> dict:
+    """model_index.json of a diffusers folder, with a clear error when the folder is not one."""
+    from erase.errors import UsageError
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsageError(f"model folder {str(directory)!r} does not exist; pass a diffusers model folder to --model")
+    index = directory / "model_index.json"
+    if not index.is_file():
+        raise UsageError(
+            f"{str(directory)!r} is not a diffusers pipeline folder (no model_index.json); "
+            "pass a folder written by `erase train` or `save_pretrained`"
+        )
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{index} is not valid JSON ({error}); the model folder is damaged") from error
+
+
+def write_erase_info(directory: str | Path, info: dict) -> None:
+    path = Path(directory) / "model_index.json"
+    index = json.loads(path.read_text())
+    index[ERASE_KEY] = info
+    path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def copy_components(source: Path, target: Path, skip: str) -> None:
+    """Copy every file of a pipeline folder except the `skip` component, byte for byte (nothing re-saved)."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if relative.parts[0] == skip or path.is_dir():
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target / relative)
+
+
+class AdapterBase:
+    """Training schedule, forward process, classifier-free guidance and DDIM sampling shared by every backbone.
+
+    Subclasses set `denoiser`, `scheduler` (whose config gives the training noise schedule) and implement
+    `predict_noise`, `null_condition`, `condition_batch`, `latent_shape`, and where they work in a latent
+    space, `encode`/`decode`.
+    """
+
+    backbone = "base"
+    conditional = True
+    takes_prompts = False
+
+    def __init__(self, denoiser: torch.nn.Module, scheduler, info: dict | None = None):
+        from diffusers import DDPMScheduler
+
+        self.denoiser = denoiser
+        self.scheduler = scheduler
+        # add_noise needs the training schedule; any scheduler's config (DDIM, DPM-Solver, ...) gives the same betas
+        self.noise_schedule = DDPMScheduler.from_config(scheduler.config)
+        self.info = dict(info or {})
+        self.info["backbone"] = self.backbone
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_schedule.config.num_train_timesteps
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def guidance_scale(self) -> float:
+        return float(self.info.get("guidance_scale", 1.0))
+
+    def to(self, device) -> "AdapterBase":
+        """Move the denoiser and every frozen component to `device`."""
+        self.denoiser.to(device)
+        return self
+
+    def embed(self, condition):
+        """The condition as the denoiser takes it (text models turn prompt ids into embeddings here)."""
+        return condition
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images  # pixel-space model
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return (x0.float() / 2 + 0.5).clamp(0, 1)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.noise_schedule.add_noise(x0, noise, timesteps)
+
+    def guided_noise(self, x_t, timesteps, condition, guidance_scale: float | None) -> torch.Tensor:
+        """eps_null + s * (eps_c - eps_null), s = `guidance_scale` or the model's stored scale."""
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        if scale == 1.0 or not self.conditional:
+            return self.predict_noise(x_t, timesteps, condition)
+        batch = x_t.shape[0]
+        conditions = torch.cat([self.embed(condition), self.embed(self.null_condition(batch))])
+        both = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), conditions)  # one forward
+        eps_cond, eps_null = both.chunk(2)
+        return eps_null + scale * (eps_cond - eps_null)
+
+    @torch.no_grad()
+    def sample(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None) -> torch.Tensor:
+        """DDIM (eta 0) sampling, one image per entry of `conditions`, floats in [0, 1]."""
+        from diffusers import DDIMScheduler
+        from diffusers.utils.torch_utils import randn_tensor
+
+        device, dtype = self.device, next(self.denoiser.parameters()).dtype
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps or 50, device=device)
+        count = len(conditions)
+        x = randn_tensor((count, *self.latent_shape), generator=generator, device=device, dtype=dtype)
+        condition = self.condition_batch(conditions, device)
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            for t in scheduler.timesteps:
+                eps = self.guided_noise(x, t.expand(count), condition, guidance_scale)
+                x = scheduler.step(eps, t, x).prev_sample
+        finally:
+            self.denoiser.train(was_training)
+        return self.decode(x)

@@ -21,7 +21,33 @@ from pipelines.ddpm import DDPMAdapter, tiny_unet_config
 GUIDANCE_CONVENTION = "eps_null + s * (eps_c - eps_null)"
 
 
-class CFGUNetAdapter(DDPMAdapter):
+class ClassConditioning:
+    """Class ids as conditions, with the null label at id `num_classes` (shared by the CFG UNet and DiT)."""
+
+    num_classes: int
+
+    def init_class_info(self) -> None:
+        self.info.setdefault("class_names", [str(i) for i in range(self.num_classes)])
+        self.info.setdefault("guidance_scale", 1.0)
+        self.info["guidance_convention"] = GUIDANCE_CONVENTION
+        self.info["null_class"] = self.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info["class_names"])
+
+    def null_condition(self, batch_size: int) -> torch.Tensor:
+        return torch.full((batch_size,), self.num_classes, dtype=torch.long, device=self.device)
+
+    def condition_batch(self, conditions, device) -> torch.Tensor:
+        labels = torch.as_tensor(conditions, dtype=torch.long, device=device)
+        bad = [int(c) for c in labels.unique().tolist() if not 0 <= c <= self.num_classes]
+        if bad:
+            raise UsageError(f"class ids {bad} do not exist; this model has classes 0-{self.num_classes - 1}")
+        return labels
+
+
+class CFGUNetAdapter(ClassConditioning, DDPMAdapter):
     """Class-conditional UNet2DModel; a condition is a LongTensor of class ids."""
 
     backbone = "cfg_unet"
@@ -31,10 +57,7 @@ class CFGUNetAdapter(DDPMAdapter):
         if not unet.config.num_class_embeds:
             raise UsageError("this UNet has no class embedding (num_class_embeds is unset); load it as a 'ddpm' model")
         super().__init__(unet, scheduler, info)
-        self.info.setdefault("class_names", [str(i) for i in range(self.num_classes)])
-        self.info.setdefault("guidance_scale", 1.0)
-        self.info["guidance_convention"] = GUIDANCE_CONVENTION
-        self.info["null_class"] = self.num_classes
+        self.init_class_info()
 
     @classmethod
     def create(cls, resolution: int, channels: Sequence[int] = (32, 64), in_channels: int = 1, num_classes=10, **info):
@@ -45,35 +68,5 @@ class CFGUNetAdapter(DDPMAdapter):
     def num_classes(self) -> int:
         return self.denoiser.config.num_class_embeds - 1  # the last row is the null label
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.info["class_names"])
-
-    @property
-    def guidance_scale(self) -> float:
-        return float(self.info["guidance_scale"])
-
     def predict_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.denoiser(x_t, timesteps, class_labels=condition).sample
-
-    def null_condition(self, batch_size: int) -> torch.Tensor:
-        device = next(self.denoiser.parameters()).device
-        return torch.full((batch_size,), self.num_classes, dtype=torch.long, device=device)
-
-    def guided_noise(self, x_t, timesteps, condition, guidance_scale: float | None) -> torch.Tensor:
-        scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        if scale == 1.0:
-            return self.predict_noise(x_t, timesteps, condition)
-        batch = x_t.shape[0]
-        both = self.predict_noise(  # one forward for the conditional and the null half
-            torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), torch.cat([condition, self.null_condition(batch)])
-        )
-        eps_cond, eps_null = both.chunk(2)
-        return eps_null + scale * (eps_cond - eps_null)
-
-    def condition_batch(self, conditions, device) -> torch.Tensor:
-        labels = torch.as_tensor(conditions, dtype=torch.long, device=device)
-        bad = [int(c) for c in labels.unique().tolist() if not 0 <= c <= self.num_classes]
-        if bad:
-            raise UsageError(f"class ids {bad} do not exist; this model has classes 0-{self.num_classes - 1}")
-        return labels

@@ -1,25 +1,49 @@
-"""`erase unlearn`: erase classes from a model folder with a chosen method; the input folder is never modified."""
+"""`erase unlearn`: erase classes or prompts from a model folder with a chosen method; the input is never modified."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from erase.engine import Runtime
 from erase.methods import METHODS
-from scripts.common import add_data_argument, add_output_arguments, add_runtime_arguments
+from scripts.common import add_output_arguments, add_runtime_arguments
 from scripts.options import add_dataclass_arguments, dataclass_from_args
 
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "unlearn", help="erase one or more classes from a model",
-        description="Erase classes from a diffusers model folder. Writes the erased model (plain diffusers folder), "
+        "unlearn", help="erase classes (class-conditional models) or prompts (text-to-image models)",
+        description="Erase classes or prompts from a diffusers model folder (CFG UNet, DDPM, DiT, Stable Diffusion). "
+                    "Writes the erased model (a plain diffusers folder: only the trained component is new), "
                     "mask.safetensors (saliency mask, where the method has one) and run.json.",
     )
     parser.add_argument("--model", required=True, help="input diffusers model folder (read only)")
-    parser.add_argument("--forget-class", required=True, help="class id(s) to erase, e.g. '7' or '1,3'")
+    what = parser.add_argument_group("what to erase (classes, or prompts for text-to-image models)")
+    what.add_argument("--forget-class", help="class id(s) to erase, e.g. '7' or '1,3'")
+    what.add_argument("--remain-classes", help="classes to keep (default: every other class of the data or model)")
+    what.add_argument("--forget-prompt", action="append", default=[], help="a prompt to erase (repeatable)")
+    what.add_argument("--forget-prompts", type=Path, help="CSV of prompts to erase (I2P layout), e.g. nsfw.csv")
+    what.add_argument("--retain-prompt", action="append", default=[], help="a prompt to keep (repeatable)")
+    what.add_argument("--retain-prompts", type=Path, help="CSV of prompts to keep, e.g. not-nsfw.csv")
+    what.add_argument("--replacement-prompt", help="pseudo target of --forget-objective pseudo: eps(x_t, forget prompt) "
+                                                   "is pulled toward the frozen eps(x_t, replacement prompt)")
+    data = parser.add_argument_group("forget and remain images")
+    data.add_argument("--data", default="auto",
+                      help="'mnist', 'digits', a folder with one subfolder per class, a folder written by "
+                           "`erase sample` (index.json), or 'generated' (sample the base model); 'auto' = mnist for "
+                           "UNet class models, generated for DiT and Stable Diffusion (default: %(default)s)")
+    data.add_argument("--images-per-condition", type=int, default=8,
+                      help="with --data generated: images per class or prompt (default: %(default)s)")
+    data.add_argument("--generation-steps", type=int, default=50,
+                      help="with --data generated: DDIM steps per image (default: %(default)s)")
+    data.add_argument("--data-cache", type=Path, default=None,
+                      help="with --data generated: reuse or fill this folder (default: OUT/generated)")
+    model = parser.add_argument_group("model options")
+    model.add_argument("--train-params", default="full", choices=("full", "xattn", "noxattn"),
+                       help="Stable Diffusion: which UNet parameters train (ESD conventions) (default: %(default)s)")
+    model.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (large models)")
     parser.add_argument("--method", default="sfron", choices=sorted(METHODS), help="erasure method (default: %(default)s)")
-    add_data_argument(parser)
     parser.add_argument("--mask", default=None, help="reuse a saliency mask (mask.safetensors of an earlier run): skips Fisher")
     for name, (_, config_class) in METHODS.items():
         add_dataclass_arguments(parser.add_argument_group(f"{name} options"), config_class)
@@ -28,8 +52,79 @@ def register(commands) -> None:
     parser.set_defaults(run=run)
 
 
+def read_targets(args, adapter):
+    """The forget and remain conditions the flags name, checked against what the model takes."""
+    from erase.data import parse_class_ids
+    from erase.errors import UsageError
+    from erase.sources import Targets
+    from eval.prompts import PromptRow, read_prompts
+
+    prompts_given = bool(args.forget_prompt or args.forget_prompts)
+    if prompts_given == bool(args.forget_class):
+        raise UsageError("name what to erase: --forget-class for class models, or --forget-prompt/--forget-prompts")
+    if prompts_given:
+        if not adapter.takes_prompts:
+            raise UsageError(f"this {adapter.backbone} model takes class ids, not prompts; use --forget-class")
+        forget = [PromptRow(p, None, None, str(i)) for i, p in enumerate(args.forget_prompt)]
+        remain = [PromptRow(p, None, None, str(i)) for i, p in enumerate(args.retain_prompt)]
+        forget += read_prompts(args.forget_prompts) if args.forget_prompts else []
+        remain += read_prompts(args.retain_prompts) if args.retain_prompts else []
+        if not remain:
+            raise UsageError("give prompts to keep (--retain-prompt or --retain-prompts): the remain step needs them")
+        return Targets(forget, remain)
+    if adapter.takes_prompts:
+        raise UsageError("this text-to-image model erases prompts; use --forget-prompt or --forget-prompts")
+    forget = parse_class_ids(args.forget_class)
+    if adapter.conditional:
+        unknown = [c for c in forget if not 0 <= c < adapter.num_classes]
+        if unknown:
+            raise UsageError(f"class ids {unknown} do not exist; this model has classes 0-{adapter.num_classes - 1}")
+    remain = parse_class_ids(args.remain_classes) if args.remain_classes else None
+    return Targets(forget, remain)
+
+
+def load_data(args, adapter, targets, staging_hint: Path):
+    """(forget set, remain set, record of where they came from)."""
+    from erase.data import load_dataset, split_by_class
+    from erase.errors import UsageError
+    from erase.sources import cached_or_generated, from_indexed_folder
+
+    source = args.data
+    if source == "auto":
+        source = "generated" if adapter.backbone in ("dit", "stable_diffusion") else "mnist"
+    if source == "generated":
+        if targets.remain is None:
+            if not adapter.conditional:
+                raise UsageError("an unconditional model cannot generate per-class data; pass --data with real images")
+            targets.remain = [c for c in range(adapter.num_classes) if c not in targets.forget]
+        folder = args.data_cache or staging_hint
+        forget, remain, reused = cached_or_generated(adapter, targets, folder, args.images_per_condition, args.seed,
+                                                     args.generation_steps)
+        return forget, remain, {"source": "generated", "folder": str(folder), "reused_cache": reused}
+    if Path(source).is_dir() and (Path(source) / "index.json").is_file():
+        if targets.remain is None:
+            targets.remain = [c for c in range(adapter.num_classes) if c not in targets.forget]
+        forget, remain = from_indexed_folder(adapter, source, targets)
+        return forget, remain, {"source": str(source)}
+    if targets.by_prompt:
+        raise UsageError(f"--data {source!r}: prompt erasure needs 'generated' or a folder written by `erase sample --prompts`")
+    channels, _, resolution = adapter.image_shape
+    dataset = load_dataset(source, resolution, channels)
+    forget, remain = split_by_class(dataset, targets.forget)
+    if targets.remain is not None:
+        import torch
+
+        remain = remain.subset(torch.isin(remain.labels, torch.as_tensor(targets.remain)), "remain")
+        if len(remain) == 0:
+            raise UsageError(f"--remain-classes {args.remain_classes!r} has no images in {source}")
+    return forget, remain, {"source": source}
+
+
 def run(args) -> None:
-    from erase.data import load_dataset, parse_class_ids, split_by_class
+    import tempfile
+
+    import torch
+
     from erase.errors import UsageError
     from erase.record import atomic_output_dir, check_output_dir, environment, write_json
     from erase.saliency import load_mask, save_mask
@@ -38,41 +133,59 @@ def run(args) -> None:
     out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))
     method, config_class = METHODS[args.method]
     config, runtime = dataclass_from_args(config_class, args), dataclass_from_args(Runtime, args)
-    adapter = load_adapter(args.model)
-    forget_classes = parse_class_ids(args.forget_class)
-    if adapter.conditional:
-        unknown = [c for c in forget_classes if not 0 <= c < adapter.num_classes]
-        if unknown:
-            raise UsageError(f"class ids {unknown} do not exist; this model has classes 0-{adapter.num_classes - 1}")
-    channels, _, resolution = adapter.image_shape
-    forget, remain = split_by_class(load_dataset(args.data, resolution, channels), forget_classes)
-    pseudo = getattr(config, "pseudo_class", None)
-    if pseudo is not None and pseudo not in set(remain.labels.tolist()):
-        raise UsageError(f"--pseudo-class {pseudo} is not a remaining class; pick one of {sorted(set(remain.labels.tolist()))}")
+    adapter = load_adapter(args.model, **({"train_params": args.train_params} if args.train_params != "full" else {}))
+    if args.gradient_checkpointing:
+        adapter.denoiser.enable_gradient_checkpointing()
+    targets = read_targets(args, adapter)
+    if args.replacement_prompt is not None:
+        if getattr(config, "forget_objective", "pseudo") != "pseudo":
+            raise UsageError("--replacement-prompt is the target of --forget-objective pseudo; pass both")
+        config.pseudo_class = int(adapter.register_prompts([args.replacement_prompt])[0])
     mask = None
     if args.mask:
         try:
             mask = load_mask(args.mask)
         except Exception as error:  # safetensors raises several types for missing or damaged files
             raise UsageError(f"cannot read --mask {args.mask!r} ({error}); pass a mask.safetensors written by erase") from None
-    started = time.time()
-    try:
-        result = method(adapter, forget, remain, config, runtime, mask=mask)
-    except ValueError as error:  # a mask that does not fit this model
-        raise UsageError(f"{error}; compute a new mask by leaving out --mask") from None
-    if not result["is_main_process"]:
-        return
-    adapter.info["erased"] = {"method": args.method, "forget_classes": forget_classes, "source": str(args.model)}
-    with atomic_output_dir(out, args.overwrite) as staging:
-        adapter.save_pretrained(staging)
-        save_mask(result["mask"], staging / "mask.safetensors", {"gamma": str(getattr(config, "gamma", ""))})
-        write_json(staging / "run.json", {
-            "command": "unlearn", "method": args.method, "model": args.model, "forget_classes": forget_classes,
-            "data": args.data, "forget_images": len(forget), "remain_images": len(remain),
-            "config": config, "runtime": runtime, "mask_from": args.mask, "mask_sparsity": result["mask_sparsity"],
-            "device": result["device"], "num_processes": result["num_processes"], "timings": result["timings"],
-            "losses": result["losses"], "started": started, "environment": environment(),
-        })
+
+    with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
+        forget, remain, data_record = load_data(args, adapter, targets, Path(scratch) / "generated")
+        pseudo = getattr(config, "pseudo_class", None)
+        if pseudo is not None and args.replacement_prompt is None and pseudo not in set(remain.labels.tolist()):
+            raise UsageError(f"--pseudo-class {pseudo} is not a remaining class; pick one of {sorted(set(remain.labels.tolist()))}")
+        started = time.time()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            result = method(adapter, forget, remain, config, runtime, mask=mask)
+        except ValueError as error:  # a mask that does not fit this model
+            raise UsageError(f"{error}; compute a new mask by leaving out --mask") from None
+        if not result["is_main_process"]:
+            return
+        adapter.info["erased"] = {"method": args.method, "source": str(args.model),
+                                  **({"forget_prompts": sorted(targets.condition_sets()[0])} if targets.by_prompt
+                                     else {"forget_classes": list(targets.forget)})}
+        with atomic_output_dir(out, args.overwrite) as staging:
+            adapter.save_pretrained(staging)
+            save_mask(result["mask"], staging / "mask.safetensors", {"gamma": str(getattr(config, "gamma", ""))})
+            if data_record["source"] == "generated" and args.data_cache is None:
+                import shutil
+
+                shutil.copytree(Path(scratch) / "generated", staging / "generated")  # the run's D_f and D_r, for audit
+                data_record["folder"] = str(out / "generated")
+            write_json(staging / "run.json", {
+                "command": "unlearn", "method": args.method, "model": args.model, "backbone": adapter.backbone,
+                "forget": [getattr(t, "prompt", t) for t in targets.forget],
+                "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
+                "replacement_prompt": args.replacement_prompt, "train_params": adapter.info.get("train_params"),
+                "prompt_ids": ({p: i for i, p in enumerate(adapter.class_names)} if adapter.takes_prompts else None),
+                "data": data_record, "forget_images": len(forget), "remain_images": len(remain),
+                "config": config, "runtime": runtime, "mask_from": args.mask, "mask_sparsity": result["mask_sparsity"],
+                "device": result["device"], "num_processes": result["num_processes"], "timings": result["timings"],
+                "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+                "gradient_checkpointing": args.gradient_checkpointing,
+                "losses": result["losses"], "started": started, "environment": environment(),
+            })
     losses = result["losses"]
     print(f"{args.method}: forget loss {losses['forget']['value'][0]:.4f} -> {losses['forget']['value'][-1]:.4f}, "
           f"remain loss {losses['remain']['value'][0]:.4f} -> {losses['remain']['value'][-1]:.4f}; "
