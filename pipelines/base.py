@@ -23,9 +23,14 @@ Condition = Any
 class DiffusionAdapter(Protocol):
     """A trainable denoiser plus the fixed parts (scheduler, encoder) needed to train and sample it."""
 
-    denoiser: torch.nn.Module  # the module whose parameters erasure methods train
+    denoiser: torch.nn.Module  # the module whose parameters erasure methods train (frozen ones: requires_grad False)
     num_train_timesteps: int
     conditional: bool  # False for unconditional models: conditions are ignored, no guidance
+    takes_prompts: bool  # True for text-to-image models: conditions are prompt ids (see register_prompts)
+    image_shape: tuple[int, int, int]  # (C, H, W) of the images `encode` takes
+
+    def to(self, device) -> "DiffusionAdapter":
+        """Move the denoiser and every frozen component (VAE, text encoder) to `device`."""
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (N, C, H, W) -> the space the denoiser works in (pixels or latents)."""
@@ -38,6 +43,10 @@ class DiffusionAdapter(Protocol):
 
     def null_condition(self, batch_size: int) -> Condition:
         """The unconditional ("null") condition used for classifier-free guidance."""
+
+    def guided_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition,
+                     guidance_scale: float | None) -> torch.Tensor:
+        """eps_null + s (eps_c - eps_null): what sampling (and a guided Fisher) uses."""
 
     def sample(
         self,

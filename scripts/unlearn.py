@@ -133,7 +133,11 @@ def run(args) -> None:
     out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))
     method, config_class = METHODS[args.method]
     config, runtime = dataclass_from_args(config_class, args), dataclass_from_args(Runtime, args)
-    adapter = load_adapter(args.model, **({"train_params": args.train_params} if args.train_params != "full" else {}))
+    adapter = load_adapter(args.model)
+    if args.train_params != "full":
+        if not hasattr(adapter, "select_trainable"):
+            raise UsageError(f"--train-params {args.train_params} applies to Stable Diffusion; this is a {adapter.backbone} model")
+        adapter.select_trainable(args.train_params)
     if args.gradient_checkpointing:
         adapter.denoiser.enable_gradient_checkpointing()
     targets = read_targets(args, adapter)
