@@ -119,7 +119,8 @@ class MaskedUpdate:
 
 
 class Stepper:
-    """One optimizer step: zero grads, accumulate micro-batch losses, optionally mask, clip, step."""
+    """One optimizer step over one or more loss parts: zero grads, backward each part (accumulating micro-batches),
+    mask a part's gradient right after its backward where asked, clip, step, and optionally confine the update."""
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer, max_grad_norm: float | None, grad_accum: int = 1):
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
@@ -129,25 +130,34 @@ class Stepper:
             p.grad = torch.zeros_like(p)
 
     def step(self, loss_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]], mask: MaskedUpdate | None = None) -> torch.Tensor:
-        """`loss_fn()` -> (loss to minimise, value to log); returns the logged value averaged over micro-batches."""
+        """`loss_fn()` -> (loss to minimise, value to log); with `mask`, gradient and update stay inside it."""
+        return self.step_parts([(loss_fn, mask)], restrict=mask)[0]
+
+    def step_parts(self, parts, restrict: MaskedUpdate | None = None, after_backward=None) -> list[torch.Tensor]:
+        """parts: [(loss_fn, gradient mask or None)], backpropagated in order into one gradient; `after_backward()`
+        may add to the gradient (e.g. an analytic penalty) before clipping. Returns each part's logged value."""
         self.optimizer.zero_grad(set_to_none=False)
-        logged = 0.0
-        for micro in range(self.grad_accum):
-            last = micro == self.grad_accum - 1
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
-            with sync:
-                loss, value = loss_fn()
-                self.accelerator.backward(loss / self.grad_accum)
-            logged = logged + value.detach() / self.grad_accum
-        if mask is not None:
-            mask.mask_gradients()
+        logged = []
+        for loss_fn, grad_mask in parts:
+            value = 0.0
+            for micro in range(self.grad_accum):
+                sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else self.accelerator.no_sync(self.model)
+                with sync:
+                    loss, shown = loss_fn()
+                    self.accelerator.backward(loss / self.grad_accum)
+                value = value + shown.detach() / self.grad_accum
+            if grad_mask is not None:
+                grad_mask.mask_gradients()
+            logged.append(value)
+        if after_backward is not None:
+            after_backward()
         if self.max_grad_norm is not None:
             self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
-        if mask is not None:
-            mask.snapshot()
+        if restrict is not None:
+            restrict.snapshot()
         self.optimizer.step()
-        if mask is not None:
-            mask.restore_unmasked()
+        if restrict is not None:
+            restrict.restore_unmasked()
         return logged
 
 
@@ -165,3 +175,103 @@ class PhaseTimer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class UnlearnRun:
+    """What every method's loop needs, set up the same way for all of them."""
+
+    adapter: object
+    accelerator: Accelerator
+    timer: PhaseTimer
+    optimizer: torch.optim.Optimizer
+    stepper: Stepper
+    forget_batches: Iterator
+    remain_batches: Iterator
+    steps: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def params(self) -> dict[str, torch.nn.Parameter]:
+        return trainable_parameters(self.adapter.denoiser)
+
+    def next_losses(self, which: str, antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample denoising losses of the next forget or remain batch, and its conditions."""
+        from erase.objectives import denoising_losses
+
+        images, labels = next(self.forget_batches if which == "forget" else self.remain_batches)
+        return denoising_losses(self.adapter, self.adapter.encode(images), labels, antithetic=antithetic), labels
+
+    def loop(self, names: Sequence[str], body: Callable[[int], dict], runtime: Runtime, description: str) -> "LossLog":
+        """Run `body(step)` -> {loss name: value} for every step, with a progress bar and periodic NaN checks."""
+        from tqdm.auto import tqdm
+
+        log = LossLog(names, self.steps, self.device)
+        progress = tqdm(range(self.steps), desc=description, disable=not self.accelerator.is_local_main_process)
+        with self.timer.phase("unlearn"):
+            for step in progress:
+                for name, value in body(step).items():
+                    log.record(name, step, value)
+                if (step + 1) % runtime.log_every == 0 or step + 1 == self.steps:
+                    progress.set_postfix(log.check())
+        return log
+
+    def finish(self, log: "LossLog", mask: dict | None = None, **extra) -> dict:
+        """Unwrap the model and return the result every method returns (run.json fields)."""
+        from erase.saliency import mask_sparsity
+
+        self.adapter.denoiser = self.accelerator.unwrap_model(self.adapter.denoiser)
+        return {
+            "mask": mask,
+            "mask_sparsity": mask_sparsity(mask) if mask is not None else None,
+            "losses": log.as_lists(),
+            "timings": self.timer.seconds,
+            "device": str(self.accelerator.device),
+            "num_processes": self.accelerator.num_processes,
+            "is_main_process": self.accelerator.is_main_process,
+            **extra,
+        }
+
+
+def start_run(adapter, forget_data, remain_data, runtime: Runtime, *, steps: int, lr: float, batch_size: int,
+              max_grad_norm: float | None, optimizer: str = "adam", weight_decay: float = 0.0) -> UnlearnRun:
+    """Accelerator, optimizer over the trainable parameters, endless seeded forget/remain batches, stepper."""
+    from erase.errors import UsageError
+
+    if steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    accelerator = make_accelerator(runtime)
+    adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
+    adapter.denoiser.train()
+    params = trainable_parameters(adapter.denoiser).values()
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+    opt = optimizer_class(params, lr=lr, weight_decay=weight_decay)
+    adapter.denoiser, opt = accelerator.prepare(adapter.denoiser, opt)
+    return UnlearnRun(
+        adapter=adapter, accelerator=accelerator, timer=PhaseTimer(accelerator.device), optimizer=opt,
+        stepper=Stepper(accelerator, adapter.denoiser, opt, max_grad_norm, runtime.grad_accum),
+        forget_batches=endless_batches(forget_data, batch_size, runtime.seed, accelerator),
+        remain_batches=endless_batches(remain_data, batch_size, runtime.seed + 1, accelerator),
+        steps=steps,
+    )
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A gradient-free copy of the unwrapped model: the "original model" several baselines compare against."""
+    import copy
+
+    module = getattr(module, "module", module)
+    return copy.deepcopy(module).requires_grad_(False).eval()
+
+
+@contextlib.contextmanager
+def swapped_denoiser(adapter, module: torch.nn.Module):
+    """Let the adapter predict with `module` (e.g. the frozen original) inside the block."""
+    trained = adapter.denoiser
+    adapter.denoiser = module
+    try:
+        yield adapter
+    finally:
+        adapter.denoiser = trained

@@ -67,3 +67,11 @@ def pseudo_target_losses(adapter, x0: torch.Tensor, condition, pseudo_condition,
     with torch.no_grad():
         target = adapter.predict_noise(x_t, timesteps, pseudo_condition).float()
     return (adapter.predict_noise(x_t, timesteps, condition).float() - target).pow(2).flatten(1).mean(1)
+
+
+def pseudo_labels(labels: torch.Tensor, pseudo_class: int | None, remain_classes: torch.Tensor) -> torch.Tensor:
+    """The pseudo condition per sample: `pseudo_class` for all, or a random remaining class each (SalUn's RL)."""
+    if pseudo_class is not None:
+        return torch.full_like(labels, pseudo_class)
+    pick = torch.randint(0, len(remain_classes), labels.shape, device=labels.device)
+    return remain_classes[pick]

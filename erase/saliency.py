@@ -37,13 +37,12 @@ def fisher_diagonal(
     DDPM code). `batches` yields (images, conditions). Averaged over processes under accelerate.
     """
     params = trainable_parameters(adapter.denoiser)
-    fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params.values()]
+    fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params.values()]  # (same shapes as params)
     values = list(params.values())
     show = accelerator is None or accelerator.is_local_main_process
     for _ in tqdm(range(num_batches), desc=description, disable=not show, leave=False):
         images, conditions = next(batches)
-        x0 = adapter.encode(images)
-        loss = denoising_losses(adapter, x0, conditions, guidance_scale=guidance_scale).mean()
+        loss = denoising_losses(adapter, adapter.encode(images), conditions, guidance_scale=guidance_scale).mean()
         grads = torch.autograd.grad(loss, values, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g.float() for g, p in zip(grads, values)]
         if max_grad_norm is not None:
@@ -100,3 +99,29 @@ def cycle(loader: Iterable) -> Iterator:
     """Endless iteration over a DataLoader (reshuffled each pass)."""
     while True:
         yield from loader
+
+
+def gradient_magnitude(adapter, batches: Iterator, num_batches: int, accelerator=None) -> dict[str, torch.Tensor]:
+    """|mean over batches of grad L_forget| per entry: SalUn's weight saliency."""
+    params = trainable_parameters(adapter.denoiser)
+    values = list(params.values())
+    total = [torch.zeros_like(p, dtype=torch.float32) for p in values]
+    for _ in tqdm(range(num_batches), desc="SalUn saliency", leave=False,
+                  disable=accelerator is not None and not accelerator.is_local_main_process):
+        images, conditions = next(batches)
+        loss = denoising_losses(adapter, adapter.encode(images), conditions).mean()
+        grads = torch.autograd.grad(loss, values, allow_unused=True)
+        torch._foreach_add_(total, [torch.zeros_like(t) if g is None else g.float() for g, t in zip(grads, total)])
+    if accelerator is not None and accelerator.num_processes > 1:
+        total = [accelerator.reduce(t, reduction="sum") for t in total]
+    return {name: t.abs() for name, t in zip(params, total)}
+
+
+def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """1 for the `fraction` of entries with the largest scores, one global threshold (ties may add a few)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"mask fraction must be in (0, 1], got {fraction}")
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = max(1, round(fraction * flat.numel()))
+    threshold = torch.topk(flat, keep, sorted=False).values.min()
+    return {name: s >= threshold for name, s in scores.items()}

@@ -11,12 +11,16 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-from erase.engine import LossLog, MaskedUpdate, PhaseTimer, Runtime, Stepper, endless_batches, make_accelerator
-from erase.errors import UsageError
-from erase.objectives import adaptive_ascent_loss, denoising_losses, gradient_ascent_loss, pseudo_target_losses
-from erase.saliency import fisher_diagonal, mask_sparsity, saliency_mask, trainable_parameters
+from erase.engine import MaskedUpdate, PhaseTimer, Runtime, endless_batches, start_run
+from erase.objectives import (
+    adaptive_ascent_loss,
+    denoising_losses,
+    gradient_ascent_loss,
+    pseudo_labels,
+    pseudo_target_losses,
+)
+from erase.saliency import fisher_diagonal, saliency_mask
 
 
 @dataclass
@@ -80,80 +84,63 @@ def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, a
     return mask
 
 
+def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime, mask=None):
+    """Set up the run, compute (or take) the saliency mask, build the forget loss: shared by sfron and joint."""
+    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
+    if mask is None:
+        fisher_size = config.fisher_batch_size or config.batch_size
+        mask = compute_mask(
+            adapter,
+            endless_batches(forget_data, fisher_size, runtime.seed + 2, run.accelerator),
+            endless_batches(remain_data, fisher_size, runtime.seed + 3, run.accelerator),
+            config,
+            run.accelerator,
+            run.timer,
+        )
+    masked = MaskedUpdate(run.params(), mask)
+    forget_loss = make_forget_loss(run, remain_data, config)
+
+    def remain_loss():
+        losses, _ = run.next_losses("remain", config.antithetic)
+        return config.remain_alpha * losses.mean(), losses.mean()
+
+    return run, mask, masked, forget_loss, remain_loss
+
+
 def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
     """Erase `forget_data` from `adapter.denoiser` in place; returns mask, sparsity, per-step losses and timings.
 
     `mask` (name -> bool tensor) skips the Fisher phase, e.g. to reuse a mask across runs.
     """
-    if config.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {config.steps}")
-    accelerator = make_accelerator(runtime)
-    timer = PhaseTimer(accelerator.device)
-    adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
-    adapter.denoiser.train()
-    optimizer = torch.optim.Adam(trainable_parameters(adapter.denoiser).values(), lr=config.lr)
-    adapter.denoiser, optimizer = accelerator.prepare(adapter.denoiser, optimizer)
+    run, mask, masked, forget_loss, remain_loss = prepare_sfron(adapter, forget_data, remain_data, config, runtime, mask)
 
-    forget_batches = endless_batches(forget_data, config.batch_size, runtime.seed, accelerator)
-    remain_batches = endless_batches(remain_data, config.batch_size, runtime.seed + 1, accelerator)
-    if mask is None:
-        fisher_size = config.fisher_batch_size or config.batch_size
-        mask = compute_mask(
-            adapter,
-            endless_batches(forget_data, fisher_size, runtime.seed + 2, accelerator),
-            endless_batches(remain_data, fisher_size, runtime.seed + 3, accelerator),
-            config,
-            accelerator,
-            timer,
-        )
-    masked = MaskedUpdate(trainable_parameters(adapter.denoiser), mask)
-    stepper = Stepper(accelerator, adapter.denoiser, optimizer, config.max_grad_norm, runtime.grad_accum)
-    forget_loss = make_forget_loss(adapter, forget_batches, remain_data, config, accelerator.device)
+    def iteration(step: int) -> dict:
+        values = {}
+        if step % config.forget_every == 0:  # fast: masked forget step
+            alpha = alpha_schedule(config.forget_alpha, step, config.steps, config.alpha_decay)
+            values["forget"] = run.stepper.step(lambda: forget_loss(alpha), masked)
+        values["remain"] = run.stepper.step(remain_loss)  # slow: unmasked remain step
+        return values
 
-    def remain_loss():
-        images, labels = next(remain_batches)
-        losses = denoising_losses(adapter, adapter.encode(images), labels, antithetic=config.antithetic)
-        return config.remain_alpha * losses.mean(), losses.mean()
-
-    log = LossLog(["forget", "remain"], config.steps, accelerator.device)
-    progress = tqdm(range(config.steps), desc="SFR-on", disable=not accelerator.is_local_main_process)
-    with timer.phase("unlearn"):
-        for step in progress:
-            if step % config.forget_every == 0:
-                alpha = alpha_schedule(config.forget_alpha, step, config.steps, config.alpha_decay)
-                log.record("forget", step, stepper.step(lambda: forget_loss(alpha), masked))
-            log.record("remain", step, stepper.step(remain_loss))
-            if (step + 1) % runtime.log_every == 0 or step + 1 == config.steps:
-                progress.set_postfix(log.check())
-    adapter.denoiser = accelerator.unwrap_model(adapter.denoiser)
-    return {
-        "mask": mask,
-        "mask_sparsity": mask_sparsity(mask),
-        "losses": log.as_lists(),
-        "timings": timer.seconds,
-        "device": str(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "is_main_process": accelerator.is_main_process,
-    }
+    log = run.loop(["forget", "remain"], iteration, runtime, "SFR-on")
+    return run.finish(log, mask)
 
 
-def make_forget_loss(adapter, forget_batches, remain_data, config: SFRonConfig, device):
+def make_forget_loss(run, remain_data, config: SFRonConfig):
     """forget_loss(alpha) -> (alpha * objective, value logged as the forget loss).
 
     The logged value is the forget batch's mean denoising loss, or for the pseudo objective its mean squared
     distance to the pseudo-class prediction.
     """
-    remain_classes = torch.unique(remain_data.labels).to(device)  # pseudo labels are drawn from these
+    adapter = run.adapter
+    remain_classes = torch.unique(remain_data.labels).to(run.device)  # pseudo labels are drawn from these
 
     def forget_loss(alpha: float):
-        images, labels = next(forget_batches)
+        images, labels = next(run.forget_batches)
         x0 = adapter.encode(images)
         if config.forget_objective == "pseudo":
-            if config.pseudo_class is not None:
-                pseudo = torch.full_like(labels, config.pseudo_class)
-            else:
-                pick = torch.randint(0, len(remain_classes), labels.shape, device=labels.device)
-                pseudo = remain_classes[pick]
+            pseudo = pseudo_labels(labels, config.pseudo_class, remain_classes)
             losses = pseudo_target_losses(adapter, x0, labels, pseudo, config.antithetic)
             return alpha * losses.mean(), losses.mean()
         losses = denoising_losses(adapter, x0, labels, antithetic=config.antithetic)

@@ -171,8 +171,10 @@ class AdapterBase:
         return eps_null + scale * (eps_cond - eps_null)
 
     @torch.no_grad()
-    def sample(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None) -> torch.Tensor:
-        """DDIM (eta 0) sampling, one image per entry of `conditions`, floats in [0, 1]."""
+    def sample_latents(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None,
+                       stop_after: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM (eta 0) from noise; with `stop_after=k`, only the first k steps: returns (x_t, t) with t the
+        timestep x_t belongs to (ESD trains on such partially denoised latents)."""
         from diffusers import DDIMScheduler
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -182,12 +184,19 @@ class AdapterBase:
         count = len(conditions)
         x = randn_tensor((count, *self.latent_shape), generator=generator, device=device, dtype=dtype)
         condition = self.condition_batch(conditions, device)
+        timesteps = scheduler.timesteps if stop_after is None else scheduler.timesteps[: stop_after + 1]
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
-            for t in scheduler.timesteps:
+            for index, t in enumerate(timesteps):
+                if stop_after is not None and index == stop_after:
+                    return x, t.expand(count)
                 eps = self.guided_noise(x, t.expand(count), condition, guidance_scale)
                 x = scheduler.step(eps, t, x).prev_sample
         finally:
             self.denoiser.train(was_training)
-        return self.decode(x)
+        return x, torch.zeros(count, dtype=torch.long, device=device)
+
+    def sample(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None) -> torch.Tensor:
+        """DDIM (eta 0) sampling, one image per entry of `conditions`, floats in [0, 1]."""
+        return self.decode(self.sample_latents(conditions, num_inference_steps, guidance_scale, generator)[0])

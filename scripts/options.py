@@ -35,3 +35,51 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
 
 def dataclass_from_args(cls: type, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tuple]) -> None:
+    """One flag per config field across all methods; help names the methods that take it and their defaults.
+
+    Flags default to "not given", so each method's own dataclass default applies unless the user sets one.
+    """
+    group = parser.add_argument_group("method options (each applies to the methods named in its help)")
+    by_field: dict[str, list[tuple[str, dataclasses.Field, type]]] = {}
+    for name, (_, cls) in methods.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            by_field.setdefault(f.name, []).append((name, f, hints[f.name]))
+    for field_name, uses in by_field.items():
+        _, first, hint = uses[0]
+        optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+        defaults = {}
+        for method, f, _ in uses:
+            defaults.setdefault(repr(f.default), []).append(method)
+        if len(defaults) == 1:
+            default_text = f"default {next(iter(defaults))}"
+        else:
+            default_text = "defaults: " + "; ".join(f"{value} for {', '.join(ms)}" for value, ms in defaults.items())
+        help_text = f"{first.metadata.get('help', '')} [{', '.join(m for m, _, _ in uses)}; {default_text}]"
+        help_text = help_text.replace("%", "%%").replace("%%%%", "%%")
+        flag = "--" + field_name.replace("_", "-")
+        if base is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            continue
+        parse = _parse_optional(base) if optional else base
+        choices = first.metadata.get("choices")
+        group.add_argument(flag, type=parse, default=argparse.SUPPRESS, choices=choices,
+                           metavar=None if choices else field_name.upper(),
+                           help=help_text + ("; 'none' unsets it" if optional else ""))
+
+
+def method_config_from_args(method: str, cls: type, args: argparse.Namespace, all_fields: set[str]):
+    """The method's config: its defaults, overridden by the flags given; a flag of another method is an error."""
+    from erase.errors import UsageError
+
+    own = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(name for name in all_fields - own if hasattr(args, name))
+    if foreign:
+        flags = ", ".join("--" + n.replace("_", "-") for n in foreign)
+        raise UsageError(f"{flags} {'is not an option' if len(foreign) == 1 else 'are not options'} of --method {method}; "
+                         f"see 'erase unlearn --help' for which flags each method takes")
+    return cls(**{name: getattr(args, name) for name in own if hasattr(args, name)})

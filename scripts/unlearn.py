@@ -8,13 +8,14 @@ from pathlib import Path
 from erase.engine import Runtime
 from erase.methods import METHODS
 from scripts.common import add_output_arguments, add_runtime_arguments
-from scripts.options import add_dataclass_arguments, dataclass_from_args
+from scripts.options import add_method_arguments, dataclass_from_args, method_config_from_args
 
 
 def register(commands) -> None:
     parser = commands.add_parser(
         "unlearn", help="erase classes (class-conditional models) or prompts (text-to-image models)",
-        description="Erase classes or prompts from a diffusers model folder (CFG UNet, DDPM, DiT, Stable Diffusion). "
+        description="Erase classes or prompts from a diffusers model folder (CFG UNet, DDPM, DiT, Stable Diffusion) "
+                    "with SFR-on, its joint variant, Nabla-tau, GA, RL, SalUn, ESD or SA. "
                     "Writes the erased model (a plain diffusers folder: only the trained component is new), "
                     "mask.safetensors (saliency mask, where the method has one) and run.json.",
     )
@@ -45,8 +46,7 @@ def register(commands) -> None:
     model.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (large models)")
     parser.add_argument("--method", default="sfron", choices=sorted(METHODS), help="erasure method (default: %(default)s)")
     parser.add_argument("--mask", default=None, help="reuse a saliency mask (mask.safetensors of an earlier run): skips Fisher")
-    for name, (_, config_class) in METHODS.items():
-        add_dataclass_arguments(parser.add_argument_group(f"{name} options"), config_class)
+    add_method_arguments(parser, METHODS)
     add_output_arguments(parser)
     add_runtime_arguments(parser)
     parser.set_defaults(run=run)
@@ -132,7 +132,9 @@ def run(args) -> None:
 
     out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))
     method, config_class = METHODS[args.method]
-    config, runtime = dataclass_from_args(config_class, args), dataclass_from_args(Runtime, args)
+    all_fields = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}
+    config = method_config_from_args(args.method, config_class, args, all_fields)
+    runtime = dataclass_from_args(Runtime, args)
     adapter = load_adapter(args.model)
     if args.train_params != "full":
         if not hasattr(adapter, "select_trainable"):
@@ -171,7 +173,8 @@ def run(args) -> None:
                                      else {"forget_classes": list(targets.forget)})}
         with atomic_output_dir(out, args.overwrite) as staging:
             adapter.save_pretrained(staging)
-            save_mask(result["mask"], staging / "mask.safetensors", {"gamma": str(getattr(config, "gamma", ""))})
+            if result["mask"] is not None:
+                save_mask(result["mask"], staging / "mask.safetensors", {"method": args.method})
             if data_record["source"] == "generated" and args.data_cache is None:
                 import shutil
 
@@ -187,10 +190,11 @@ def run(args) -> None:
                 "config": config, "runtime": runtime, "mask_from": args.mask, "mask_sparsity": result["mask_sparsity"],
                 "device": result["device"], "num_processes": result["num_processes"], "timings": result["timings"],
                 "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-                "gradient_checkpointing": args.gradient_checkpointing,
+                "gradient_checkpointing": args.gradient_checkpointing, "method_record": result.get("record"),
                 "losses": result["losses"], "started": started, "environment": environment(),
             })
-    losses = result["losses"]
-    print(f"{args.method}: forget loss {losses['forget']['value'][0]:.4f} -> {losses['forget']['value'][-1]:.4f}, "
-          f"remain loss {losses['remain']['value'][0]:.4f} -> {losses['remain']['value'][-1]:.4f}; "
-          f"mask keeps {1 - result['mask_sparsity']['overall']:.1%} of entries; saved to {out}")
+    parts = [f"{name} loss {log['value'][0]:.4f} -> {log['value'][-1]:.4f}"
+             for name, log in result["losses"].items() if log["value"]]
+    if result["mask_sparsity"] is not None:
+        parts.append(f"mask keeps {1 - result['mask_sparsity']['overall']:.1%} of entries")
+    print(f"{args.method}: {', '.join(parts)}; saved to {out}")

@@ -1,0 +1,64 @@
+"""ESD, Erased Stable Diffusion (Gandikota et al., ICCV 2023): negative guidance from a frozen copy.
+
+Each iteration: draw x_t by running the frozen model's own DDIM sampler with the forget condition for a random
+number of steps; then pull eps_theta(x_t, t, c) toward eps*(x_t, null) - eta (eps*(x_t, c) - eps*(x_t, null))
+of the frozen copy eps*. No data is needed beyond the forget conditions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from erase.engine import Runtime, frozen_copy, start_run, swapped_denoiser
+from erase.errors import UsageError
+
+TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}
+
+
+@dataclass
+class ESDConfig:
+    steps: int = field(default=1000, metadata={"help": "iterations (ESD: 1000)"})
+    batch_size: int = field(default=1, metadata={"help": "forget conditions per iteration (ESD: 1)"})
+    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate (ESD: 1e-5)"})
+    eta: float = field(default=1.0, metadata={"help": "negative guidance strength (ESD: 1 to 2)"})
+    train_method: str = field(
+        default="full", metadata={"help": "esd-x (cross-attention), esd-u (all but cross-attention; Stable Diffusion "
+                                          "only) or full", "choices": tuple(TRAIN_METHODS)}
+    )
+    ddim_steps: int = field(default=50, metadata={"help": "DDIM steps of the sampler that makes x_t (ESD: 50)"})
+    start_guidance: float = field(default=3.0, metadata={"help": "guidance of that sampler (ESD: 3)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+
+
+def esd_target(eps_null: torch.Tensor, eps_cond: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD's target: eps*(x_t, null) - eta (eps*(x_t, c) - eps*(x_t, null))."""
+    return eps_null - eta * (eps_cond - eps_null)
+
+
+def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
+    choice = TRAIN_METHODS[config.train_method]
+    if choice != "full":
+        if not hasattr(adapter, "select_trainable"):
+            raise UsageError(f"--train-method {config.train_method} needs cross-attention (Stable Diffusion); use full")
+        adapter.select_trainable(choice)
+    frozen = frozen_copy(adapter.denoiser)
+    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
+    frozen.to(run.device)
+    generator = torch.Generator().manual_seed(runtime.seed)  # CPU draws: no device sync for the step count
+
+    def esd_loss():
+        _, labels = next(run.forget_batches)
+        stop = int(torch.randint(0, config.ddim_steps, (1,), generator=generator))
+        with swapped_denoiser(adapter, frozen), torch.no_grad():
+            x_t, t = adapter.sample_latents(labels, config.ddim_steps, config.start_guidance, generator, stop_after=stop)
+            eps_cond = adapter.predict_noise(x_t, t, labels)
+            eps_null = adapter.predict_noise(x_t, t, adapter.null_condition(len(labels)))
+        target = esd_target(eps_null, eps_cond, config.eta)
+        loss = (adapter.predict_noise(x_t, t, labels).float() - target.float()).pow(2).mean()
+        return loss, loss
+
+    log = run.loop(["forget"], lambda step: {"forget": run.stepper.step(esd_loss)}, runtime, "ESD")
+    return run.finish(log, record={"train_params": choice})

@@ -1,0 +1,38 @@
+"""SalUn (Fan et al., ICLR 2024): gradient-magnitude weight saliency + random-label forgetting + remain loss.
+
+mask = top `mask_fraction` of |grad L_forget| per entry, one global threshold over all trained parameters;
+then RL's loss, with gradient and update confined to the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from erase.engine import MaskedUpdate, Runtime, endless_batches, start_run
+from erase.rl import RLConfig, relabel_parts
+from erase.saliency import gradient_magnitude, top_fraction_mask
+
+
+@dataclass
+class SalUnConfig(RLConfig):
+    mask_fraction: float = field(default=0.5, metadata={"help": "share of entries the mask keeps (SalUn: 0.5)"})
+    saliency_batches: int = field(default=20, metadata={"help": "forget batches whose gradient sets the mask"})
+
+
+def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
+    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
+    if mask is None:
+        with run.timer.phase("mask"):
+            batches = endless_batches(forget_data, config.batch_size, runtime.seed + 2, run.accelerator)
+            magnitude = gradient_magnitude(adapter, batches, config.saliency_batches, run.accelerator)
+            mask = top_fraction_mask(magnitude, config.mask_fraction)
+    masked = MaskedUpdate(run.params(), mask)
+    forget_part, remain_part = relabel_parts(run, remain_data, config)
+
+    def iteration(step: int) -> dict:
+        forget, remain = run.stepper.step_parts([(forget_part, masked), (remain_part, masked)], restrict=masked)
+        return {"forget": forget, "remain": remain}
+
+    log = run.loop(["forget", "remain"], iteration, runtime, "SalUn")
+    return run.finish(log, mask)

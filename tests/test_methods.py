@@ -1,0 +1,178 @@
+"""Every method on the tiny class model and the tiny Stable Diffusion model, and what makes each one itself."""
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DModel
+
+from erase.data import ImageDataset, split_by_class
+from erase.engine import Runtime
+from erase.errors import UsageError
+from erase.esd import ESDConfig, esd, esd_target
+from erase.ga import GAConfig, ga
+from erase.methods import METHODS
+from erase.nabla_tau import NablaTauConfig, nabla_tau, nabla_tau_forget_term
+from erase.objectives import denoising_losses, pseudo_target_losses
+from erase.rl import RLConfig, rl
+from erase.sa import SAConfig, add_ewc_gradient, sa
+from erase.saliency import top_fraction_mask, trainable_parameters
+from erase.salun import SalUnConfig, salun
+from eval.losses import fixed_draw_loss
+from pipelines import load_adapter
+from scripts.cli import main
+from tests.conftest import tiny_stable_diffusion
+
+FAST = {  # a few cheap steps per method
+    "sfron": ["--fisher-batches", "1"], "joint": ["--fisher-batches", "1"], "nabla_tau": ["--tau-every", "2"],
+    "ga": [], "rl": [], "salun": ["--saliency-batches", "1"], "esd": ["--ddim-steps", "3"],
+    "sa": ["--replay-per-condition", "1", "--replay-steps", "2", "--fisher-batches", "1"],
+}
+SD_FAST = {
+    "sfron": dict(fisher_batches=1), "joint": dict(fisher_batches=1), "nabla_tau": dict(tau_every=2, tau_samples=8),
+    "ga": {}, "rl": {}, "salun": dict(saliency_batches=1), "esd": dict(ddim_steps=3, train_method="esd-x"),
+    "sa": dict(replay_per_condition=1, replay_steps=2, fisher_batches=1),
+}
+
+
+@pytest.fixture(scope="module")
+def digit_split(digit_data):
+    return split_by_class(digit_data, [7])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_from_the_cli_and_the_result_loads_in_diffusers(method, trained_model_dir, tmp_path, capsys):
+    out = tmp_path / method
+    code = main(["unlearn", "--method", method, "--model", str(trained_model_dir), "--forget-class", "7", "--data",
+                 "digits", "--steps", "3", "--batch-size", "8", *FAST[method], "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "run.json").read_text())
+    assert record["method"] == method and record["config"]["steps"] == 3
+    assert len(record["losses"]["forget"]["value"]) == 3 and "unlearn" in record["timings"]
+    original = UNet2DModel.from_pretrained(trained_model_dir, subfolder="unet")
+    erased = UNet2DModel.from_pretrained(out)
+    assert any(not torch.equal(a, b) for a, b in zip(original.parameters(), erased.parameters()))
+    assert (out / "mask.safetensors").exists() == (method in ("sfron", "joint", "salun"))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_on_tiny_stable_diffusion_and_saves_a_pipeline(method, tmp_path):
+    adapter = tiny_stable_diffusion(tmp_path)
+    ids = adapter.register_prompts(["a photo of a nude person", "a photo of a person wearing clothes"])
+    forget = ImageDataset(torch.rand(4, 3, 16, 16) * 2 - 1, ids[:1].repeat(4), [])
+    remain = ImageDataset(torch.rand(4, 3, 16, 16) * 2 - 1, ids[1:].repeat(4), [])
+    function, config_class = METHODS[method]
+    function(adapter, forget, remain, config_class(steps=2, batch_size=2, **SD_FAST[method]), Runtime(seed=0))
+    adapter.save_pretrained(tmp_path / "out")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "out")
+    assert pipe(["a photo of a cat"], num_inference_steps=1, height=16, width=16, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_unknown_flag_for_the_chosen_method_is_refused(trained_model_dir, tmp_path, capsys):
+    code = main(["unlearn", "--method", "ga", "--gamma", "2", "--model", str(trained_model_dir), "--forget-class", "7",
+                 "--data", "digits", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--gamma is not an option of --method ga" in capsys.readouterr().err
+
+
+def test_nabla_tau_forget_term_vanishes_above_tau_leaving_pure_remain_descent(trained_model_dir, digit_split):
+    forget_mean = torch.tensor(0.7, requires_grad=True)
+    term = nabla_tau_forget_term(forget_mean, tau=0.5)
+    term.backward()
+    assert term.item() == 0.0 and forget_mean.grad.item() == 0.0
+    below = torch.tensor(0.2, requires_grad=True)
+    nabla_tau_forget_term(below, tau=0.5).backward()
+    assert below.grad.item() == pytest.approx(-2 * 0.3)  # d/dl (tau - l)^2: ascent while below tau
+
+    adapter = load_adapter(trained_model_dir)
+    forget, remain = digit_split
+    params = list(trainable_parameters(adapter.denoiser).values())
+    torch.manual_seed(0)
+    f_losses = denoising_losses(adapter, forget.images[:16], forget.labels[:16])
+    r_losses = denoising_losses(adapter, remain.images[:16], remain.labels[:16])
+    alpha, tau = 0.3, float(f_losses.detach().mean()) - 0.01  # forget loss already above tau
+    total = alpha * nabla_tau_forget_term(f_losses.mean(), tau) + (1 - alpha) * r_losses.mean()
+    combined = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+    remain_only = torch.autograd.grad((1 - alpha) * r_losses.mean(), params, allow_unused=True)
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(combined, remain_only))
+
+
+def test_nabla_tau_records_tau_at_every_refresh(trained_model_dir, digit_split):
+    forget, remain = digit_split
+    config = NablaTauConfig(steps=5, batch_size=8, tau_every=2, tau_samples=16)
+    result = nabla_tau(load_adapter(trained_model_dir), forget, remain, config, Runtime(seed=0))
+    record = result["record"]
+    assert [entry["step"] for entry in record["tau"]] == [0, 2, 4] and record["tau_source"] == "null"
+    assert record["alpha0"] == pytest.approx(5 / 3 * len(forget) / (len(forget) + len(remain)))
+    fixed = nabla_tau(load_adapter(trained_model_dir), forget, remain,
+                      NablaTauConfig(steps=2, batch_size=8, tau_source="value", tau_value=0.25), Runtime(seed=0))
+    assert fixed["record"]["tau"] == [{"step": 0, "tau": 0.25}]
+
+
+def test_salun_mask_keeps_the_stated_fraction(trained_model_dir, digit_split):
+    scores = {"a": torch.rand(1000), "b": torch.rand(30, 10)}
+    for fraction in (0.1, 0.5, 0.9):
+        mask = top_fraction_mask(scores, fraction)
+        kept = sum(int(m.sum()) for m in mask.values()) / 1300
+        assert kept == pytest.approx(fraction, abs=1e-3)
+    forget, remain = digit_split
+    result = salun(load_adapter(trained_model_dir), forget, remain, SalUnConfig(steps=1, batch_size=8, saliency_batches=2),
+                   Runtime(seed=0))
+    assert 1 - result["mask_sparsity"]["overall"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_esd_target_formula_and_parameter_groups(tmp_path, digit_split, trained_model_dir):
+    eps_null, eps_cond = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
+    assert torch.equal(esd_target(eps_null, eps_cond, eta=1.5), torch.tensor([1.0 - 1.5 * 2.0, -2.0 - 1.5 * 2.0]))
+
+    adapter = tiny_stable_diffusion(tmp_path)
+    before = {n: p.detach().clone() for n, p in adapter.denoiser.named_parameters()}
+    ids = adapter.register_prompts(["a photo of a nude person"])
+    forget = ImageDataset(torch.zeros(2, 3, 16, 16), ids.repeat(2), [])
+    esd(adapter, forget, forget, ESDConfig(steps=2, ddim_steps=3, train_method="esd-x", lr=1e-2), Runtime(seed=0))
+    changed = {n for n, p in adapter.denoiser.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("attn2" in n for n in changed)
+
+    forget, remain = digit_split
+    with pytest.raises(UsageError, match="needs cross-attention"):
+        esd(load_adapter(trained_model_dir), forget, remain, ESDConfig(steps=1, train_method="esd-x"), Runtime())
+
+
+def test_ga_raises_the_forget_loss(trained_model_dir, digit_split):
+    forget, remain = digit_split
+    adapter = load_adapter(trained_model_dir)
+    before = fixed_draw_loss(adapter, forget, 256)
+    ga(adapter, forget, remain, GAConfig(steps=10, batch_size=32, lr=1e-3), Runtime(seed=0))
+    assert fixed_draw_loss(adapter, forget, 256) > 1.5 * before
+
+
+def test_rl_pulls_the_forget_class_toward_its_pseudo_class(trained_model_dir, digit_split):
+    forget, remain = digit_split
+
+    def distance(adapter):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            return pseudo_target_losses(adapter, forget.images[:64], forget.labels[:64],
+                                        torch.full((64,), 3)).mean().item()
+
+    adapter = load_adapter(trained_model_dir)
+    before = distance(adapter)
+    rl(adapter, forget, remain, RLConfig(steps=15, batch_size=32, lr=1e-3, pseudo_class=3), Runtime(seed=0))
+    assert distance(adapter) < 0.5 * before
+
+
+def test_sa_ewc_gradient_matches_autograd_and_the_run_records_its_penalty(trained_model_dir, digit_split):
+    torch.manual_seed(0)
+    params = [torch.randn(3, 4, requires_grad=True), torch.randn(5, requires_grad=True)]
+    anchor = [torch.randn(3, 4), torch.randn(5)]
+    fisher = [torch.rand(3, 4), torch.rand(5)]
+    penalty = 7.0 * sum((f * (p - a).pow(2)).sum() for p, a, f in zip(params, anchor, fisher))
+    expected = torch.autograd.grad(penalty, params)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    add_ewc_gradient(params, anchor, [2 * 7.0 * f for f in fisher])
+    assert all(torch.allclose(p.grad, e) for p, e in zip(params, expected))
+
+    forget, remain = digit_split
+    config = SAConfig(steps=3, batch_size=16, lr=1e-3, replay_per_condition=2, replay_steps=2, fisher_batches=2)
+    result = sa(load_adapter(trained_model_dir), forget, remain, config, Runtime(seed=0))
+    assert result["record"]["replay_images"] == 2 * 9 and result["record"]["ewc_penalty_final"] > 0
