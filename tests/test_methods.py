@@ -176,3 +176,31 @@ def test_sa_ewc_gradient_matches_autograd_and_the_run_records_its_penalty(traine
     config = SAConfig(steps=3, batch_size=16, lr=1e-3, replay_per_condition=2, replay_steps=2, fisher_batches=2)
     result = sa(load_adapter(trained_model_dir), forget, remain, config, Runtime(seed=0))
     assert result["record"]["replay_images"] == 2 * 9 and result["record"]["ewc_penalty_final"] > 0
+
+
+def test_joint_takes_one_summed_step_per_iteration_where_sfron_takes_two(trained_model_dir, digit_split, monkeypatch):
+    from erase.joint import joint
+    from erase.sfron import SFRonConfig, sfron
+
+    forget, remain = digit_split
+    adapter = load_adapter(trained_model_dir)
+    params = trainable_parameters(adapter.denoiser)
+    mask = {n: torch.rand_like(p) < 0.5 for n, p in params.items()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    steps_taken = {}
+    calls = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (calls.append(1), adam_step(self, *a, **k))[1])
+    for name, function in (("joint", joint), ("sfron", sfron)):
+        model = load_adapter(trained_model_dir)
+        calls.clear()
+        function(model, forget, remain, SFRonConfig(steps=3, batch_size=8), Runtime(seed=0), mask=mask)
+        steps_taken[name] = len(calls)
+        if name == "joint":  # the remain part is unmasked, so mask-0 entries move within the single step
+            moved = sum(int((p != before[n])[~mask[n]].sum()) for n, p in trainable_parameters(model.denoiser).items())
+            assert moved > 0
+    assert steps_taken == {"joint": 3, "sfron": 6}
+    config = SFRonConfig(steps=3, batch_size=8, remain_alpha=0.0, max_grad_norm=None)
+    joint(adapter, forget, remain, config, Runtime(seed=0), mask=mask)
+    for n, p in params.items():  # with no remain part, the summed step is the masked forget step alone
+        assert torch.equal(p[~mask[n]], before[n][~mask[n]])
