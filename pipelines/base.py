@@ -57,6 +57,10 @@ class DiffusionAdapter(Protocol):
     ) -> torch.Tensor:
         """One image per condition, floats in [0, 1], (N, C, H, W). Guidance None = the model's own scale."""
 
+    def sample_latents(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None,
+                       stop_after: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's latents (and their timestep), optionally stopped after `stop_after` steps (ESD)."""
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Write a folder that plain diffusers loads."""
 
