@@ -11,8 +11,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from erase.errors import NonFiniteLossError
-from erase.saliency import cycle, trainable_parameters
+from tqdm.auto import tqdm
+
+from erase.errors import NonFiniteLossError, UsageError
+from erase.objectives import denoising_losses
+from erase.saliency import cycle, mask_sparsity, trainable_parameters
 
 
 @dataclass
@@ -199,29 +202,15 @@ class UnlearnRun:
 
     def next_losses(self, which: str, antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample denoising losses of the next forget or remain batch, and its conditions."""
-        from erase.objectives import denoising_losses
-
         images, labels = next(self.forget_batches if which == "forget" else self.remain_batches)
         return denoising_losses(self.adapter, self.adapter.encode(images), labels, antithetic=antithetic), labels
 
     def loop(self, names: Sequence[str], body: Callable[[int], dict], runtime: Runtime, description: str) -> "LossLog":
-        """Run `body(step)` -> {loss name: value} for every step, with a progress bar and periodic NaN checks."""
-        from tqdm.auto import tqdm
-
-        log = LossLog(names, self.steps, self.device)
-        progress = tqdm(range(self.steps), desc=description, disable=not self.accelerator.is_local_main_process)
-        with self.timer.phase("unlearn"):
-            for step in progress:
-                for name, value in body(step).items():
-                    log.record(name, step, value)
-                if (step + 1) % runtime.log_every == 0 or step + 1 == self.steps:
-                    progress.set_postfix(log.check())
-        return log
+        """Run `body(step)` -> {loss name: value} for every step (timed as the "unlearn" phase)."""
+        return run_steps(names, self.steps, body, runtime, self.accelerator, self.timer, description, "unlearn")
 
     def finish(self, log: "LossLog", mask: dict | None = None, **extra) -> dict:
         """Unwrap the model and return the result every method returns (run.json fields)."""
-        from erase.saliency import mask_sparsity
-
         self.adapter.denoiser = self.accelerator.unwrap_model(self.adapter.denoiser)
         return {
             "mask": mask,
@@ -235,23 +224,42 @@ class UnlearnRun:
         }
 
 
-def start_run(adapter, forget_data, remain_data, runtime: Runtime, *, steps: int, lr: float, batch_size: int,
-              max_grad_norm: float | None, optimizer: str = "adam", weight_decay: float = 0.0) -> UnlearnRun:
-    """Accelerator, optimizer over the trainable parameters, endless seeded forget/remain batches, stepper."""
-    from erase.errors import UsageError
-
-    if steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {steps}")
+def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: float | None, optimizer: str = "adam",
+                     weight_decay: float = 0.0):
+    """(accelerator, timer, optimizer, stepper) for training `adapter.denoiser`'s trainable parameters."""
     accelerator = make_accelerator(runtime)
     adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
     adapter.denoiser.train()
-    params = trainable_parameters(adapter.denoiser).values()
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
-    opt = optimizer_class(params, lr=lr, weight_decay=weight_decay)
+    opt = optimizer_class(trainable_parameters(adapter.denoiser).values(), lr=lr, weight_decay=weight_decay)
     adapter.denoiser, opt = accelerator.prepare(adapter.denoiser, opt)
+    stepper = Stepper(accelerator, adapter.denoiser, opt, max_grad_norm, runtime.grad_accum)
+    return accelerator, PhaseTimer(accelerator.device), opt, stepper
+
+
+def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], runtime: Runtime, accelerator,
+              timer: PhaseTimer, description: str, phase: str) -> LossLog:
+    """`body(step)` -> {loss name: value} for every step, with a progress bar and a NaN check every log_every steps."""
+    log = LossLog(names, steps, accelerator.device)
+    progress = tqdm(range(steps), desc=description, disable=not accelerator.is_local_main_process)
+    with timer.phase(phase):
+        for step in progress:
+            for name, value in body(step).items():
+                log.record(name, step, value)
+            if (step + 1) % runtime.log_every == 0 or step + 1 == steps:
+                progress.set_postfix(log.check())
+    return log
+
+
+def start_run(adapter, forget_data, remain_data, runtime: Runtime, *, steps: int, lr: float, batch_size: int,
+              max_grad_norm: float | None, optimizer: str = "adam", weight_decay: float = 0.0) -> UnlearnRun:
+    """The shared setup of every erasure method, plus endless seeded forget and remain batches."""
+    if steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    accelerator, timer, opt, stepper = prepare_training(adapter, runtime, lr=lr, max_grad_norm=max_grad_norm,
+                                                        optimizer=optimizer, weight_decay=weight_decay)
     return UnlearnRun(
-        adapter=adapter, accelerator=accelerator, timer=PhaseTimer(accelerator.device), optimizer=opt,
-        stepper=Stepper(accelerator, adapter.denoiser, opt, max_grad_norm, runtime.grad_accum),
+        adapter=adapter, accelerator=accelerator, timer=timer, optimizer=opt, stepper=stepper,
         forget_batches=endless_batches(forget_data, batch_size, runtime.seed, accelerator),
         remain_batches=endless_batches(remain_data, batch_size, runtime.seed + 1, accelerator),
         steps=steps,

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
-from erase.engine import LossLog, PhaseTimer, Runtime, Stepper, endless_batches, make_accelerator
+from erase.engine import Runtime, endless_batches, prepare_training, run_steps
 from erase.errors import UsageError
 from erase.objectives import denoising_losses
 from erase.saliency import trainable_parameters
@@ -34,19 +33,14 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
         raise UsageError(f"--steps must be at least 1, got {config.steps}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise UsageError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
-    accelerator = make_accelerator(runtime)
-    timer = PhaseTimer(accelerator.device)
-    adapter.to(accelerator.device)
-    adapter.denoiser.train()
-    optimizer = torch.optim.AdamW(trainable_parameters(adapter.denoiser).values(), lr=config.lr)
-    adapter.denoiser, optimizer = accelerator.prepare(adapter.denoiser, optimizer)
+    accelerator, timer, _, stepper = prepare_training(adapter, runtime, lr=config.lr,
+                                                      max_grad_norm=config.max_grad_norm, optimizer="adamw")
     params = list(trainable_parameters(adapter.denoiser).values())
     ema = None
     if config.ema_decay > 0:
         ema = EMAModel(params, decay=config.ema_decay, foreach=True)
         ema.to(accelerator.device)
     batches = endless_batches(dataset, config.batch_size, runtime.seed, accelerator)
-    stepper = Stepper(accelerator, adapter.denoiser, optimizer, config.max_grad_norm, runtime.grad_accum)
 
     def loss_fn():
         images, labels = next(batches)
@@ -57,15 +51,13 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
         loss = denoising_losses(adapter, adapter.encode(images), labels).mean()
         return loss, loss
 
-    log = LossLog(["train"], config.steps, accelerator.device)
-    progress = tqdm(range(config.steps), desc="train", disable=not accelerator.is_local_main_process)
-    with timer.phase("train"):
-        for step in progress:
-            log.record("train", step, stepper.step(loss_fn))
-            if ema is not None:
-                ema.step(params)
-            if (step + 1) % runtime.log_every == 0 or step + 1 == config.steps:
-                progress.set_postfix(log.check())
+    def step(_: int) -> dict:
+        loss = stepper.step(loss_fn)
+        if ema is not None:
+            ema.step(params)
+        return {"train": loss}
+
+    log = run_steps(["train"], config.steps, step, runtime, accelerator, timer, "train", "train")
     adapter.denoiser = accelerator.unwrap_model(adapter.denoiser)
     if ema is not None:
         ema.copy_to(params)

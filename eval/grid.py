@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from eval.generate import generate
+
 
 def image_grid(
     rows: dict[str, torch.Tensor], column_labels: Sequence[str], cell: int = 48, padding: int = 2
@@ -39,8 +41,6 @@ def image_grid(
 def grid_rows(adapters: dict, make_jobs: Callable[[int], list], seeds: Sequence[int],
               num_inference_steps: int | None = None, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Rows "model sSEED", models adjacent for each seed; `make_jobs(seed)` gives one job per column."""
-    from eval.generate import generate
-
     rows = {}
     for seed in seeds:
         jobs = make_jobs(seed)

@@ -39,11 +39,16 @@ class ClassConditioning:
     def null_condition(self, batch_size: int) -> torch.Tensor:
         return torch.full((batch_size,), self.num_classes, dtype=torch.long, device=self.device)
 
-    def condition_batch(self, conditions, device) -> torch.Tensor:
-        labels = torch.as_tensor(conditions, dtype=torch.long, device=device)
-        bad = [int(c) for c in labels.unique().tolist() if not 0 <= c <= self.num_classes]
+    def check_class_ids(self, ids, allow_null: bool = False) -> None:
+        """Refuse ids outside 0..num_classes-1 (the null id num_classes too, unless `allow_null`)."""
+        top = self.num_classes if allow_null else self.num_classes - 1
+        bad = sorted({int(c) for c in ids if not 0 <= int(c) <= top})
         if bad:
             raise UsageError(f"class ids {bad} do not exist; this model has classes 0-{self.num_classes - 1}")
+
+    def condition_batch(self, conditions, device) -> torch.Tensor:
+        labels = torch.as_tensor(conditions, dtype=torch.long, device=device)
+        self.check_class_ids(labels.unique().tolist(), allow_null=True)
         return labels
 
 

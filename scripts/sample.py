@@ -49,9 +49,7 @@ def build_jobs(args, adapter, seeds):
     if not adapter.conditional:
         raise UsageError("this model is unconditional; it has no classes to choose")
     classes = parse_class_ids(args.classes)
-    unknown = [c for c in classes if not 0 <= c < adapter.num_classes]
-    if unknown:
-        raise UsageError(f"class ids {unknown} do not exist; this model has classes 0-{adapter.num_classes - 1}")
+    adapter.check_class_ids(classes)
     return class_jobs(classes, seeds, adapter.class_names, args.guidance_scale)
 
 

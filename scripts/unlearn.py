@@ -76,9 +76,7 @@ def read_targets(args, adapter):
         raise UsageError("this text-to-image model erases prompts; use --forget-prompt or --forget-prompts")
     forget = parse_class_ids(args.forget_class)
     if adapter.conditional:
-        unknown = [c for c in forget if not 0 <= c < adapter.num_classes]
-        if unknown:
-            raise UsageError(f"class ids {unknown} do not exist; this model has classes 0-{adapter.num_classes - 1}")
+        adapter.check_class_ids(forget)
     remain = parse_class_ids(args.remain_classes) if args.remain_classes else None
     return Targets(forget, remain)
 

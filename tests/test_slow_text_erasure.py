@@ -7,7 +7,6 @@ erases "seven" by prompt. Measured here: base FA 100% / mean RA 97.8%; after 50 
 """
 
 import pytest
-import torch
 
 from erase.data import ImageDataset, mnist, split_by_class
 from erase.engine import Runtime
