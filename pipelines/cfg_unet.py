@@ -65,8 +65,11 @@ class CFGUNetAdapter(ClassConditioning, DDPMAdapter):
         self.init_class_info()
 
     @classmethod
-    def create(cls, resolution: int, channels: Sequence[int] = (32, 64), in_channels: int = 1, num_classes=10, **info):
-        unet = UNet2DModel(**tiny_unet_config(resolution, channels, in_channels, num_class_embeds=num_classes + 1))
+    def create(cls, resolution: int, channels: Sequence[int] = (32, 64), in_channels: int = 1, num_classes=10,
+               attention: bool = False, layers_per_block: int = 1, **info):
+        config = tiny_unet_config(resolution, channels, in_channels, attention, layers_per_block,
+                                  num_class_embeds=num_classes + 1)
+        unet = UNet2DModel(**config)
         return cls(unet, DDPMScheduler(num_train_timesteps=1000), info)
 
     @property

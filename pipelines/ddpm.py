@@ -17,16 +17,22 @@ from erase.errors import UsageError
 from pipelines.base import ERASE_KEY, AdapterBase, read_model_index, write_erase_info
 
 
-def tiny_unet_config(resolution: int, channels: Sequence[int] = (32, 64), in_channels: int = 1, **extra) -> dict:
-    """A small attention-free UNet2DModel config, sized for CPU (tests, the MNIST demo)."""
+def tiny_unet_config(resolution: int, channels: Sequence[int] = (32, 64), in_channels: int = 1,
+                     attention: bool = False, layers_per_block: int = 1, **extra) -> dict:
+    """A small UNet2DModel config sized for CPU (tests, the MNIST demo); `attention` adds self-attention at the
+    lowest-resolution level (down and up)."""
+    down = ["DownBlock2D"] * len(channels)
+    up = ["UpBlock2D"] * len(channels)
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return dict(
         sample_size=resolution,
         in_channels=in_channels,
         out_channels=in_channels,
         block_out_channels=tuple(channels),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",) * len(channels),
-        up_block_types=("UpBlock2D",) * len(channels),
+        layers_per_block=layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
         norm_num_groups=min(8, min(channels)),
         **extra,
     )

@@ -19,6 +19,8 @@ def register(commands) -> None:
     add_data_argument(parser)
     parser.add_argument("--resolution", type=int, default=16, help="image side in pixels (default: %(default)s)")
     parser.add_argument("--channels", default="32,64", help="UNet block widths, comma-separated (default: %(default)s)")
+    parser.add_argument("--attention", action="store_true", help="add self-attention at the lowest-resolution level")
+    parser.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers per UNet block (default: %(default)s)")
     parser.add_argument("--exclude-classes", default=None,
                         help="class ids left out of the training data, e.g. '7' or '1,3' (the model keeps all class ids)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
@@ -50,6 +52,7 @@ def run(args) -> None:
     torch.manual_seed(runtime.seed)
     adapter = CFGUNetAdapter.create(
         args.resolution, channels, dataset.images.shape[1], num_classes=len(dataset.class_names),
+        attention=args.attention, layers_per_block=args.layers_per_block,
         class_names=dataset.class_names, guidance_scale=args.guidance_scale, excluded_classes=excluded,
         trained_on=dataset.name,
     )
@@ -61,7 +64,8 @@ def run(args) -> None:
         adapter.save_pretrained(staging)
         write_json(staging / "run.json", {
             "command": "train", "config": config, "runtime": runtime, "data": args.data, "resolution": args.resolution,
-            "channels": channels, "excluded_classes": excluded, "train_images": len(train_data),
+            "channels": channels, "attention": args.attention,
+            "layers_per_block": args.layers_per_block, "excluded_classes": excluded, "train_images": len(train_data),
             "device": result["device"], "timings": result["timings"], "losses": result["losses"],
             "started": started, "environment": environment(),
         })
