@@ -171,6 +171,11 @@ class PhaseTimer:
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
 
+    def move(self, seconds: float, source: str, target: str) -> None:
+        """Book `seconds` spent inside phase `source` under `target` instead (e.g. evaluation inside a loop)."""
+        self.seconds[source] = self.seconds.get(source, 0.0) - seconds
+        self.seconds[target] = self.seconds.get(target, 0.0) + seconds
+
     @contextlib.contextmanager
     def phase(self, name: str):
         start = time.perf_counter()
@@ -178,6 +183,26 @@ class PhaseTimer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class Monitor:
+    """`evaluate(adapter) -> {metric: float}` after every `every` steps of a run, e.g. the benchmark's FA probe.
+
+    Its time is booked as the "monitor" phase, not the method's, and the global random state is restored after
+    each call, so monitoring does not change the run it watches.
+    """
+
+    every: int
+    evaluate: Callable[[object], dict]
+    history: list = field(default_factory=list)
+
+    def due(self, step: int, steps: int) -> bool:
+        return (step + 1) % self.every == 0 or step + 1 == steps
+
+    def __call__(self, adapter, step: int) -> None:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())), torch.no_grad():
+            self.history.append({"step": step + 1, **self.evaluate(adapter)})
 
 
 @dataclass
@@ -192,6 +217,7 @@ class UnlearnRun:
     forget_batches: Iterator
     remain_batches: Iterator
     steps: int
+    monitor: Monitor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -207,7 +233,8 @@ class UnlearnRun:
 
     def loop(self, names: Sequence[str], body: Callable[[int], dict], runtime: Runtime, description: str) -> "LossLog":
         """Run `body(step)` -> {loss name: value} for every step (timed as the "unlearn" phase)."""
-        return run_steps(names, self.steps, body, runtime, self.accelerator, self.timer, description, "unlearn")
+        return run_steps(names, self.steps, body, runtime, self.accelerator, self.timer, description, "unlearn",
+                         self.monitor, self.adapter)
 
     def finish(self, log: "LossLog", mask: dict | None = None, **extra) -> dict:
         """Unwrap the model and return the result every method returns (run.json fields)."""
@@ -220,6 +247,7 @@ class UnlearnRun:
             "device": str(self.accelerator.device),
             "num_processes": self.accelerator.num_processes,
             "is_main_process": self.accelerator.is_main_process,
+            "monitor": self.monitor.history if self.monitor is not None else None,
             **extra,
         }
 
@@ -238,21 +266,31 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
 
 
 def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], runtime: Runtime, accelerator,
-              timer: PhaseTimer, description: str, phase: str) -> LossLog:
-    """`body(step)` -> {loss name: value} for every step, with a progress bar and a NaN check every log_every steps."""
+              timer: PhaseTimer, description: str, phase: str, monitor: Monitor | None = None,
+              adapter=None) -> LossLog:
+    """`body(step)` -> {loss name: value} for every step, with a progress bar and a NaN check every log_every steps;
+    `monitor` evaluates `adapter` when due, its time booked as the "monitor" phase."""
     log = LossLog(names, steps, accelerator.device)
     progress = tqdm(range(steps), desc=description, disable=not accelerator.is_local_main_process)
+    probing = 0.0
     with timer.phase(phase):
         for step in progress:
             for name, value in body(step).items():
                 log.record(name, step, value)
             if (step + 1) % runtime.log_every == 0 or step + 1 == steps:
                 progress.set_postfix(log.check())
+            if monitor is not None and monitor.due(step, steps):
+                started = time.perf_counter()
+                monitor(adapter, step)
+                probing += time.perf_counter() - started
+    if monitor is not None:
+        timer.move(probing, phase, "monitor")
     return log
 
 
 def start_run(adapter, forget_data, remain_data, runtime: Runtime, *, steps: int, lr: float, batch_size: int,
-              max_grad_norm: float | None, optimizer: str = "adam", weight_decay: float = 0.0) -> UnlearnRun:
+              max_grad_norm: float | None, optimizer: str = "adam", weight_decay: float = 0.0,
+              monitor: Monitor | None = None) -> UnlearnRun:
     """The shared setup of every erasure method, plus endless seeded forget and remain batches."""
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
@@ -262,7 +300,7 @@ def start_run(adapter, forget_data, remain_data, runtime: Runtime, *, steps: int
         adapter=adapter, accelerator=accelerator, timer=timer, optimizer=opt, stepper=stepper,
         forget_batches=endless_batches(forget_data, batch_size, runtime.seed, accelerator),
         remain_batches=endless_batches(remain_data, batch_size, runtime.seed + 1, accelerator),
-        steps=steps,
+        steps=steps, monitor=monitor,
     )
 
 

@@ -37,14 +37,15 @@ def esd_target(eps_null: torch.Tensor, eps_cond: torch.Tensor, eta: float) -> to
     return eps_null - eta * (eps_cond - eps_null)
 
 
-def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
+def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
     choice = TRAIN_METHODS[config.train_method]
     if choice != "full":
         if not hasattr(adapter, "select_trainable"):
             raise UsageError(f"--train-method {config.train_method} needs cross-attention (Stable Diffusion); use full")
         adapter.select_trainable(choice)
     frozen = frozen_copy(adapter.denoiser)
-    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     frozen.to(run.device)
     generator = torch.Generator().manual_seed(runtime.seed)  # CPU draws: no device sync for the step count

@@ -19,9 +19,10 @@ class GAConfig:
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 
-def ga(adapter, forget_data, remain_data, config: GAConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
+def ga(adapter, forget_data, remain_data, config: GAConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
     """One step per iteration on -mean l_forget (+ remain_alpha * mean l_remain)."""
-    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
 
     def forget_part():

@@ -12,8 +12,10 @@ from erase.engine import Runtime
 from erase.sfron import SFRonConfig, alpha_schedule, prepare_sfron
 
 
-def joint(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
-    run, mask, masked, forget_loss, remain_loss = prepare_sfron(adapter, forget_data, remain_data, config, runtime, mask)
+def joint(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
+    run, mask, masked, forget_loss, remain_loss = prepare_sfron(
+        adapter, forget_data, remain_data, config, runtime, mask, monitor)
 
     def iteration(step: int) -> dict:
         alpha = alpha_schedule(config.forget_alpha, step, config.steps, config.alpha_decay)

@@ -1,7 +1,7 @@
 """The erasure methods, by the name `erase unlearn --method` takes: (function, config dataclass).
 
-Every method is `method(adapter, forget_data, remain_data, config, runtime, mask=None) -> result` and returns the
-same fields (mask or None, mask sparsity, per-step losses, timings per phase, device, a method-specific record).
+Every method is `method(adapter, forget_data, remain_data, config, runtime, mask=None, monitor=None) -> result`
+(`monitor`: an engine.Monitor evaluated every few steps, untimed) and returns the same fields (mask or None, mask sparsity, per-step losses, timings per phase, device, a method-specific record).
 """
 
 from erase.esd import ESDConfig, esd

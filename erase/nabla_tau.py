@@ -42,7 +42,8 @@ def nabla_tau_forget_term(forget_mean: torch.Tensor, tau: float) -> torch.Tensor
     return torch.relu(tau - forget_mean).pow(2)
 
 
-def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
+def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
     if config.tau_source == "value" and config.tau_value is None:
         raise UsageError("--tau-source value needs --tau-value")
     if config.tau_source == "null" and not adapter.conditional:
@@ -56,7 +57,7 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
         reference, remain_data = remain_data.subset(order[:cut], "heldout"), remain_data.subset(order[cut:], "remain")
     p = len(forget_data) / (len(forget_data) + len(remain_data))
     alpha0 = config.alpha if config.alpha is not None else 5.0 / 3.0 * p
-    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, optimizer="adamw")
     taus: list[dict] = []
 

@@ -45,8 +45,9 @@ def relabel_parts(run, remain_data, config):
     return forget_part, remain_part
 
 
-def rl(adapter, forget_data, remain_data, config: RLConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
-    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+def rl(adapter, forget_data, remain_data, config: RLConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     forget_part, remain_part = relabel_parts(run, remain_data, config)
 

@@ -55,8 +55,9 @@ def add_ewc_gradient(params: list, anchor: list, scale: list) -> None:
     torch._foreach_add_([p.grad for p in params], difference)
 
 
-def sa(adapter, forget_data, remain_data, config: SAConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
-    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+def sa(adapter, forget_data, remain_data, config: SAConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     remain_conditions = torch.unique(remain_data.labels).tolist()
     with run.timer.phase("generate"):  # the original model, already on the run's device

@@ -19,8 +19,9 @@ class SalUnConfig(RLConfig):
     saliency_batches: int = field(default=20, metadata={"help": "forget batches whose gradient sets the mask"})
 
 
-def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
-    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     if mask is None:
         with run.timer.phase("mask"):

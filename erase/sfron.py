@@ -84,9 +84,9 @@ def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, a
     return mask
 
 
-def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime, mask=None):
+def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime, mask=None, monitor=None):
     """Set up the run, compute (or take) the saliency mask, build the forget loss: shared by sfron and joint."""
-    run = start_run(adapter, forget_data, remain_data, runtime, steps=config.steps, lr=config.lr,
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     if mask is None:
         fisher_size = config.fisher_batch_size or config.batch_size
@@ -108,12 +108,14 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
     return run, mask, masked, forget_loss, remain_loss
 
 
-def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime = Runtime(), mask=None) -> dict:
+def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime = Runtime(), mask=None,
+        monitor=None) -> dict:
     """Erase `forget_data` from `adapter.denoiser` in place; returns mask, sparsity, per-step losses and timings.
 
     `mask` (name -> bool tensor) skips the Fisher phase, e.g. to reuse a mask across runs.
     """
-    run, mask, masked, forget_loss, remain_loss = prepare_sfron(adapter, forget_data, remain_data, config, runtime, mask)
+    run, mask, masked, forget_loss, remain_loss = prepare_sfron(
+        adapter, forget_data, remain_data, config, runtime, mask, monitor)
 
     def iteration(step: int) -> dict:
         values = {}

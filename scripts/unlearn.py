@@ -44,6 +44,13 @@ def register(commands) -> None:
     model.add_argument("--train-params", default="full", choices=("full", "xattn", "noxattn"),
                        help="Stable Diffusion: which UNet parameters train (ESD conventions) (default: %(default)s)")
     model.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (large models)")
+    probe = parser.add_argument_group("monitoring (class models): forgetting accuracy during the run, untimed")
+    probe.add_argument("--monitor-every", type=int, default=0,
+                       help="every N steps, sample the forget classes and record FA in run.json (default: 0 = off)")
+    probe.add_argument("--monitor-samples", type=int, default=40, help="forget-class samples per probe (default: %(default)s)")
+    probe.add_argument("--monitor-steps", type=int, default=25, help="DDIM steps per probe sample (default: %(default)s)")
+    probe.add_argument("--monitor-classifier", default="digits",
+                       help="classifier judging the probe: 'digits' (shipped) or a folder (default: %(default)s)")
     parser.add_argument("--method", default="sfron", choices=sorted(METHODS), help="erasure method (default: %(default)s)")
     parser.add_argument("--mask", default=None, help="reuse a saliency mask (mask.safetensors of an earlier run): skips Fisher")
     add_method_arguments(parser, METHODS)
@@ -118,6 +125,35 @@ def load_data(args, adapter, targets, staging_hint: Path):
     return forget, remain, {"source": source}
 
 
+def make_monitor(args, adapter, targets):
+    """The FA probe of --monitor-every, or None."""
+    from erase.engine import Monitor
+    from erase.errors import UsageError
+
+    if args.monitor_every == 0:
+        return None
+    if args.monitor_every < 0 or args.monitor_samples < 1 or args.monitor_steps < 1:
+        raise UsageError("--monitor-every, --monitor-samples and --monitor-steps must be positive")
+    if targets.by_prompt or not adapter.conditional:
+        raise UsageError("--monitor-every judges class samples with a classifier; it applies to class erasure only")
+    from eval.classifier import load_classifier
+    from eval.probe import forgetting_probe
+
+    classifier = load_classifier(args.monitor_classifier)
+    return Monitor(args.monitor_every, forgetting_probe(classifier, targets.forget, args.monitor_samples,
+                                                        args.monitor_steps, args.seed))
+
+
+def monitor_record(args, monitor) -> dict | None:
+    from eval.probe import first_step_below
+
+    if monitor is None:
+        return None
+    return {"every": args.monitor_every, "samples": args.monitor_samples, "num_inference_steps": args.monitor_steps,
+            "classifier": args.monitor_classifier, "history": monitor.history,
+            "first_step_fa_below_5pct": first_step_below(monitor.history, 0.05)}
+
+
 def run(args) -> None:
     import tempfile
 
@@ -145,6 +181,7 @@ def run(args) -> None:
         if getattr(config, "forget_objective", "pseudo") != "pseudo":
             raise UsageError("--replacement-prompt is the target of --forget-objective pseudo; pass both")
         config.pseudo_class = int(adapter.register_prompts([args.replacement_prompt])[0])
+    monitor = make_monitor(args, adapter, targets)
     mask = None
     if args.mask:
         try:
@@ -161,7 +198,7 @@ def run(args) -> None:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
-            result = method(adapter, forget, remain, config, runtime, mask=mask)
+            result = method(adapter, forget, remain, config, runtime, mask=mask, monitor=monitor)
         except ValueError as error:  # a mask that does not fit this model
             raise UsageError(f"{error}; compute a new mask by leaving out --mask") from None
         if not result["is_main_process"]:
@@ -189,6 +226,7 @@ def run(args) -> None:
                 "device": result["device"], "num_processes": result["num_processes"], "timings": result["timings"],
                 "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
                 "gradient_checkpointing": args.gradient_checkpointing, "method_record": result.get("record"),
+                "monitor": monitor_record(args, monitor),
                 "losses": result["losses"], "started": started, "environment": environment(),
             })
     parts = [f"{name} loss {log['value'][0]:.4f} -> {log['value'][-1]:.4f}"
