@@ -26,4 +26,4 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf demo-out .pytest_cache
+	rm -rf demo-out benchmark-out .pytest_cache

@@ -30,12 +30,24 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     """Python, packages, host and accelerator facts that a reader needs to reproduce a number."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,

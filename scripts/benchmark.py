@@ -1,0 +1,197 @@
+"""`erase benchmark`: every erasure method on the same base model, forget classes, seeds and sample counts, against
+a model retrained without the forget class (RT, the gold standard); writes results.json and a markdown report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scripts.common import SHIPPED_BASE
+
+# `erase unlearn` flags per method: each paper's setting scaled to the 16 px digit model (docs/benchmark.md says how).
+# Loss weights, temperatures, mask rules and schedules stay at the methods' defaults (the papers' values).
+SETTINGS = {
+    "sfron": ["--steps", 150, "--batch-size", 64],  # official DDPM: 150 iterations at lr 1e-4
+    "joint": ["--steps", 150, "--batch-size", 64],
+    "nabla_tau": ["--steps", 150, "--batch-size", 64],
+    "ga": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],  # SalUn DDPM: 1000 at 1e-5 -> 100 at 1e-4
+    "rl": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
+    "salun": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
+    "esd": ["--steps", 100, "--lr", 1e-4],  # ESD: 1000 at 1e-5 -> 100 at 1e-4, one condition per step
+    "sa": ["--steps", 100, "--lr", 1e-3, "--batch-size", 64],  # SA DDPM-scale 1000 at 1e-4 -> 100 at 1e-3
+}
+SCALING_NOTE = (
+    "Iteration counts of 1000 at lr 1e-5 (GA, RL, SalUn, ESD: SalUn's and ESD's settings) and 1000 at 1e-4 (SA) "
+    "become 100 at 10x the learning rate (same lr x steps); SFR-on, its joint variant and Nabla-tau keep the SFR-on "
+    "DDPM setting of 150 iterations at lr 1e-4. Batches are 64 (the base model's training batch) instead of 128; "
+    "ESD keeps one condition per step. Every other hyperparameter is the method's default (the papers' values)."
+)
+RECIPE_FLAGS = ("steps", "batch_size", "lr", "label_dropout", "ema_decay", "max_grad_norm")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "benchmark", help="all methods x forget classes vs a retrained-without-class model; table, grids, plot",
+        description="For each forget class: trains (or reuses) a model without that class with the base model's own "
+                    "recipe (RT), erases the class from the base with every method (settings in "
+                    "scripts/benchmark.py SETTINGS) while probing FA every --monitor-every steps, samples every "
+                    "model with the same seeds and scores FA, mean RA, FID of the remaining classes vs real digits "
+                    "and vs RT samples (classifier features). Writes OUT/results.json, OUT/benchmark.md, grids and "
+                    "an FA-vs-step plot; finished runs are reused when rerun with the same flags.",
+    )
+    parser.add_argument("--model", type=Path, default=SHIPPED_BASE,
+                        help="base model folder written by `erase train` (default: the shipped assets/mnist-cfg-unet)")
+    parser.add_argument("--forget-classes", default="1,3,7", help="classes erased one at a time (default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(SETTINGS), help="comma-separated methods (default: all)")
+    parser.add_argument("--per-class", type=int, default=50, help="scored samples per class and model (default: %(default)s)")
+    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of scored samples (default: %(default)s)")
+    parser.add_argument("--monitor-every", type=int, default=10, help="steps between FA probes (default: %(default)s)")
+    parser.add_argument("--monitor-samples", type=int, default=40, help="samples per FA probe (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="override every method's steps (quick checks; the report says so) (default: per method)")
+    parser.add_argument("--rt-steps", type=int, default=None,
+                        help="override RT training steps (quick checks; default: the base model's recipe)")
+    parser.add_argument("--rt-cache", type=Path, default=None, help="folder of RT models (default: OUT/rt)")
+    parser.add_argument("--report-dir", type=Path, default=None,
+                        help="where benchmark.md and its pictures go (default: OUT; the project's is docs/)")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "erase",
+                        help="real-image FID statistics cache (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run and sample (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-out"), help="output folder (default: %(default)s)")
+    parser.set_defaults(run=run)
+
+
+def training_recipe(model: Path) -> tuple[dict, list]:
+    """The base model's `erase train` record and the flags that repeat it."""
+    from erase.errors import UsageError
+
+    record_file = model / "run.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    if record.get("command") != "train":
+        raise UsageError(f"{str(model)!r} has no `erase train` run.json; the benchmark retrains RT with the base "
+                         "model's recipe, so pass a model written by `erase train`")
+    flags = ["--data", record["data"], "--resolution", record["resolution"],
+             "--channels", ",".join(str(c) for c in record["channels"]),
+             "--layers-per-block", record.get("layers_per_block", 1), "--seed", record["runtime"]["seed"]]
+    flags += ["--attention"] if record.get("attention") else []
+    for name in RECIPE_FLAGS:
+        value = record["config"][name]
+        flags += [f"--{name.replace('_', '-')}", value] if value is not None else []
+    return record, flags
+
+
+def retrained_model(args, model: Path, forget_class: int, guidance_scale: float) -> Path:
+    """RT for `forget_class`: reused from the cache when its recorded flags match, else trained now."""
+    from erase.errors import UsageError
+    from scripts.common import run_command
+
+    _, flags = training_recipe(model)
+    if args.rt_steps is not None:
+        flags += ["--steps", args.rt_steps]
+    flags = [str(f) for f in flags + ["--exclude-classes", forget_class, "--guidance-scale", guidance_scale]]
+    folder = (args.rt_cache or args.out / "rt") / f"without-{forget_class}"
+    stamp = folder / "benchmark-flags.json"
+    if stamp.is_file():
+        if json.loads(stamp.read_text()) == flags:
+            print(f"using the cached RT model {folder}")
+            return folder
+        raise UsageError(f"{str(folder)!r} was trained with other flags; delete it or pass another --rt-cache")
+    print(f"training RT (without class {forget_class}): erase train {' '.join(flags)}")
+    run_command("train", *flags, "--out", folder, "--overwrite")
+    stamp.write_text(json.dumps(flags) + "\n")
+    return folder
+
+
+def erased_model(args, method: str, forget_class: int) -> tuple[Path, dict]:
+    """The method's erased model and its run.json, reused when the same flags produced it before."""
+    from scripts.common import run_command
+
+    flags = [str(f) for f in ["--model", args.model, "--forget-class", forget_class, "--method", method,
+                              *SETTINGS[method], *(["--steps", args.steps] if args.steps else []),
+                              "--monitor-every", args.monitor_every, "--monitor-samples", args.monitor_samples,
+                              "--seed", args.seed]]
+    folder = args.out / "runs" / f"{method}-{forget_class}"
+    stamp = folder / "benchmark-flags.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == flags):
+        run_command("unlearn", *flags, "--out", folder, "--overwrite")
+        stamp.write_text(json.dumps(flags) + "\n")
+    return folder, json.loads((folder / "run.json").read_text())
+
+
+def method_seconds(timings: dict) -> float:
+    """A run's own wall time: every phase except the untimed FA probes."""
+    return sum(seconds for phase, seconds in timings.items() if phase != "monitor")
+
+
+def run(args) -> None:
+    import time
+
+    from erase.data import parse_class_ids
+    from erase.errors import UsageError
+    from erase.methods import METHODS
+    from erase.record import environment, write_json
+    from eval.class_scores import class_scores, real_reference, sample_classes
+    from eval.classifier import load_classifier
+    from eval.probe import first_step_below
+    from eval.report import write_report
+    from pipelines import load_adapter
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise UsageError(f"--methods: unknown {unknown}; choose from {sorted(METHODS)}")
+    if args.per_class < 1 or args.sample_steps < 1 or args.monitor_every < 1:
+        raise UsageError("--per-class, --sample-steps and --monitor-every must be at least 1")
+    forget_classes = parse_class_ids(args.forget_classes)
+    started = time.time()
+    base = load_adapter(args.model)
+    if base.backbone != "cfg_unet":
+        raise UsageError(f"the benchmark compares class erasure on a CFG UNet written by `erase train`; got {base.backbone}")
+    base.check_class_ids(forget_classes)
+    record, _ = training_recipe(args.model)
+    guidance = base.info.get("guidance_scale", 1.0)
+    classifier = load_classifier("digits")
+    resolution = base.image_shape[-1]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def sample(adapter, name):
+        return sample_classes(adapter, args.per_class, args.seed, args.sample_steps, description=f"sample {name}")
+
+    base_samples = sample(base, "base")
+    rows, grids, curves = [], {}, {}
+    for forget_class in forget_classes:
+        real = real_reference(classifier, record["data"], resolution, [forget_class], args.cache_dir)
+        rt_folder = retrained_model(args, args.model, forget_class, guidance)
+        rt_record = json.loads((rt_folder / "run.json").read_text())
+        rt_seconds = rt_record["timings"]["train"]
+        rt_samples = sample(load_adapter(rt_folder), f"RT without {forget_class}")
+        grids[forget_class] = {"base": base_samples.column(), "RT": rt_samples.column()}
+        rows.append({"class": forget_class, "method": "base", "steps": 0, "seconds": 0.0, "fraction_of_rt": 0.0,
+                     "first_step_fa_below_5pct": None,
+                     **class_scores(base_samples, [forget_class], classifier, real, rt_samples)})
+        rows.append({"class": forget_class, "method": "RT", "steps": rt_record["config"]["steps"],
+                     "seconds": rt_seconds, "fraction_of_rt": 1.0, "first_step_fa_below_5pct": None,
+                     **class_scores(rt_samples, [forget_class], classifier, real, None)})
+        for method in methods:
+            folder, run_record = erased_model(args, method, forget_class)
+            samples = sample(load_adapter(folder), f"{method} without {forget_class}")
+            seconds = method_seconds(run_record["timings"])
+            history = run_record["monitor"]["history"]
+            grids[forget_class][method] = samples.column()
+            curves.setdefault(forget_class, {})[method] = history
+            rows.append({"class": forget_class, "method": method, "steps": run_record["config"]["steps"],
+                         "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
+                         "first_step_fa_below_5pct": first_step_below(history, 0.05),
+                         "settings": SETTINGS[method], "mask_sparsity": run_record["mask_sparsity"],
+                         **class_scores(samples, [forget_class], classifier, real, rt_samples)})
+    results = {
+        "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
+        "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
+        "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples, "steps_override": args.steps,
+        "rt_steps_override": args.rt_steps, "settings": {m: SETTINGS[m] for m in methods}, "scaling": SCALING_NOTE,
+        "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
+        "environment": environment(),
+    }
+    write_json(args.out / "results.json", results)
+    report = write_report(results, grids, args.report_dir or args.out)
+    print(f"results: {args.out / 'results.json'}   report: {report}")

@@ -1,0 +1,117 @@
+"""Monitoring during erasure, the guidance sweep, and the benchmark at toy size."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from erase.data import split_by_class
+from erase.engine import Monitor, Runtime
+from erase.sfron import SFRonConfig, sfron
+from eval.probe import first_step_below
+from scripts.cli import main
+from tests.conftest import tiny_adapter
+
+
+def test_monitor_records_due_steps_without_changing_the_run(digit_data):
+    forget, remain = split_by_class(digit_data, [3])
+    config = SFRonConfig(steps=5, batch_size=16, fisher_batches=2)
+    calls = []
+
+    def evaluate(adapter):
+        calls.append(adapter.denoiser.training)
+        torch.randn(100)  # a careless probe would shift the run's random stream: the run must not see it
+        return {"fa": 0.5}
+
+    plain, watched = tiny_adapter(), tiny_adapter()
+    sfron(plain, forget, remain, config, Runtime(seed=0))
+    monitor = Monitor(2, evaluate)
+    result = sfron(watched, forget, remain, config, Runtime(seed=0), monitor=monitor)
+    assert [row["step"] for row in monitor.history] == [2, 4, 5] and result["monitor"] == monitor.history
+    assert result["timings"]["monitor"] > 0
+    for (name, a), b in zip(plain.denoiser.state_dict().items(), watched.denoiser.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_first_step_below():
+    history = [{"step": 10, "fa": 0.4}, {"step": 20, "fa": 0.04}, {"step": 30, "fa": 0.0}]
+    assert first_step_below(history, 0.05) == 20 and first_step_below(history, 0.01) == 30
+    assert first_step_below(history, 0.0) is None
+
+
+def test_unlearn_monitor_writes_fa_history(trained_model_dir, tmp_path, capsys):
+    out = tmp_path / "erased"
+    code = main(["unlearn", "--model", str(trained_model_dir), "--forget-class", "3", "--steps", "4", "--batch-size", "16",
+                 "--fisher-batches", "2", "--monitor-every", "2", "--monitor-samples", "6", "--monitor-steps", "3",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    monitor = json.loads((out / "run.json").read_text())["monitor"]
+    assert [row["step"] for row in monitor["history"]] == [2, 4]
+    assert all(0 <= row["fa"] <= 1 for row in monitor["history"]) and monitor["every"] == 2
+
+
+def test_guidance_sweep_stores_the_best_scale_and_nothing_else(trained_model_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model, symlinks=True)
+    before = {p.name: p.read_bytes() for p in (model / "unet").iterdir()}
+    code = main(["guidance", "--model", str(model), "--scales", "1,2", "--per-class", "3", "--steps", "3", "--write",
+                 "--json", str(tmp_path / "sweep.json")])
+    assert code == 0, capsys.readouterr().err
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    best = max(sweep["rows"], key=lambda r: (r["accuracy_mean"], -r["scale"]))
+    info = json.loads((model / "model_index.json").read_text())["_erase"]
+    assert info["guidance_scale"] == best["scale"] == sweep["best"]
+    assert [r["scale"] for r in info["guidance_sweep"]["rows"]] == [1.0, 2.0]
+    assert {p.name: p.read_bytes() for p in (model / "unet").iterdir()} == before
+    assert main(["guidance", "--model", str(model), "--scales", "1,x"]) == 2
+
+
+@pytest.fixture(scope="module")
+def small_base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "base"
+    assert main(["train", "--data", "digits", "--resolution", "8", "--channels", "16,32", "--steps", "20",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def benchmark(base, out, rt_cache, cache):
+    return main(["benchmark", "--model", str(base), "--forget-classes", "3,5", "--methods", "sfron,ga",
+                 "--per-class", "3", "--sample-steps", "3", "--monitor-every", "2", "--monitor-samples", "3",
+                 "--steps", "4", "--rt-steps", "20", "--out", str(out), "--rt-cache", str(rt_cache),
+                 "--cache-dir", str(cache)])
+
+
+def test_benchmark_table_is_generated_and_reproducible(small_base, tmp_path, capsys):
+    assert benchmark(small_base, tmp_path / "a", tmp_path / "rt", tmp_path / "cache") == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    rows = {(r["class"], r["method"]): r for r in results["rows"]}
+    assert set(rows) == {(c, m) for c in (3, 5) for m in ("base", "RT", "sfron", "ga")}
+    rt = rows[(3, "RT")]
+    assert rt["fraction_of_rt"] == 1.0 and rt["steps"] == 20
+    assert rows[(3, "sfron")]["steps"] == 4 and len(results["fa_curves"]["3"]["sfron"]) == 2
+    assert rows[(5, "ga")]["fraction_of_rt"] == pytest.approx(rows[(5, "ga")]["seconds"] / rows[(5, "RT")]["seconds"])
+    report = (tmp_path / "a" / "benchmark.md").read_text()
+    assert "| sfron |" in report and "Quick run" in report and "benchmark-fa.png" in report
+    assert (tmp_path / "a" / "benchmark-grid-class-5.png").is_file()
+    grid = Image.open(tmp_path / "a" / "benchmark-grid-class-3.png")
+    assert grid.size[1] == 16 + 4 * 50 + 2  # rows: base, RT, sfron, ga
+
+    # same flags, fresh method runs, cached RT: identical scores (fixed seeds), and RT not retrained
+    assert benchmark(small_base, tmp_path / "b", tmp_path / "rt", tmp_path / "cache") == 0
+    assert "using the cached RT model" in capsys.readouterr().out
+    again = {(r["class"], r["method"]): r for r in json.loads((tmp_path / "b" / "results.json").read_text())["rows"]}
+    for key, row in rows.items():
+        for metric in ("forgetting_accuracy", "remaining_accuracy_mean", "fid_real", "fid_reference"):
+            if metric == "fid_reference" and key[1] == "RT":
+                continue  # RT is the reference
+            assert again[key][metric] == pytest.approx(row[metric], rel=1e-4, abs=1e-6), (key, metric)
+
+
+def test_benchmark_refuses_unknown_methods_and_models_without_a_recipe(small_base, trained_model_dir, tmp_path, capsys):
+    assert main(["benchmark", "--model", str(small_base), "--methods", "sfron,nope", "--out", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["benchmark", "--model", str(trained_model_dir), "--out", str(tmp_path)]) == 2
+    assert "run.json" in capsys.readouterr().err
