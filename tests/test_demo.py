@@ -6,6 +6,8 @@ from PIL import Image
 
 from eval.grid import image_grid
 from scripts.cli import main
+from scripts.common import SHIPPED_BASE
+from tests.conftest import tree_digest
 
 
 def test_grid_has_one_cell_per_model_and_condition():
@@ -19,10 +21,37 @@ def test_grid_has_one_cell_per_model_and_condition():
         image_grid({"x": torch.zeros(2, 1, 8, 8)}, ["a", "b", "c"])
 
 
-def test_demo_runs_end_to_end_at_toy_size(tmp_path, capsys):
-    code = main(["demo", "--out", str(tmp_path), "--train-steps", "5", "--steps", "2"])
+def test_demo_on_the_shipped_model_at_toy_size(tmp_path, capsys):
+    before = tree_digest(SHIPPED_BASE)
+    code = main(["demo", "--out", str(tmp_path), "--steps", "2", "--per-class", "2", "--sample-steps", "2",
+                 "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, capsys.readouterr().err
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["denoising_loss"]) == {"base", "erased"} and summary["forget_class"] == 7
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert set(scores["scores"]) == {"base", "erased"} and scores["forget_class"] == 7
+    for model in scores["scores"].values():
+        assert 0 <= model["forgetting_accuracy"] <= 1 and len(model["remaining_accuracy"]) == 9
+        assert model["fid_real"] >= 0
+    assert 0 < scores["mask_sparsity"]["overall"] < 1 and scores["timings"]["total"] > 0
     assert Image.open(tmp_path / "grid.png").size[1] == 16 + 4 * 50 + 2  # 4 rows: 2 models x 2 seeds
-    assert "forget loss" in capsys.readouterr().out
+    assert "mean RA" in capsys.readouterr().out
+    assert tree_digest(SHIPPED_BASE) == before  # the shipped model is read only
+
+
+def test_demo_without_the_base_model_exits_2(tmp_path, capsys):
+    assert main(["demo", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_shipped_base_model_draws_the_digits_it_is_asked_for():
+    from diffusers import UNet2DModel
+
+    from eval.class_scores import sample_classes
+    from eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
+    from pipelines import load_adapter
+
+    assert UNet2DModel.from_pretrained(SHIPPED_BASE).config.num_class_embeds == 11  # plain diffusers loads it
+    adapter = load_adapter(SHIPPED_BASE)
+    assert adapter.info["guidance_scale"] == 1.25  # chosen by `erase guidance` (assets/README.md)
+    samples = sample_classes(adapter, per_class=10, seed=100, num_inference_steps=25)
+    metrics = forgetting_metrics(predict_probabilities(load_classifier("digits"), samples.images), samples.conditions, [])
+    assert metrics["remaining_accuracy_mean"] >= 0.9, metrics["remaining_accuracy"]  # 98.0% on 50 per digit
