@@ -35,11 +35,12 @@ class ClassSamples:
 
 
 def sample_classes(adapter, per_class: int, seed: int = 0, num_inference_steps: int = 50,
-                   description: str = "sample") -> ClassSamples:
+                   description: str = "sample", guidance_scale: float | None = None) -> ClassSamples:
+    """`per_class` images of every class (guidance None = the model's stored scale)."""
     import time
 
     classes = list(range(adapter.num_classes))
-    jobs = class_jobs(classes, range(seed, seed + per_class), adapter.class_names)
+    jobs = class_jobs(classes, range(seed, seed + per_class), adapter.class_names, guidance_scale)
     started = time.perf_counter()
     images = generate(adapter, jobs, num_inference_steps, description=description)
     return ClassSamples(images, [job.condition for job in jobs], per_class, time.perf_counter() - started)

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from eval.class_scores import sample_classes
 from eval.classifier import forgetting_metrics, predict_probabilities
-from eval.generate import class_jobs, generate
 
 
 def guidance_sweep(adapter, classifier, scales: Sequence[float], per_class: int, seed: int = 0,
                    num_inference_steps: int = 50) -> dict:
     """Accuracy per class and mean at every scale, on the same seeds; `best` = highest mean (smallest scale on ties)."""
-    classes = list(range(adapter.num_classes))
     rows = []
     for scale in scales:
-        jobs = class_jobs(classes, range(seed, seed + per_class), adapter.class_names, float(scale))
-        images = generate(adapter, jobs, num_inference_steps, description=f"guidance {scale:g}")
-        metrics = forgetting_metrics(predict_probabilities(classifier, images), [job.condition for job in jobs], [])
+        samples = sample_classes(adapter, per_class, seed, num_inference_steps, f"guidance {scale:g}", float(scale))
+        metrics = forgetting_metrics(predict_probabilities(classifier, samples.images), samples.conditions, [])
         rows.append({"scale": float(scale), "accuracy_mean": metrics["remaining_accuracy_mean"],
                      "accuracy_per_class": metrics["remaining_accuracy"]})
     best = max(rows, key=lambda row: (row["accuracy_mean"], -row["scale"]))
