@@ -14,7 +14,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from erase.errors import NonFiniteLossError, UsageError
-from erase.objectives import denoising_losses
+from erase.objectives import REDUCTIONS, denoising_losses, drop_conditions
 from erase.saliency import cycle, mask_sparsity, trainable_parameters
 
 
@@ -83,13 +83,14 @@ class LossLog:
 class MaskedUpdate:
     """Confines an optimizer step to the entries where the saliency mask is 1.
 
-    Masking the gradient alone is not enough with Adam: momentum from earlier (unmasked) remain steps would
-    still move masked entries. So the forget step masks the gradient (keeping Adam's moments and the clip norm
-    to the salient entries) and then puts every mask-0 entry back bit for bit: p = p_old + mask * (p_new - p_old).
-    Parameters whose mask is all ones cost nothing; the rest use fused `torch._foreach_*` ops.
+    The gradient is always masked (so Adam's moments and the clip norm see only the salient entries). With
+    `restore` (mask mode "restore"), every mask-0 entry is then put back bit for bit, p = p_old + mask * (p_new -
+    p_old): masking the gradient alone does not keep them fixed under Adam, whose momentum from earlier (unmasked)
+    remain steps still moves them. Without it (mask mode "gradient", the official code's form) that momentum carries
+    through. Parameters whose mask is all ones cost nothing; the rest use fused `torch._foreach_*` ops.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], mask: dict[str, torch.Tensor]):
+    def __init__(self, params: dict[str, torch.nn.Parameter], mask: dict[str, torch.Tensor], restore: bool = True):
         missing = sorted(params.keys() - mask.keys())
         if missing:
             raise ValueError(f"the mask has no entry for {len(missing)} trained parameters, e.g. {missing[:3]}")
@@ -99,7 +100,8 @@ class MaskedUpdate:
                 raise ValueError(f"mask for {name} has shape {tuple(mask[name].shape)}, parameter {tuple(params[name].shape)}")
         self.params = [params[name] for name in partial]
         self.masks = [mask[name].to(params[name].device, params[name].dtype) for name in partial]
-        self.snapshots = [torch.empty_like(p) for p in self.params]
+        self.restore = restore
+        self.snapshots = [torch.empty_like(p) for p in self.params] if restore else []
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -109,12 +111,12 @@ class MaskedUpdate:
 
     @torch.no_grad()
     def snapshot(self) -> None:
-        if self.params:
+        if self.params and self.restore:
             torch._foreach_copy_(self.snapshots, self.params)
 
     @torch.no_grad()
     def restore_unmasked(self) -> None:
-        if not self.params:
+        if not self.params or not self.restore:
             return
         torch._foreach_sub_(self.params, self.snapshots)  # params now hold the update
         torch._foreach_mul_(self.params, self.masks)
@@ -218,6 +220,8 @@ class UnlearnRun:
     remain_batches: Iterator
     steps: int
     monitor: Monitor | None = None
+    conventions: dict = field(default_factory=lambda: {"forget_reduction": "mean", "remain_reduction": "mean",
+                                                        "remain_label_dropout": 0.0})
 
     @property
     def device(self) -> torch.device:
@@ -227,9 +231,15 @@ class UnlearnRun:
         return trainable_parameters(self.adapter.denoiser)
 
     def next_losses(self, which: str, antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample denoising losses of the next forget or remain batch, and its conditions."""
+        """Per-sample denoising losses of the next forget or remain batch (reduced over pixels as the run's
+        conventions say; remain conditions dropped to null at the run's remain label-dropout rate), and its
+        conditions."""
         images, labels = next(self.forget_batches if which == "forget" else self.remain_batches)
-        return denoising_losses(self.adapter, self.adapter.encode(images), labels, antithetic=antithetic), labels
+        if which == "remain":
+            labels = drop_conditions(self.adapter, labels, self.conventions["remain_label_dropout"])
+        losses = denoising_losses(self.adapter, self.adapter.encode(images), labels, antithetic=antithetic,
+                                  reduction=self.conventions[f"{which}_reduction"])
+        return losses, labels
 
     def loop(self, names: Sequence[str], body: Callable[[int], dict], runtime: Runtime, description: str) -> "LossLog":
         """Run `body(step)` -> {loss name: value} for every step (timed as the "unlearn" phase)."""
@@ -248,6 +258,7 @@ class UnlearnRun:
             "num_processes": self.accelerator.num_processes,
             "is_main_process": self.accelerator.is_main_process,
             "monitor": self.monitor.history if self.monitor is not None else None,
+            "conventions": self.conventions,
             **extra,
         }
 
@@ -288,19 +299,43 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     return log
 
 
+def recorded_label_dropout(adapter) -> float:
+    """The label-dropout rate the model was trained with, as `erase train` records it (0 when none is recorded)."""
+    return float(adapter.info.get("label_dropout") or 0.0) if adapter.conditional else 0.0
+
+
+def run_conventions(adapter, forget_reduction: str, remain_reduction: str, remain_label_dropout: float | None) -> dict:
+    """The loss conventions a run trains under, checked and resolved; run.json records them."""
+    for reduction in (forget_reduction, remain_reduction):
+        if reduction not in REDUCTIONS:
+            raise UsageError(f"loss reduction {reduction!r} is not one of {REDUCTIONS}")
+    if remain_label_dropout is None:
+        remain_label_dropout = recorded_label_dropout(adapter)
+    if not 0.0 <= remain_label_dropout < 1.0:
+        raise UsageError(f"--remain-label-dropout must be in [0, 1), got {remain_label_dropout}")
+    return {"forget_reduction": forget_reduction, "remain_reduction": remain_reduction,
+            "remain_label_dropout": remain_label_dropout if adapter.conditional else 0.0,
+            "base_label_dropout": adapter.info.get("label_dropout")}
+
+
 def start_run(adapter, forget_data, remain_data, runtime: Runtime, *, steps: int, lr: float, batch_size: int,
               max_grad_norm: float | None, optimizer: str = "adam", weight_decay: float = 0.0,
-              monitor: Monitor | None = None) -> UnlearnRun:
-    """The shared setup of every erasure method, plus endless seeded forget and remain batches."""
+              monitor: Monitor | None = None, forget_reduction: str = "mean", remain_reduction: str = "mean",
+              remain_label_dropout: float | None = 0.0) -> UnlearnRun:
+    """The shared setup of every erasure method, plus endless seeded forget and remain batches.
+
+    `remain_label_dropout` None = the base model's recorded training rate, so remain steps keep training the
+    null condition that classifier-free guided sampling uses."""
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
+    conventions = run_conventions(adapter, forget_reduction, remain_reduction, remain_label_dropout)
     accelerator, timer, opt, stepper = prepare_training(adapter, runtime, lr=lr, max_grad_norm=max_grad_norm,
                                                         optimizer=optimizer, weight_decay=weight_decay)
     return UnlearnRun(
         adapter=adapter, accelerator=accelerator, timer=timer, optimizer=opt, stepper=stepper,
         forget_batches=endless_batches(forget_data, batch_size, runtime.seed, accelerator),
         remain_batches=endless_batches(remain_data, batch_size, runtime.seed + 1, accelerator),
-        steps=steps, monitor=monitor,
+        steps=steps, monitor=monitor, conventions=conventions,
     )
 
 

@@ -16,6 +16,13 @@ class GAConfig:
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate (SalUn DDPM: 1e-5)"})
     remain_alpha: float = field(default=0.0, metadata={"help": "weight of remain descent; 0 = pure ascent"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    loss_reduction: str = field(
+        default="mean", metadata={"help": "per-sample loss over pixels (SalUn DDPM baselines: mean)", "choices": ("sum", "mean")}
+    )
+    remain_label_dropout: float | None = field(
+        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
+                                        "recorded training rate); 0 turns it off"}
+    )
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 
@@ -23,7 +30,9 @@ def ga(adapter, forget_data, remain_data, config: GAConfig, runtime: Runtime = R
         monitor=None) -> dict:
     """One step per iteration on -mean l_forget (+ remain_alpha * mean l_remain)."""
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
-                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
+                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
+                    forget_reduction=config.loss_reduction, remain_reduction=config.loss_reduction,
+                    remain_label_dropout=config.remain_label_dropout)
 
     def forget_part():
         losses, _ = run.next_losses("forget", config.antithetic)

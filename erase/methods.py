@@ -11,7 +11,7 @@ from erase.nabla_tau import NablaTauConfig, nabla_tau
 from erase.rl import RLConfig, rl
 from erase.sa import SAConfig, sa
 from erase.salun import SalUnConfig, salun
-from erase.sfron import SFRonConfig, sfron
+from erase.sfron import SFRON_PRESETS, SFRonConfig, sfron
 
 METHODS = {
     "sfron": (sfron, SFRonConfig),
@@ -23,3 +23,7 @@ METHODS = {
     "esd": (esd, ESDConfig),
     "sa": (sa, SAConfig),
 }
+
+# Named settings per backbone, applied under flags the user gives (`erase unlearn --preset`, default: the model's
+# backbone). A method without an entry for a backbone runs at its config's defaults.
+PRESETS = {"sfron": SFRON_PRESETS, "joint": SFRON_PRESETS}

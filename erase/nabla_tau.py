@@ -34,6 +34,10 @@ class NablaTauConfig:
     tau_samples: int = field(default=256, metadata={"help": "(image, noise, timestep) draws per tau estimate"})
     alpha: float | None = field(default=None, metadata={"help": "alpha_0 (default: 5/3 |D_f| / (|D_f| + |D_r|), the authors' rule)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    remain_label_dropout: float | None = field(
+        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
+                                        "recorded training rate); 0 turns it off"}
+    )
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 
@@ -58,7 +62,8 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
     p = len(forget_data) / (len(forget_data) + len(remain_data))
     alpha0 = config.alpha if config.alpha is not None else 5.0 / 3.0 * p
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
-                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, optimizer="adamw")
+                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, optimizer="adamw",
+                    remain_label_dropout=config.remain_label_dropout)
     taus: list[dict] = []
 
     def refresh_tau(step: int) -> float:

@@ -1,11 +1,35 @@
 """Per-sample denoising losses and the forget objectives built on them (ALGORITHMS.md sections 1b and 3).
 
-Convention: a per-sample loss is the squared error averaged over the sample's elements, shape (B,).
+Convention: a per-sample loss is the squared error over the sample's elements, shape (B,), reduced by `reduction`:
+"mean" (torch's MSELoss, most code) or "sum" (the official SFR-on DDPM code; SalUn's remain term). A sum is the
+mean times D = C x H x W, so a constant tuned under one reduction means something D times different under the
+other; every method's config names the reduction its constants belong to (ALGORITHMS.md, "Conventions").
 """
 
 from __future__ import annotations
 
 import torch
+
+REDUCTIONS = ("mean", "sum")
+
+
+def reduce_pixels(squared_error: torch.Tensor, reduction: str) -> torch.Tensor:
+    """(B, ...) squared errors -> (B,) per-sample losses, averaged or summed over each sample's elements."""
+    flat = squared_error.flatten(1)
+    if reduction == "mean":
+        return flat.mean(1)
+    if reduction == "sum":
+        return flat.sum(1)
+    raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def drop_conditions(adapter, condition, probability: float):
+    """Replace each condition by the null condition with `probability` (classifier-free guidance training, Ho &
+    Salimans 2022); unconditional models and probability 0 return `condition` unchanged."""
+    if probability <= 0 or not adapter.conditional or not isinstance(condition, torch.Tensor):
+        return condition
+    dropped = torch.rand(condition.shape[0], device=condition.device) < probability
+    return torch.where(dropped, adapter.null_condition(condition.shape[0]).to(condition.device), condition)
 
 
 def sample_timesteps(batch_size: int, num_train_timesteps: int, device, antithetic: bool = False) -> torch.Tensor:
@@ -24,8 +48,10 @@ def denoising_losses(
     noise: torch.Tensor | None = None,
     guidance_scale: float | None = None,
     antithetic: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """l_i = mean || eps - eps_theta(x_t, t, c_i) ||^2 per sample, (B,); with `guidance_scale`, on the guided eps."""
+    """l_i = || eps - eps_theta(x_t, t, c_i) ||^2 averaged or summed over pixels (`reduction`), (B,); with
+    `guidance_scale`, on the guided eps."""
     noise = torch.randn_like(x0) if noise is None else noise
     if timesteps is None:
         timesteps = sample_timesteps(x0.shape[0], adapter.num_train_timesteps, x0.device, antithetic)
@@ -34,7 +60,7 @@ def denoising_losses(
         eps = adapter.predict_noise(x_t, timesteps, condition)
     else:
         eps = adapter.guided_noise(x_t, timesteps, condition, guidance_scale)
-    return (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+    return reduce_pixels((eps.float() - noise.float()).pow(2), reduction)
 
 
 def adaptive_weights(losses: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -56,7 +82,8 @@ def gradient_ascent_loss(losses: torch.Tensor) -> torch.Tensor:
     return -losses.mean()
 
 
-def pseudo_target_losses(adapter, x0: torch.Tensor, condition, pseudo_condition, antithetic: bool = False) -> torch.Tensor:
+def pseudo_target_losses(adapter, x0: torch.Tensor, condition, pseudo_condition, antithetic: bool = False,
+                         reduction: str = "mean") -> torch.Tensor:
     """Per-sample MSE between eps_theta(x_t, t, c_forget) and the detached eps_theta(x_t, t, c_pseudo).
 
     The random-label / replacement-prompt forget loss (SalUn's, and the SFR-on Stable Diffusion script's).
@@ -66,12 +93,22 @@ def pseudo_target_losses(adapter, x0: torch.Tensor, condition, pseudo_condition,
     x_t = adapter.add_noise(x0, noise, timesteps)
     with torch.no_grad():
         target = adapter.predict_noise(x_t, timesteps, pseudo_condition).float()
-    return (adapter.predict_noise(x_t, timesteps, condition).float() - target).pow(2).flatten(1).mean(1)
+    return reduce_pixels((adapter.predict_noise(x_t, timesteps, condition).float() - target).pow(2), reduction)
 
 
-def pseudo_labels(labels: torch.Tensor, pseudo_class: int | None, remain_classes: torch.Tensor) -> torch.Tensor:
-    """The pseudo condition per sample: `pseudo_class` for all, or a random remaining class each (SalUn's RL)."""
-    if pseudo_class is not None:
-        return torch.full_like(labels, pseudo_class)
-    pick = torch.randint(0, len(remain_classes), labels.shape, device=labels.device)
-    return remain_classes[pick]
+def default_pseudo_class(forget_classes, remain_classes) -> int:
+    """SalUn's DDPM code maps forget class k to (k + 1) mod n; the next remaining class after the first forget class."""
+    remain = sorted(int(c) for c in remain_classes)
+    first = min(int(c) for c in forget_classes)
+    return next((c for c in remain if c > first), remain[0])
+
+
+def pseudo_labels(labels: torch.Tensor, pseudo_class: int, remain_classes: torch.Tensor,
+                  per_sample_random: bool = False) -> torch.Tensor:
+    """The pseudo condition per sample: `pseudo_class` for all (SalUn's DDPM code), or with `per_sample_random` a
+    random remaining class each. A random class per sample is minimised by a network that ignores its label, which
+    erases more than asked."""
+    if per_sample_random:
+        pick = torch.randint(0, len(remain_classes), labels.shape, device=labels.device)
+        return remain_classes[pick]
+    return torch.full_like(labels, pseudo_class)

@@ -1,7 +1,13 @@
 """Random label (RL): map forget data to another class or a replacement prompt (SalUn's forget loss, Fan et al. 2024).
 
-Forget loss = MSE(eps_theta(x_t, c_forget), stop_grad(eps_theta(x_t, c_pseudo))), c_pseudo a random remaining
-class per sample, `--pseudo-class`, or `--replacement-prompt`; plus remain_alpha * remain denoising loss.
+Forget loss = MSE(eps_theta(x_t, c_forget), stop_grad(eps_theta(x_t, c_pseudo))), c_pseudo one fixed class (SalUn's
+DDPM code: (k + 1) mod 10; `--pseudo-class`; `--replacement-prompt`) or, with `--pseudo-random`, a random remaining
+class per sample; plus remain_alpha * remain denoising loss.
+
+Conventions of SalUn's DDPM code, kept so its remain_alpha 1e-3 means what it meant there: the forget term is
+`nn.MSELoss()` (mean over pixels), the remain term is summed over pixels, an effective remain weight of
+1e-3 x C x H x W (about 3 at 32x32x3, 0.26 at 16x16x1). Remain labels are dropped to null at the base model's
+training rate, as in SalUn's code (cond_drop_prob 0.1), so the unconditional branch keeps training.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erase.engine import Runtime, start_run
-from erase.objectives import pseudo_labels, pseudo_target_losses
+from erase.objectives import default_pseudo_class, pseudo_labels, pseudo_target_losses
 
 
 @dataclass
@@ -19,23 +25,53 @@ class RLConfig:
     steps: int = field(default=1000, metadata={"help": "iterations (SalUn DDPM: 1000)"})
     batch_size: int = field(default=128, metadata={"help": "forget and remain batch size (SalUn DDPM: 128)"})
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate (SalUn DDPM: 1e-5)"})
-    remain_alpha: float = field(default=1e-3, metadata={"help": "weight of the remain loss (SalUn DDPM: 1e-3)"})
+    remain_alpha: float = field(default=1e-3, metadata={"help": "weight of the remain loss (SalUn DDPM: 1e-3, on a "
+                                                                  "pixel-sum remain loss)"})
     pseudo_class: int | None = field(
-        default=None, metadata={"help": "target class (default: a random remaining class per sample)"}
+        default=None, metadata={"help": "target class (default: the next remaining class after the forget class, "
+                                        "SalUn DDPM's (k + 1) mod 10)"}
+    )
+    pseudo_random: bool = field(
+        default=False, metadata={"help": "a random remaining class per sample instead of one fixed class"}
+    )
+    loss_reduction: str = field(
+        default="mean", metadata={"help": "per-sample forget loss over pixels: mean (SalUn DDPM's nn.MSELoss) or sum",
+                                  "choices": ("sum", "mean")}
+    )
+    remain_reduction: str = field(
+        default="sum", metadata={"help": "per-sample remain loss over pixels: sum (SalUn DDPM, what remain_alpha "
+                                         "1e-3 was tuned under) or mean", "choices": ("sum", "mean")}
+    )
+    remain_label_dropout: float | None = field(
+        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
+                                        "recorded training rate); 0 turns it off"}
     )
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 
-def relabel_parts(run, remain_data, config):
+def start_relabel_run(adapter, forget_data, remain_data, config, runtime, monitor):
+    """start_run with RL's and SalUn's loss conventions."""
+    return start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
+                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
+                     forget_reduction=config.loss_reduction, remain_reduction=config.remain_reduction,
+                     remain_label_dropout=config.remain_label_dropout)
+
+
+def relabel_parts(run, forget_data, remain_data, config):
     """(forget part, remain part) loss functions shared by RL and SalUn."""
     adapter = run.adapter
     remain_classes = torch.unique(remain_data.labels).to(run.device)
+    pseudo_class = config.pseudo_class
+    if pseudo_class is None:
+        pseudo_class = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist())
+    run.conventions["pseudo_class"] = None if config.pseudo_random else pseudo_class
 
     def forget_part():
         images, labels = next(run.forget_batches)
-        pseudo = pseudo_labels(labels, config.pseudo_class, remain_classes)
-        losses = pseudo_target_losses(adapter, adapter.encode(images), labels, pseudo, config.antithetic)
+        pseudo = pseudo_labels(labels, pseudo_class, remain_classes, config.pseudo_random)
+        losses = pseudo_target_losses(adapter, adapter.encode(images), labels, pseudo, config.antithetic,
+                                      run.conventions["forget_reduction"])
         return losses.mean(), losses.mean()
 
     def remain_part():
@@ -47,9 +83,8 @@ def relabel_parts(run, remain_data, config):
 
 def rl(adapter, forget_data, remain_data, config: RLConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
-    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
-                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
-    forget_part, remain_part = relabel_parts(run, remain_data, config)
+    run = start_relabel_run(adapter, forget_data, remain_data, config, runtime, monitor)
+    forget_part, remain_part = relabel_parts(run, forget_data, remain_data, config)
 
     def iteration(step: int) -> dict:
         forget, remain = run.stepper.step_parts([(forget_part, None), (remain_part, None)])

@@ -35,6 +35,10 @@ class SAConfig:
     replay_per_condition: int = field(default=16, metadata={"help": "images the original model generates per remain condition"})
     replay_steps: int = field(default=50, metadata={"help": "DDIM steps for replay and surrogate images"})
     fisher_batches: int = field(default=10, metadata={"help": "batches of generated images for the EWC Fisher"})
+    remain_label_dropout: float | None = field(
+        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
+                                        "recorded training rate); 0 turns it off"}
+    )
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
 
@@ -58,7 +62,8 @@ def add_ewc_gradient(params: list, anchor: list, scale: list) -> None:
 def sa(adapter, forget_data, remain_data, config: SAConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
-                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
+                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
+                    remain_label_dropout=config.remain_label_dropout)
     remain_conditions = torch.unique(remain_data.labels).tolist()
     with run.timer.phase("generate"):  # the original model, already on the run's device
         replay = generated_set(adapter, remain_conditions, config.replay_per_condition, runtime.seed,

@@ -29,10 +29,12 @@ def fisher_diagonal(
     max_grad_norm: float | None = None,
     accelerator=None,
     description: str = "Fisher",
+    reduction: str = "mean",
 ) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher: mean over `num_batches` batches of (grad_theta L(batch))^2.
 
-    L is the training loss (mean denoising MSE); with `guidance_scale` it is evaluated on the guided
+    L is the training loss (denoising squared error, per sample averaged or summed over pixels by `reduction`,
+    averaged over the batch); with `guidance_scale` it is evaluated on the guided
     prediction, and `max_grad_norm` clips each batch's gradient before squaring (both as in the official
     DDPM code). `batches` yields (images, conditions). Averaged over processes under accelerate.
     """
@@ -42,7 +44,8 @@ def fisher_diagonal(
     show = accelerator is None or accelerator.is_local_main_process
     for _ in tqdm(range(num_batches), desc=description, disable=not show, leave=False):
         images, conditions = next(batches)
-        loss = denoising_losses(adapter, adapter.encode(images), conditions, guidance_scale=guidance_scale).mean()
+        loss = denoising_losses(adapter, adapter.encode(images), conditions, guidance_scale=guidance_scale,
+                                reduction=reduction).mean()
         grads = torch.autograd.grad(loss, values, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g.float() for g, p in zip(grads, values)]
         if max_grad_norm is not None:

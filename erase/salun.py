@@ -1,15 +1,16 @@
 """SalUn (Fan et al., ICLR 2024): gradient-magnitude weight saliency + random-label forgetting + remain loss.
 
 mask = top `mask_fraction` of |grad L_forget| per entry, one global threshold over all trained parameters;
-then RL's loss, with gradient and update confined to the mask.
+then RL's loss (with its conventions: pixel-mean forget term, pixel-sum remain term, remain label dropout), with
+gradient and update confined to the mask.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from erase.engine import MaskedUpdate, Runtime, endless_batches, start_run
-from erase.rl import RLConfig, relabel_parts
+from erase.engine import MaskedUpdate, Runtime, endless_batches
+from erase.rl import RLConfig, relabel_parts, start_relabel_run
 from erase.saliency import gradient_magnitude, top_fraction_mask
 
 
@@ -21,15 +22,14 @@ class SalUnConfig(RLConfig):
 
 def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
-    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
-                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
+    run = start_relabel_run(adapter, forget_data, remain_data, config, runtime, monitor)
     if mask is None:
         with run.timer.phase("mask"):
             batches = endless_batches(forget_data, config.batch_size, runtime.seed + 2, run.accelerator)
             magnitude = gradient_magnitude(adapter, batches, config.saliency_batches, run.accelerator)
             mask = top_fraction_mask(magnitude, config.mask_fraction)
     masked = MaskedUpdate(run.params(), mask)
-    forget_part, remain_part = relabel_parts(run, remain_data, config)
+    forget_part, remain_part = relabel_parts(run, forget_data, remain_data, config)
 
     def iteration(step: int) -> dict:
         forget, remain = run.stepper.step_parts([(forget_part, masked), (remain_part, masked)], restrict=masked)

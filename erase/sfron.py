@@ -15,6 +15,7 @@ import torch
 from erase.engine import MaskedUpdate, PhaseTimer, Runtime, endless_batches, start_run
 from erase.objectives import (
     adaptive_ascent_loss,
+    default_pseudo_class,
     denoising_losses,
     gradient_ascent_loss,
     pseudo_labels,
@@ -44,20 +45,54 @@ class SFRonConfig:
     )
     temperature: float = field(default=0.5, metadata={"help": "lambda of the adaptive weights; 0 = plain ascent (official DDPM: 0.5)"})
     pseudo_class: int | None = field(
-        default=None, metadata={"help": "target class of the pseudo objective (default: a random remaining class per sample)"}
+        default=None, metadata={"help": "target class of the pseudo objective (default: the next remaining class after "
+                                        "the forget class, as SalUn's DDPM code maps k to k + 1)"}
+    )
+    pseudo_random: bool = field(
+        default=False, metadata={"help": "pseudo objective: a random remaining class per sample instead of one fixed class"}
+    )
+    loss_reduction: str = field(
+        default="sum", metadata={"help": "per-sample loss over pixels, for the forget, remain and Fisher losses: sum "
+                                         "(the official DDPM code, whose forget_alpha and clip norms assume it) or mean",
+                                 "choices": ("sum", "mean")}
+    )
+    remain_label_dropout: float | None = field(
+        default=None, metadata={"help": "share of remain labels dropped to the null class, so guided sampling's "
+                                        "unconditional branch keeps training (default: the base model's recorded "
+                                        "training rate; official DDPM: 0.1); 0 turns it off"}
     )
     gamma: float = field(default=1.0, metadata={"help": "saliency threshold on F_forget / F_remain (official: 1.0)"})
     fisher_batches: int = field(default=20, metadata={"help": "batches per Fisher estimate (ours; the official code takes a pass)"})
     fisher_batch_size: int | None = field(default=None, metadata={"help": "Fisher batch size (default: --batch-size)"})
     fisher_guidance: float | None = field(
-        default=2.0, metadata={"help": "evaluate the Fisher loss on the guided eps at this scale; unset = conditional (official DDPM: 2.0)"}
+        default=3.0, metadata={"help": "evaluate the Fisher loss on the guided eps eps_null + s (eps_c - eps_null) at "
+                                       "this s; unset = conditional (official DDPM: cond_scale 2.0 in (1 + w) eps_c - "
+                                       "w eps_null, which is s = 3 here)"}
     )
     fisher_max_grad_norm: float | None = field(
         default=1.0, metadata={"help": "clip each Fisher batch gradient to this norm before squaring (official DDPM: 1.0)"}
     )
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping of both steps (official: 1.0)"})
+    mask_mode: str = field(
+        default="restore", metadata={"help": "restore (mask-0 entries are put back after the forget step, so they never "
+                                             "move in it) or gradient (only the gradient is masked, the official form: "
+                                             "Adam momentum from remain steps still moves them)",
+                                     "choices": ("restore", "gradient")}
+    )
     forget_every: int = field(default=1, metadata={"help": "take a forget step every k-th iteration (official diffusion: 1)"})
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
+
+
+# The official settings per backbone, each under the convention its code used (ALGORITHMS.md section 1c).
+# cfg_unet: the official DDPM constants (sum over pixels, clip 1 on both steps, remain label dropout) with the
+# iteration count and learning rate chosen on a development digit (docs/ablation.md).
+SFRON_PRESETS = {
+    "cfg_unet": {"batch_size": 64},
+    "dit": {"steps": 600, "batch_size": 1, "lr": 1e-4, "forget_objective": "ga", "forget_alpha": 1e-3,
+            "loss_reduction": "mean", "fisher_guidance": None, "fisher_max_grad_norm": None},
+    "stable_diffusion": {"steps": 1000, "batch_size": 2, "lr": 1e-5, "forget_objective": "pseudo",
+                         "forget_alpha": 1.0, "remain_alpha": 1.0, "loss_reduction": "mean"},
+}
 
 
 def alpha_schedule(base: float, step: int, steps: int, decay: str) -> float:
@@ -75,7 +110,8 @@ def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, a
     with timer.phase("fisher"):
         fisher = {
             name: fisher_diagonal(
-                adapter, batches, config.fisher_batches, guidance, config.fisher_max_grad_norm, accelerator, f"Fisher ({name})"
+                adapter, batches, config.fisher_batches, guidance, config.fisher_max_grad_norm, accelerator,
+                f"Fisher ({name})", reduction=config.loss_reduction,
             )
             for name, batches in (("forget", forget_batches), ("remain", remain_batches))
         }
@@ -87,7 +123,9 @@ def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, a
 def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime, mask=None, monitor=None):
     """Set up the run, compute (or take) the saliency mask, build the forget loss: shared by sfron and joint."""
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
-                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
+                    batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
+                    forget_reduction=config.loss_reduction, remain_reduction=config.loss_reduction,
+                    remain_label_dropout=config.remain_label_dropout)
     if mask is None:
         fisher_size = config.fisher_batch_size or config.batch_size
         mask = compute_mask(
@@ -98,8 +136,8 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
             run.accelerator,
             run.timer,
         )
-    masked = MaskedUpdate(run.params(), mask)
-    forget_loss = make_forget_loss(run, remain_data, config)
+    masked = MaskedUpdate(run.params(), mask, restore=config.mask_mode == "restore")
+    forget_loss = make_forget_loss(run, forget_data, remain_data, config)
 
     def remain_loss():
         losses, _ = run.next_losses("remain", config.antithetic)
@@ -129,23 +167,28 @@ def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runti
     return run.finish(log, mask)
 
 
-def make_forget_loss(run, remain_data, config: SFRonConfig):
+def make_forget_loss(run, forget_data, remain_data, config: SFRonConfig):
     """forget_loss(alpha) -> (alpha * objective, value logged as the forget loss).
 
     The logged value is the forget batch's mean denoising loss, or for the pseudo objective its mean squared
     distance to the pseudo-class prediction.
     """
     adapter = run.adapter
+    reduction = run.conventions["forget_reduction"]
     remain_classes = torch.unique(remain_data.labels).to(run.device)  # pseudo labels are drawn from these
+    pseudo_class = config.pseudo_class
+    if pseudo_class is None and config.forget_objective == "pseudo":
+        pseudo_class = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist())
+    run.conventions["pseudo_class"] = None if config.pseudo_random else pseudo_class
 
     def forget_loss(alpha: float):
         images, labels = next(run.forget_batches)
         x0 = adapter.encode(images)
         if config.forget_objective == "pseudo":
-            pseudo = pseudo_labels(labels, config.pseudo_class, remain_classes)
-            losses = pseudo_target_losses(adapter, x0, labels, pseudo, config.antithetic)
+            pseudo = pseudo_labels(labels, pseudo_class, remain_classes, config.pseudo_random)
+            losses = pseudo_target_losses(adapter, x0, labels, pseudo, config.antithetic, reduction)
             return alpha * losses.mean(), losses.mean()
-        losses = denoising_losses(adapter, x0, labels, antithetic=config.antithetic)
+        losses = denoising_losses(adapter, x0, labels, antithetic=config.antithetic, reduction=reduction)
         if config.forget_objective == "adaptive":
             objective = adaptive_ascent_loss(losses, config.temperature)
         else:

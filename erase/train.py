@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from diffusers.training_utils import EMAModel
 
 from erase.engine import Runtime, endless_batches, prepare_training, run_steps
 from erase.errors import UsageError
-from erase.objectives import denoising_losses
+from erase.objectives import denoising_losses, drop_conditions
 from erase.saliency import trainable_parameters
 
 
@@ -44,10 +43,8 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
 
     def loss_fn():
         images, labels = next(batches)
-        if adapter.conditional:
-            # important! label dropout is what makes the model usable with classifier-free guidance
-            dropped = torch.rand(labels.shape, device=labels.device) < config.label_dropout
-            labels = torch.where(dropped, adapter.null_condition(labels.shape[0]), labels)
+        # important! label dropout is what makes the model usable with classifier-free guidance
+        labels = drop_conditions(adapter, labels, config.label_dropout)
         loss = denoising_losses(adapter, adapter.encode(images), labels).mean()
         return loss, loss
 
@@ -61,6 +58,8 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
     adapter.denoiser = accelerator.unwrap_model(adapter.denoiser)
     if ema is not None:
         ema.copy_to(params)
+    if adapter.conditional:  # erasure methods repeat it in their remain steps
+        adapter.info["label_dropout"] = config.label_dropout
     adapter.info["weights"] = f"ema (decay {config.ema_decay})" if ema is not None else "trained (no EMA)"
     return {"losses": log.as_lists(), "timings": timer.seconds, "device": str(accelerator.device),
             "is_main_process": accelerator.is_main_process}

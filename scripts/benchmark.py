@@ -104,18 +104,13 @@ def retrained_model(args, model: Path, forget_class: int, guidance_scale: float)
 
 def erased_model(args, method: str, forget_class: int) -> tuple[Path, dict]:
     """The method's erased model and its run.json, reused when the same flags produced it before."""
-    from scripts.common import run_command
+    from scripts.common import cached_unlearn
 
-    flags = [str(f) for f in ["--model", args.model, "--forget-class", forget_class, "--method", method,
-                              *SETTINGS[method], *(["--steps", args.steps] if args.steps else []),
-                              "--monitor-every", args.monitor_every, "--monitor-samples", args.monitor_samples,
-                              "--seed", args.seed]]
+    flags = ["--model", args.model, "--forget-class", forget_class, "--method", method, *SETTINGS[method],
+             *(["--steps", args.steps] if args.steps else []), "--monitor-every", args.monitor_every,
+             "--monitor-samples", args.monitor_samples, "--seed", args.seed]
     folder = args.out / "runs" / f"{method}-{forget_class}"
-    stamp = folder / "benchmark-flags.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == flags):
-        run_command("unlearn", *flags, "--out", folder, "--overwrite")
-        stamp.write_text(json.dumps(flags) + "\n")
-    return folder, json.loads((folder / "run.json").read_text())
+    return folder, cached_unlearn(folder, flags)
 
 
 def method_seconds(timings: dict) -> float:

@@ -10,11 +10,11 @@ import sys
 
 from erase import __version__
 
-SUBCOMMANDS = ("train", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark")
+SUBCOMMANDS = ("train", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "ablation")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scripts import benchmark, demo, grid, guidance, sample, score, train, unlearn
+    from scripts import ablation, benchmark, demo, grid, guidance, sample, score, train, unlearn
 
     parser = argparse.ArgumentParser(
         prog="erase",
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"erase {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, guidance, unlearn, sample, grid, score, demo, benchmark):
+    for module in (train, guidance, unlearn, sample, grid, score, demo, benchmark, ablation):
         module.register(commands)
     return parser
 

@@ -34,3 +34,15 @@ def run_command(*argv) -> None:
 
     args = build_parser().parse_args([str(a) for a in argv])
     args.run(args)
+
+
+def cached_unlearn(folder: Path, flags: list) -> dict:
+    """`erase unlearn FLAGS --out folder`, skipped when the folder holds a run made with the same flags; its run.json."""
+    import json
+
+    flags = [str(f) for f in flags]
+    stamp = folder / "erase-flags.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == flags):
+        run_command("unlearn", *flags, "--out", folder, "--overwrite")
+        stamp.write_text(json.dumps(flags) + "\n")
+    return json.loads((folder / "run.json").read_text())

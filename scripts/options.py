@@ -72,8 +72,10 @@ def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tup
                            help=help_text + ("; 'none' unsets it" if optional else ""))
 
 
-def method_config_from_args(method: str, cls: type, args: argparse.Namespace, all_fields: set[str]):
-    """The method's config: its defaults, overridden by the flags given; a flag of another method is an error."""
+def method_config_from_args(method: str, cls: type, args: argparse.Namespace, all_fields: set[str],
+                            preset: dict | None = None):
+    """The method's config: its defaults, then `preset`'s values, then the flags given; a flag of another method is
+    an error."""
     from erase.errors import UsageError
 
     own = {f.name for f in dataclasses.fields(cls)}
@@ -82,4 +84,4 @@ def method_config_from_args(method: str, cls: type, args: argparse.Namespace, al
         flags = ", ".join("--" + n.replace("_", "-") for n in foreign)
         raise UsageError(f"{flags} {'is not an option' if len(foreign) == 1 else 'are not options'} of --method {method}; "
                          f"see 'erase unlearn --help' for which flags each method takes")
-    return cls(**{name: getattr(args, name) for name in own if hasattr(args, name)})
+    return cls(**{**(preset or {}), **{name: getattr(args, name) for name in own if hasattr(args, name)}})

@@ -52,11 +52,30 @@ def register(commands) -> None:
     probe.add_argument("--monitor-classifier", default="digits",
                        help="classifier judging the probe: 'digits' (shipped) or a folder (default: %(default)s)")
     parser.add_argument("--method", default="sfron", choices=sorted(METHODS), help="erasure method (default: %(default)s)")
+    parser.add_argument("--preset", default="auto",
+                        help="named settings under the flags you give: 'auto' = the model's backbone's (sfron/joint: "
+                             "cfg_unet, dit, stable_diffusion; see erase/sfron.py SFRON_PRESETS), a backbone name, or "
+                             "'none' for the method's plain defaults; run.json records it (default: %(default)s)")
     parser.add_argument("--mask", default=None, help="reuse a saliency mask (mask.safetensors of an earlier run): skips Fisher")
     add_method_arguments(parser, METHODS)
     add_output_arguments(parser)
     add_runtime_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def choose_preset(args, backbone: str) -> dict:
+    """{"name", "values"} of --preset for --method (values {} where the method has none for that backbone)."""
+    from erase.errors import UsageError
+    from erase.methods import PRESETS
+
+    presets = PRESETS.get(args.method, {})
+    if args.preset == "none":
+        return {"name": None, "values": {}}
+    name = backbone if args.preset == "auto" else args.preset
+    if args.preset != "auto" and name not in presets:
+        raise UsageError(f"--preset {args.preset!r} does not exist for --method {args.method}; choose 'auto', 'none'"
+                         f"{''.join(', ' + repr(n) for n in presets)}")
+    return {"name": name if name in presets else None, "values": dict(presets.get(name, {}))}
 
 
 def read_targets(args, adapter):
@@ -166,10 +185,11 @@ def run(args) -> None:
 
     out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))
     method, config_class = METHODS[args.method]
-    all_fields = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}
-    config = method_config_from_args(args.method, config_class, args, all_fields)
-    runtime = dataclass_from_args(Runtime, args)
     adapter = load_adapter(args.model)
+    preset = choose_preset(args, adapter.backbone)
+    all_fields = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}
+    config = method_config_from_args(args.method, config_class, args, all_fields, preset["values"])
+    runtime = dataclass_from_args(Runtime, args)
     if args.train_params != "full":
         if not hasattr(adapter, "select_trainable"):
             raise UsageError(f"--train-params {args.train_params} applies to Stable Diffusion; this is a {adapter.backbone} model")
@@ -222,10 +242,11 @@ def run(args) -> None:
                 "replacement_prompt": args.replacement_prompt, "train_params": adapter.info.get("train_params"),
                 "prompt_ids": ({p: i for i, p in enumerate(adapter.class_names)} if adapter.takes_prompts else None),
                 "data": data_record, "forget_images": len(forget), "remain_images": len(remain),
-                "config": config, "runtime": runtime, "mask_from": args.mask, "mask_sparsity": result["mask_sparsity"],
+                "config": config, "preset": preset, "runtime": runtime, "mask_from": args.mask, "mask_sparsity": result["mask_sparsity"],
                 "device": result["device"], "num_processes": result["num_processes"], "timings": result["timings"],
                 "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
                 "gradient_checkpointing": args.gradient_checkpointing, "method_record": result.get("record"),
+                "conventions": result["conventions"],
                 "monitor": monitor_record(args, monitor),
                 "losses": result["losses"], "started": started, "environment": environment(),
             })

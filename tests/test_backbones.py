@@ -130,7 +130,8 @@ def test_sd_unlearn_cli_by_prompt_writes_a_stable_diffusion_pipeline(sd_folder, 
 @pytest.mark.parametrize("argv, message", [
     (["--forget-class", "3"], "erases prompts; use --forget-prompt"),
     (["--forget-prompt", "a cat"], "give prompts to keep"),
-    (["--forget-prompt", "a cat", "--retain-prompt", "a dog", "--replacement-prompt", "a cow"], "pass both"),
+    (["--forget-prompt", "a cat", "--retain-prompt", "a dog", "--replacement-prompt", "a cow", "--forget-objective",
+      "adaptive"], "pass both"),
     (["--forget-prompt", "a cat", "--retain-prompt", "a dog", "--data", "digits"], "prompt erasure needs"),
 ])
 def test_prompt_erasure_usage_errors(sd_folder, tmp_path, capsys, argv, message):

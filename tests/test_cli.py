@@ -159,3 +159,25 @@ def test_torchvision_is_not_installed():
     import importlib.util
 
     assert importlib.util.find_spec("torchvision") is None
+
+
+def test_the_backbone_preset_applies_under_given_flags_and_run_json_records_it(trained_model_dir, tmp_path, capsys):
+    from erase.sfron import SFRON_PRESETS
+
+    out = tmp_path / "auto"
+    code, err = run_cli(capsys, *UNLEARN, "--model", trained_model_dir, "--forget-class", "7", "--lr", "3e-4",
+                        "--out", out)
+    assert code == 0, err
+    record = json.loads((out / "run.json").read_text())
+    assert record["preset"]["name"] == "cfg_unet" and record["preset"]["values"] == SFRON_PRESETS["cfg_unet"]
+    assert record["config"]["lr"] == 3e-4  # a given flag wins over the preset
+    for name, value in SFRON_PRESETS["cfg_unet"].items():
+        if f"--{name.replace('_', '-')}" not in UNLEARN:
+            assert record["config"][name] == value, name
+    code, err = run_cli(capsys, *UNLEARN, "--model", trained_model_dir, "--forget-class", "7", "--preset", "none",
+                        "--out", tmp_path / "none")
+    assert code == 0, err
+    assert json.loads((tmp_path / "none" / "run.json").read_text())["preset"] == {"name": None, "values": {}}
+    code, err = run_cli(capsys, *UNLEARN, "--model", trained_model_dir, "--forget-class", "7", "--preset", "nope",
+                        "--out", tmp_path / "bad")
+    assert code == 2 and "--preset 'nope'" in err and "'dit'" in err

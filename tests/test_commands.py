@@ -98,3 +98,20 @@ def test_bad_sample_and_grid_arguments_exit_2(trained_model_dir, tmp_path, capsy
 def test_score_with_nothing_to_score_exits_2(tmp_path, capsys):
     code, err, _ = run_cli(capsys, "score", "--images", tmp_path, "--out", tmp_path / "s.json")
     assert code == 2 and "nothing to score" in err
+
+
+def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_row(tmp_path, capsys):
+    from scripts.ablation import ablation_rows
+
+    code = main(["ablation", "--out", str(tmp_path / "out"), "--steps", "1", "--fisher-batches", "1", "--per-class",
+                 "1", "--sample-steps", "1", "--monitor-every", "1", "--monitor-samples", "1",
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = results["rows"]
+    assert [r["label"] for r in rows] == ["base model", *(label for label, _, _ in ablation_rows())]
+    assert rows[1]["conventions"]["forget_reduction"] == "mean" and rows[2]["conventions"]["forget_reduction"] == "sum"
+    assert rows[2]["conventions"]["remain_label_dropout"] == 0 and rows[3]["conventions"]["remain_label_dropout"] == 0.1
+    assert rows[-1]["flags"] == [] and rows[-1]["preset"]["name"] == "cfg_unet"
+    report = (tmp_path / "out" / "ablation.md").read_text()
+    assert "Quick run" in report and report.count("\n| ") == len(rows) + 1

@@ -81,7 +81,9 @@ def test_forget_loss_rises_while_remain_loss_holds_over_20_steps(trained_model_d
     adapter = load_adapter(trained_model_dir)
     forget, remain = split_by_class(digit_data, [7])
     forget_before, remain_before = fixed_draw_loss(adapter, forget), fixed_draw_loss(adapter, remain)
-    result = sfron(adapter, forget, remain, SFRonConfig(steps=20, batch_size=32, fisher_batches=4), Runtime(seed=0))
+    # the pixel-mean convention forgets fastest at toy size (20 steps); the sum convention needs more steps
+    config = SFRonConfig(steps=20, batch_size=32, fisher_batches=4, loss_reduction="mean")
+    result = sfron(adapter, forget, remain, config, Runtime(seed=0))
     forget_after, remain_after = fixed_draw_loss(adapter, forget), fixed_draw_loss(adapter, remain)
     assert forget_after > 1.3 * forget_before, (forget_before, forget_after)
     assert abs(remain_after - remain_before) <= 0.10 * remain_before, (remain_before, remain_after)
