@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts.common import SHIPPED_BASE
+from scripts.common import SHIPPED_BASE, add_scoring_arguments
 
 # Each row is complete on its own (every setting spelled out, so a row means the same if defaults move) and
-# changes one thing against the row above; the last row passes no method flag at all: it is
-# `erase unlearn --model M --forget-class K` as users run it (the cfg_unet preset).
+# changes one thing against the row above; the defaults row passes no method flag at all: it is
+# `erase unlearn --model M --forget-class K` as users run it (the cfg_unet preset). Side rows change one thing
+# against the defaults.
 BEFORE = {"batch-size": 64, "steps": 150, "lr": 1e-4, "loss-reduction": "mean", "remain-label-dropout": 0,
           "fisher-guidance": 2, "mask-mode": "restore"}
 CHANGES = [  # (label, what changed against the row above, the settings it changes)
@@ -21,10 +22,13 @@ CHANGES = [  # (label, what changed against the row above, the settings it chang
      {"remain-label-dropout": "none"}),
     ("+ Fisher at s = 3", "Fisher on the guided eps at the official cond_scale 2.0, which is s = 3 here",
      {"fisher-guidance": 3}),
-    ("+ gradient-only mask", "mask-0 entries not restored after the forget step (the official form)",
-     {"mask-mode": "gradient"}),
+    ("+ gamma 3", "sparser saliency mask: F_f / F_r >= 3 instead of 1", {"gamma": 3}),
 ]
-DEFAULTS_ROW = ("defaults", "300 iterations (no flags: the cfg_unet preset)")
+DEFAULTS_ROW = ("defaults", "300 iterations instead of 150; no flags at all (the cfg_unet preset)")
+SIDE_ROWS = [  # compared against the defaults row, not cumulative
+    ("defaults, gradient-only mask", "mask-0 entries not restored after the forget step (the official form)",
+     ["--mask-mode", "gradient"]),
+]
 
 
 def ablation_rows() -> list[tuple[str, str, list]]:
@@ -33,7 +37,7 @@ def ablation_rows() -> list[tuple[str, str, list]]:
     for label, change, update in CHANGES:
         settings.update(update)
         rows.append((label, change, [part for name, value in settings.items() for part in (f"--{name}", value)]))
-    return rows + [(*DEFAULTS_ROW, [])]
+    return rows + [(*DEFAULTS_ROW, [])] + SIDE_ROWS
 
 
 def register(commands) -> None:
@@ -48,18 +52,12 @@ def register(commands) -> None:
     parser.add_argument("--model", type=Path, default=SHIPPED_BASE, help="base model (default: the shipped one)")
     parser.add_argument("--forget-class", type=int, default=5,
                         help="development digit, not one of the benchmark's 1, 3, 7 (default: %(default)s)")
-    parser.add_argument("--per-class", type=int, default=50, help="scored samples per class and model (default: %(default)s)")
-    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of scored samples (default: %(default)s)")
-    parser.add_argument("--monitor-every", type=int, default=10, help="steps between FA probes (default: %(default)s)")
-    parser.add_argument("--monitor-samples", type=int, default=40, help="samples per FA probe (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None,
                         help="override every row's iterations (quick checks; the report says so) (default: per row)")
     parser.add_argument("--fisher-batches", type=int, default=None,
                         help="override the Fisher batches of every row (quick checks) (default: the method's)")
     parser.add_argument("--report-dir", type=Path, default=None, help="where ablation.md goes (default: OUT)")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "erase",
-                        help="real-image FID statistics cache (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run and sample (default: %(default)s)")
+    add_scoring_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("ablation-out"), help="output folder (default: %(default)s)")
     parser.set_defaults(run=run)
 

@@ -18,7 +18,8 @@ def register(commands) -> None:
     )
     parser.add_argument("--model", type=Path, default=SHIPPED_BASE, help="base model folder (default: the shipped one)")
     parser.add_argument("--forget-class", type=int, default=7, help="digit to erase (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=150, help="SFR-on iterations (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="SFR-on iterations (default: erase unlearn's, the cfg_unet preset's)")
     parser.add_argument("--per-class", type=int, default=100, help="scored samples per digit and model (default: %(default)s)")
     parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for erasure and sampling (default: %(default)s)")
@@ -47,9 +48,11 @@ def run(args) -> None:
                          "(restore it from git) or pass --model a folder written by `erase train`")
     started = time.perf_counter()
     erased = args.out / "erased"
-    run_command("unlearn", "--model", args.model, "--forget-class", args.forget_class, "--steps", args.steps,
-                "--batch-size", 64, "--seed", args.seed, "--out", erased, "--overwrite")
+    # exactly `erase unlearn --model M --forget-class K` (the defaults users get), plus seed and output
+    run_command("unlearn", "--model", args.model, "--forget-class", args.forget_class,
+                *(["--steps", args.steps] if args.steps else []), "--seed", args.seed, "--out", erased, "--overwrite")
     record = json.loads((erased / "run.json").read_text())
+    steps = record["config"]["steps"]
 
     classifier = load_classifier("digits")
     models = {"base": load_adapter(args.model), "erased": load_adapter(erased)}
@@ -66,13 +69,14 @@ def run(args) -> None:
     timings["total"] = time.perf_counter() - started
     write_json(args.out / "scores.json", {
         "forget_class": args.forget_class, "base_model": str(args.model), "erased_model": str(erased),
-        "method": "sfron", "steps": args.steps, "guidance_scale": models["base"].info.get("guidance_scale"),
+        "method": "sfron", "steps": steps, "config": record["config"],
+        "preset": record["preset"], "conventions": record["conventions"], "guidance_scale": models["base"].info.get("guidance_scale"),
         "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
         "classifier": "digits (assets/digit-classifier)", "fid_features": "classifier", "scores": scores,
         "mask_sparsity": record["mask_sparsity"], "timings": timings, "torch_threads": torch.get_num_threads(),
         "environment": environment(),
     })
-    print(f"\ndigit {args.forget_class} erased with SFR-on ({args.steps} steps, {record['timings']['unlearn']:.0f} s); "
+    print(f"\ndigit {args.forget_class} erased with SFR-on ({steps} steps, {record['timings']['unlearn']:.0f} s); "
           f"{args.per_class} samples per digit, same seeds for both models")
     print(f"{'model':8s} {'FA':>6s} {'mean RA':>8s} {'FID real':>9s}   RA per digit")
     for name, s in scores.items():

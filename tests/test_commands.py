@@ -112,6 +112,7 @@ def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_
     assert [r["label"] for r in rows] == ["base model", *(label for label, _, _ in ablation_rows())]
     assert rows[1]["conventions"]["forget_reduction"] == "mean" and rows[2]["conventions"]["forget_reduction"] == "sum"
     assert rows[2]["conventions"]["remain_label_dropout"] == 0 and rows[3]["conventions"]["remain_label_dropout"] == 0.1
-    assert rows[-1]["flags"] == [] and rows[-1]["preset"]["name"] == "cfg_unet"
+    defaults = next(r for r in rows if r["label"] == "defaults")
+    assert defaults["flags"] == [] and defaults["preset"]["name"] == "cfg_unet"
     report = (tmp_path / "out" / "ablation.md").read_text()
     assert "Quick run" in report and report.count("\n| ") == len(rows) + 1

@@ -57,3 +57,16 @@ def test_pseudo_target_loss_is_zero_for_the_same_condition_and_pulls_toward_the_
     losses.mean().backward()
     embedding_grad = adapter.denoiser.class_embedding.weight.grad
     assert embedding_grad[7].abs().sum() > 0 and embedding_grad[1].abs().sum() == 0, "the pseudo target is detached"
+
+
+def test_default_pseudo_class_is_the_next_remaining_class_wrapping_around_as_salun_maps_k_to_k_plus_1():
+    from erase.objectives import default_pseudo_class, pseudo_labels
+
+    assert default_pseudo_class([7], [0, 1, 2, 3, 4, 5, 6, 8, 9]) == 8
+    assert default_pseudo_class([9], list(range(9))) == 0
+    assert default_pseudo_class([3, 4], [0, 1, 2, 5, 6, 7, 8, 9]) == 5  # skips a class that is also forgotten
+    labels = torch.full((64,), 7)
+    assert torch.equal(pseudo_labels(labels, 8, torch.tensor([0, 8, 9])), torch.full((64,), 8))
+    torch.manual_seed(0)
+    random = pseudo_labels(labels, 8, torch.tensor([0, 8, 9]), per_sample_random=True)
+    assert set(random.tolist()) == {0, 8, 9}

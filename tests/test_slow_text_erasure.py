@@ -39,7 +39,11 @@ def test_erasing_seven_by_prompt_drops_its_accuracy_and_keeps_the_others(tmp_pat
     assert base["forgetting_accuracy"] >= 0.8 and base["remaining_accuracy_mean"] >= 0.8, base
 
     forget, remain = split_by_class(by_prompt, [int(ids[7])])
-    sfron(adapter, forget, remain, SFRonConfig(steps=50, batch_size=64, fisher_batches=10), Runtime(seed=0))
+    # the settings this test was measured with: pixel-mean loss (the Stable Diffusion preset's convention), Fisher at
+    # s = 2, no remain label dropout
+    config = SFRonConfig(steps=50, batch_size=64, fisher_batches=10, loss_reduction="mean", fisher_guidance=2.0,
+                         remain_label_dropout=0.0)
+    sfron(adapter, forget, remain, config, Runtime(seed=0))
     erased = digit_scores(adapter, classifier)
     print(f"\nbase FA {base['forgetting_accuracy']:.3f} RA {base['remaining_accuracy_mean']:.3f}; "
           f"erased FA {erased['forgetting_accuracy']:.3f} RA {erased['remaining_accuracy_mean']:.3f}")
