@@ -13,7 +13,7 @@ from scripts.common import SHIPPED_BASE, add_scoring_arguments
 # `erase unlearn --model M --forget-class K` as users run it (the cfg_unet preset). Side rows change one thing
 # against the defaults.
 BEFORE = {"batch-size": 64, "steps": 150, "lr": 1e-4, "loss-reduction": "mean", "remain-label-dropout": 0,
-          "fisher-guidance": 2, "mask-mode": "restore"}
+          "fisher-guidance": 2, "mask-mode": "restore", "gamma": 1}
 CHANGES = [  # (label, what changed against the row above, the settings it changes)
     ("before issue 10", "pixel-mean loss, no remain label dropout, Fisher at s = 2 (the old demo/benchmark run)", {}),
     ("+ pixel-sum loss", "loss summed over pixels as in the official DDPM code (forget_alpha 10 and clip 1 assume it)",
