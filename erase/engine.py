@@ -219,9 +219,8 @@ class UnlearnRun:
     forget_batches: Iterator
     remain_batches: Iterator
     steps: int
+    conventions: dict  # run_conventions(): pixel reductions, remain label dropout, pseudo class (run.json records it)
     monitor: Monitor | None = None
-    conventions: dict = field(default_factory=lambda: {"forget_reduction": "mean", "remain_reduction": "mean",
-                                                        "remain_label_dropout": 0.0})
 
     @property
     def device(self) -> torch.device:
@@ -299,9 +298,12 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     return log
 
 
-def recorded_label_dropout(adapter) -> float:
-    """The label-dropout rate the model was trained with, as `erase train` records it (0 when none is recorded)."""
-    return float(adapter.info.get("label_dropout") or 0.0) if adapter.conditional else 0.0
+def remain_label_dropout_field():
+    """The `remain_label_dropout` config field of every method with a remain step."""
+    return field(default=None, metadata={
+        "help": "share of remain labels dropped to the null class, so guided sampling's unconditional branch keeps "
+                "training (default: the base model's recorded training rate, as `erase train` writes it; official "
+                "SFR-on and SalUn DDPM code: 0.1); 0 turns it off"})
 
 
 def run_conventions(adapter, forget_reduction: str, remain_reduction: str, remain_label_dropout: float | None) -> dict:
@@ -310,7 +312,7 @@ def run_conventions(adapter, forget_reduction: str, remain_reduction: str, remai
         if reduction not in REDUCTIONS:
             raise UsageError(f"loss reduction {reduction!r} is not one of {REDUCTIONS}")
     if remain_label_dropout is None:
-        remain_label_dropout = recorded_label_dropout(adapter)
+        remain_label_dropout = float(adapter.info.get("label_dropout") or 0.0)
     if not 0.0 <= remain_label_dropout < 1.0:
         raise UsageError(f"--remain-label-dropout must be in [0, 1), got {remain_label_dropout}")
     return {"forget_reduction": forget_reduction, "remain_reduction": remain_reduction,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from erase.engine import Runtime, start_run
+from erase.engine import Runtime, remain_label_dropout_field, start_run
 
 
 @dataclass
@@ -19,10 +19,7 @@ class GAConfig:
     loss_reduction: str = field(
         default="mean", metadata={"help": "per-sample loss over pixels (SalUn DDPM baselines: mean)", "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = field(
-        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
-                                        "recorded training rate); 0 turns it off"}
-    )
+    remain_label_dropout: float | None = remain_label_dropout_field()
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 

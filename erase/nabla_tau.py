@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erase.data import ImageDataset
-from erase.engine import Runtime, start_run
+from erase.engine import Runtime, remain_label_dropout_field, start_run
 from erase.errors import UsageError
 from eval.losses import fixed_draw_loss
 
@@ -34,10 +34,7 @@ class NablaTauConfig:
     tau_samples: int = field(default=256, metadata={"help": "(image, noise, timestep) draws per tau estimate"})
     alpha: float | None = field(default=None, metadata={"help": "alpha_0 (default: 5/3 |D_f| / (|D_f| + |D_r|), the authors' rule)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    remain_label_dropout: float | None = field(
-        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
-                                        "recorded training rate); 0 turns it off"}
-    )
+    remain_label_dropout: float | None = remain_label_dropout_field()
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 

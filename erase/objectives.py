@@ -96,8 +96,11 @@ def pseudo_target_losses(adapter, x0: torch.Tensor, condition, pseudo_condition,
     return reduce_pixels((adapter.predict_noise(x_t, timesteps, condition).float() - target).pow(2), reduction)
 
 
-def default_pseudo_class(forget_classes, remain_classes) -> int:
-    """SalUn's DDPM code maps forget class k to (k + 1) mod n; the next remaining class after the first forget class."""
+def default_pseudo_class(forget_classes, remain_classes, given: int | None = None) -> int:
+    """`given`, else SalUn's DDPM choice: forget class k maps to (k + 1) mod n, the next remaining class after the
+    first forget class."""
+    if given is not None:
+        return given
     remain = sorted(int(c) for c in remain_classes)
     first = min(int(c) for c in forget_classes)
     return next((c for c in remain if c > first), remain[0])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from erase.engine import Runtime, start_run
+from erase.engine import Runtime, remain_label_dropout_field, start_run
 from erase.objectives import default_pseudo_class, pseudo_labels, pseudo_target_losses
 
 
@@ -42,10 +42,7 @@ class RLConfig:
         default="sum", metadata={"help": "per-sample remain loss over pixels: sum (SalUn DDPM, what remain_alpha "
                                          "1e-3 was tuned under) or mean", "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = field(
-        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
-                                        "recorded training rate); 0 turns it off"}
-    )
+    remain_label_dropout: float | None = remain_label_dropout_field()
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
@@ -62,9 +59,8 @@ def relabel_parts(run, forget_data, remain_data, config):
     """(forget part, remain part) loss functions shared by RL and SalUn."""
     adapter = run.adapter
     remain_classes = torch.unique(remain_data.labels).to(run.device)
-    pseudo_class = config.pseudo_class
-    if pseudo_class is None:
-        pseudo_class = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist())
+    pseudo_class = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist(),
+                                        config.pseudo_class)
     run.conventions["pseudo_class"] = None if config.pseudo_random else pseudo_class
 
     def forget_part():

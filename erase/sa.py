@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erase.data import ImageDataset
-from erase.engine import Runtime, endless_batches, start_run
+from erase.engine import Runtime, endless_batches, remain_label_dropout_field, start_run
 from erase.objectives import denoising_losses
 from erase.saliency import fisher_diagonal
 from eval.generate import Job, generate
@@ -35,10 +35,7 @@ class SAConfig:
     replay_per_condition: int = field(default=16, metadata={"help": "images the original model generates per remain condition"})
     replay_steps: int = field(default=50, metadata={"help": "DDIM steps for replay and surrogate images"})
     fisher_batches: int = field(default=10, metadata={"help": "batches of generated images for the EWC Fisher"})
-    remain_label_dropout: float | None = field(
-        default=None, metadata={"help": "share of remain labels dropped to the null class (default: the base model's "
-                                        "recorded training rate); 0 turns it off"}
-    )
+    remain_label_dropout: float | None = remain_label_dropout_field()
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
 
