@@ -134,11 +134,14 @@ class Stepper:
         for p in self.params:  # grads stay allocated so masks and fused ops always see tensors
             p.grad = torch.zeros_like(p)
 
-    def step(self, loss_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]], mask: MaskedUpdate | None = None) -> torch.Tensor:
-        """`loss_fn()` -> (loss to minimise, value to log); with `mask`, gradient and update stay inside it."""
-        return self.step_parts([(loss_fn, mask)], restrict=mask)[0]
+    def step(self, loss_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]], mask: MaskedUpdate | None = None,
+             scale_after_clip: float | None = None) -> torch.Tensor:
+        """`loss_fn()` -> (loss to minimise, value to log); with `mask`, gradient and update stay inside it;
+        `scale_after_clip` multiplies the clipped gradient (a step size relative to the clip norm)."""
+        return self.step_parts([(loss_fn, mask)], restrict=mask, scale_after_clip=scale_after_clip)[0]
 
-    def step_parts(self, parts, restrict: MaskedUpdate | None = None, after_backward=None) -> list[torch.Tensor]:
+    def step_parts(self, parts, restrict: MaskedUpdate | None = None, after_backward=None,
+                   scale_after_clip: float | None = None) -> list[torch.Tensor]:
         """parts: [(loss_fn, gradient mask or None)], backpropagated in order into one gradient; `after_backward()`
         may add to the gradient (e.g. an analytic penalty) before clipping. Returns each part's logged value."""
         self.optimizer.zero_grad(set_to_none=False)
@@ -158,6 +161,8 @@ class Stepper:
             after_backward()
         if self.max_grad_norm is not None:
             self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
+        if scale_after_clip is not None:
+            torch._foreach_mul_([p.grad for p in self.params], scale_after_clip)
         if restrict is not None:
             restrict.snapshot()
         self.optimizer.step()

@@ -40,6 +40,13 @@ class SFRonConfig:
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (official DDPM: 1e-4)"})
     forget_alpha: float = field(default=10.0, metadata={"help": "scale of the forget step (official DDPM: 10)"})
     remain_alpha: float = field(default=1.0, metadata={"help": "scale of the remain step (official: 1)"})
+    alpha_placement: str = field(
+        default="loss",
+        metadata={"help": "where forget_alpha acts: loss (multiplies the forget loss before clipping, the official "
+                          "code; with the sum loss the clip binds and alpha has no effect) or clipped (multiplies the "
+                          "clipped forget gradient, so the forget step is alpha times the clip norm)",
+                  "choices": ("loss", "clipped")},
+    )
     alpha_decay: str = field(
         default="cosine",
         metadata={"help": "forget_alpha schedule: cosine (official code), linear (paper text) or none",
@@ -164,7 +171,10 @@ def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runti
         values = {}
         if step % config.forget_every == 0:  # fast: masked forget step
             alpha = alpha_schedule(config.forget_alpha, step, config.steps, config.alpha_decay)
-            values["forget"] = run.stepper.step(lambda: forget_loss(alpha), masked)
+            if config.alpha_placement == "clipped":
+                values["forget"] = run.stepper.step(lambda: forget_loss(1.0), masked, scale_after_clip=alpha)
+            else:
+                values["forget"] = run.stepper.step(lambda: forget_loss(alpha), masked)
         values["remain"] = run.stepper.step(remain_loss)  # slow: unmasked remain step
         return values
 

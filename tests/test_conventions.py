@@ -66,28 +66,34 @@ def exact_batches(digit_data):
     return forget.subset(keep, "forget"), remain.subset(keep, "remain")
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_sfron_forget_and_remain_gradients_match_the_official_form_after_clipping(digit_data, monkeypatch, reduction):
+@pytest.mark.parametrize("reduction, placement", [("sum", "loss"), ("mean", "loss"), ("sum", "clipped")])
+def test_sfron_forget_and_remain_gradients_match_the_official_form_after_clipping(digit_data, monkeypatch, reduction,
+                                                                                  placement):
     forget, remain = exact_batches(digit_data)
     adapter = tiny_adapter()
     spy = Spy(adapter, monkeypatch)
     params = trainable_parameters(adapter.denoiser)
     torch.manual_seed(1)
     mask = {name: torch.rand_like(p) < 0.5 for name, p in params.items()}
-    config = SFRonConfig(steps=1, batch_size=B, loss_reduction=reduction, remain_label_dropout=0.0)
+    config = SFRonConfig(steps=1, batch_size=B, loss_reduction=reduction, remain_label_dropout=0.0,
+                         alpha_placement=placement)
     result = sfron(adapter, forget, remain, config, Runtime(seed=0), mask=mask)
     assert result["conventions"]["forget_reduction"] == result["conventions"]["remain_reduction"] == reduction
 
     unet, scheduler = adapter.denoiser, adapter.noise_schedule
     (forget_weights, forget_grads), (remain_weights, remain_grads) = spy.steps
-    # forget step: -forget_alpha * mean(w_i l_i), w_i ~ 1 / l_i^0.5 normalised to sum to B, masked, clipped to 1
+    # forget step: -forget_alpha * mean(w_i l_i), w_i ~ 1 / l_i^0.5 normalised to sum to B, masked, clipped to 1;
+    # with placement "clipped" forget_alpha multiplies the clipped gradient instead (a step of norm 10, not 1)
     x0, noise, t = spy.noised[0]
     weights = [w.clone().requires_grad_(True) for w in forget_weights]
     losses = reference_losses(unet, scheduler, weights, x0, noise, t, spy.predicted[0], reduction)
     inverse = 1 / (losses.detach().pow(0.5) + 1e-8)
-    objective = -10.0 * (inverse / inverse.sum() * B * losses).mean()
+    objective = -(inverse / inverse.sum() * B * losses).mean()
     grads = torch.autograd.grad(objective, weights)
-    expected = clipped([g * m for g, m in zip(grads, mask.values())])
+    if placement == "loss":
+        expected = clipped([10.0 * g * m for g, m in zip(grads, mask.values())])
+    else:
+        expected = [10.0 * g for g in clipped([g * m for g, m in zip(grads, mask.values())])]
     for name, got, want in zip(params, forget_grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=f"forget gradient of {name}")
     # remain step: plain mean over the batch of the per-sample loss, unmasked, clipped to 1
