@@ -24,7 +24,7 @@ CHANGES = [  # (label, what changed against the row above, the settings it chang
      {"fisher-guidance": 3}),
     ("+ gamma 3", "sparser saliency mask: F_f / F_r >= 3 instead of 1", {"gamma": 3}),
 ]
-DEFAULTS_ROW = ("defaults", "300 iterations instead of 150; no flags at all (the cfg_unet preset)")
+DEFAULTS_ROW = ("defaults", "450 iterations instead of 150; no flags at all (the cfg_unet preset)")
 SIDE_ROWS = [  # compared against the defaults row, not cumulative
     ("defaults, gradient-only mask", "mask-0 entries not restored after the forget step (the official form)",
      ["--mask-mode", "gradient"]),

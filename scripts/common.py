@@ -47,13 +47,24 @@ def run_command(*argv) -> None:
     args.run(args)
 
 
+def method_defaults() -> dict:
+    """Every method's config defaults and presets: what flags leave unsaid, so a cache keyed by flags alone would
+    return a stale run after a default or preset moves."""
+    from dataclasses import asdict
+
+    from erase.methods import METHODS, PRESETS
+
+    return {"configs": {name: asdict(config()) for name, (_, config) in METHODS.items()}, "presets": PRESETS}
+
+
 def cached_unlearn(folder: Path, flags: list) -> dict:
-    """`erase unlearn FLAGS --out folder`, skipped when the folder holds a run made with the same flags; its run.json."""
+    """`erase unlearn FLAGS --out folder`, skipped when the folder holds a run made with the same flags under the
+    same method defaults and presets; its run.json."""
     import json
 
-    flags = [str(f) for f in flags]
+    key = json.loads(json.dumps({"flags": [str(f) for f in flags], "defaults": method_defaults()}))
     stamp = folder / "erase-flags.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == flags):
-        run_command("unlearn", *flags, "--out", folder, "--overwrite")
-        stamp.write_text(json.dumps(flags) + "\n")
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
+        run_command("unlearn", *key["flags"], "--out", folder, "--overwrite")
+        stamp.write_text(json.dumps(key) + "\n")
     return json.loads((folder / "run.json").read_text())
