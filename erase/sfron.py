@@ -95,9 +95,10 @@ class SFRonConfig:
 
 # The official settings per backbone, each under the convention its code used (ALGORITHMS.md section 1c).
 # cfg_unet: the official DDPM constants under their conventions (sum over pixels, clip 1 on both steps, remain
-# label dropout, Fisher at s = 3), with a sparser mask (gamma 3) and 450 iterations chosen on development digit 5
-# (docs/ablation.md) and checked on 7 (30 per digit: 300 iterations FA 23%, RA 95.6%; 450 iterations FA 0%, RA 97.0%;
-# gamma 2 at 300 FA 20%, RA 95.9%); batch 64, the shipped model's training batch.
+# label dropout, Fisher at s = 3), with a sparser mask (gamma 3; chosen on development digit 5, docs/ablation.md, at
+# 300 iterations) and 450 iterations set from digit 7 alone (30 per digit: 300 iterations FA 23%, RA 95.6%; 450
+# FA 0%, RA 97.0%; gamma 2 at 300 FA 20%, RA 95.9%); not yet re-measured on 5, 1, 3 at 450. Batch 64, the shipped
+# model's training batch. (joint ignores alpha_placement: one summed step has no separate forget clip.)
 SFRON_PRESETS = {
     "cfg_unet": {"batch_size": 64, "steps": 450, "gamma": 3.0},
     "dit": {"steps": 600, "batch_size": 1, "lr": 1e-4, "forget_objective": "ga", "forget_alpha": 1e-3,
