@@ -4,9 +4,10 @@ Forget loss = MSE(eps_theta(x_t, c_forget), stop_grad(eps_theta(x_t, c_pseudo)))
 DDPM code: (k + 1) mod 10; `--pseudo-class`; `--replacement-prompt`) or, with `--pseudo-random`, a random remaining
 class per sample; plus remain_alpha * remain denoising loss.
 
-Conventions of SalUn's DDPM code, kept so its remain_alpha 1e-3 means what it meant there: the forget term is
-`nn.MSELoss()` (mean over pixels), the remain term is summed over pixels, an effective remain weight of
-1e-3 x C x H x W (about 3 at 32x32x3, 0.26 at 16x16x1). Remain labels are dropped to null at the base model's
+SalUn's DDPM code takes the forget term as `nn.MSELoss()` (mean over pixels) and sums the remain term over pixels
+with weight 1e-3: relative to the forget term that is 1e-3 x C x H x W = 3.072 at CIFAR-10's 3x32x32, but only 0.256
+at 16x16x1, twelve times weaker. The defaults keep the published relative weight at any resolution: both terms are
+pixel means and remain_alpha is 3.072 (`--remain-reduction sum --remain-alpha 1e-3` is SalUn's literal form). Remain labels are dropped to null at the base model's
 training rate, as in SalUn's code (cond_drop_prob 0.1), so the unconditional branch keeps training.
 """
 
@@ -25,8 +26,9 @@ class RLConfig:
     steps: int = field(default=1000, metadata={"help": "iterations (SalUn DDPM: 1000)"})
     batch_size: int = field(default=128, metadata={"help": "forget and remain batch size (SalUn DDPM: 128)"})
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate (SalUn DDPM: 1e-5)"})
-    remain_alpha: float = field(default=1e-3, metadata={"help": "weight of the remain loss (SalUn DDPM: 1e-3, on a "
-                                                                  "pixel-sum remain loss)"})
+    remain_alpha: float = field(default=3.072, metadata={"help": "weight of the remain loss: 3.072 on a pixel-mean remain "
+                                                                   "loss is SalUn DDPM's 1e-3 on a pixel-sum loss at "
+                                                                   "3x32x32, its relative weight at any resolution"})
     pseudo_class: int | None = field(
         default=None, metadata={"help": "target class (default: the next remaining class after the forget class, "
                                         "SalUn DDPM's (k + 1) mod 10)"}
@@ -39,8 +41,9 @@ class RLConfig:
                                   "choices": ("sum", "mean")}
     )
     remain_reduction: str = field(
-        default="sum", metadata={"help": "per-sample remain loss over pixels: sum (SalUn DDPM, what remain_alpha "
-                                         "1e-3 was tuned under) or mean", "choices": ("sum", "mean")}
+        default="mean", metadata={"help": "per-sample remain loss over pixels: mean (the default, with remain_alpha "
+                                          "3.072) or sum (SalUn DDPM's form, with its remain_alpha 1e-3)",
+                                  "choices": ("sum", "mean")}
     )
     remain_label_dropout: float | None = remain_label_dropout_field()
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})

@@ -1,7 +1,7 @@
 """SalUn (Fan et al., ICLR 2024): gradient-magnitude weight saliency + random-label forgetting + remain loss.
 
 mask = top `mask_fraction` of |grad L_forget| per entry, one global threshold over all trained parameters;
-then RL's loss (with its conventions: pixel-mean forget term, pixel-sum remain term, remain label dropout), with
+then RL's loss (with its conventions: SalUn's relative remain weight on pixel-mean terms, remain label dropout), with
 gradient and update confined to the mask.
 """
 

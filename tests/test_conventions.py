@@ -105,12 +105,15 @@ def test_sfron_forget_and_remain_gradients_match_the_official_form_after_clippin
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=f"remain gradient of {name}")
 
 
-def test_rl_remain_term_is_summed_over_pixels_as_in_salun_and_forget_term_averaged(digit_data, monkeypatch):
+@pytest.mark.parametrize("reduction, weight", [(None, 3.072), ("sum", 1e-3)])
+def test_rl_forget_term_is_a_pixel_mean_and_remain_term_carries_salun_weight(digit_data, monkeypatch, reduction, weight):
+    """Defaults: pixel-mean remain term at 3.072 (SalUn's 1e-3 x 3x32x32); SalUn's literal pixel sum at 1e-3."""
     forget, remain = exact_batches(digit_data)
     adapter = tiny_adapter()
     spy = Spy(adapter, monkeypatch)
     params = trainable_parameters(adapter.denoiser)
-    rl(adapter, forget, remain, RLConfig(steps=1, batch_size=B, remain_label_dropout=0.0, max_grad_norm=None),
+    literal = {} if reduction is None else {"remain_reduction": reduction, "remain_alpha": weight}
+    rl(adapter, forget, remain, RLConfig(steps=1, batch_size=B, remain_label_dropout=0.0, max_grad_norm=None, **literal),
        Runtime(seed=0))
     (weights_before, grads), = spy.steps
     unet, scheduler = adapter.denoiser, adapter.noise_schedule
@@ -125,8 +128,8 @@ def test_rl_remain_term_is_summed_over_pixels_as_in_salun_and_forget_term_averag
                                                      {"class_labels": labels}).sample
     forget_term = (call(spy.predicted[1]) - call(spy.predicted[0]).detach()).pow(2).mean()
     x0, noise, t = spy.noised[1]
-    remain_term = reference_losses(unet, scheduler, weights, x0, noise, t, spy.predicted[2], "sum").mean()
-    expected = torch.autograd.grad(forget_term + 1e-3 * remain_term, weights)
+    remain_term = reference_losses(unet, scheduler, weights, x0, noise, t, spy.predicted[2], reduction or "mean").mean()
+    expected = torch.autograd.grad(forget_term + weight * remain_term, weights)
     for name, got, want in zip(names, grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=f"RL gradient of {name}")
 
