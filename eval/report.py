@@ -20,6 +20,7 @@ COLUMNS = (  # (header, row key, format)
     ("x RT time", "fraction_of_rt", "{:.3f}"),
     ("steps to FA<5%", "first_step_fa_below_5pct", "{:d}"),
 )
+COLLAPSE_RA = 0.8  # below this mean RA a method has lost the other classes; the report says why (or that it cannot)
 
 
 def cell(value, fmt: str) -> str:
@@ -108,7 +109,15 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         lines.append(f"- **Quick run**: steps overridden to {results['steps_override']} (methods) and "
                      f"{results['rt_steps_override']} (RT); not the benchmark's settings.")
     lines += ["", "## Mean over forget classes", ""]
-    lines += table(mean_rows(results["rows"], methods))
+    means = mean_rows(results["rows"], methods)
+    lines += table(means)
+    collapsed = [row["method"] for row in means if row["method"] not in ("base", "RT")
+                 and (row["remaining_accuracy_mean"] or 0.0) < COLLAPSE_RA]
+    if collapsed:
+        reasons = results.get("collapse_reasons", {})
+        lines += ["", f"Below {COLLAPSE_RA:.0%} mean RA (the other classes are not kept):", ""]
+        lines += [f"- {method}: {reasons.get(method, 'no explanation recorded; treat this setting as failed')}"
+                  for method in collapsed]
     for forget_class in results["forget_classes"]:
         rows = [r for r in results["rows"] if r["class"] == forget_class]
         lines += ["", f"## Forget class {forget_class}", ""] + table(rows)

@@ -13,7 +13,8 @@ from scripts.common import SHIPPED_BASE, add_scoring_arguments
 # `erase unlearn --model M --forget-class K` as users run it (the cfg_unet preset). Side rows change one thing
 # against the defaults.
 BEFORE = {"batch-size": 64, "steps": 150, "lr": 1e-4, "loss-reduction": "mean", "remain-label-dropout": 0,
-          "fisher-guidance": 2, "mask-mode": "restore", "gamma": 1}
+          "fisher-guidance": 2, "fisher-batches": 20, "mask-mode": "restore", "gamma": 1,
+          "forget-objective": "adaptive", "alpha-placement": "loss", "forget-every": 1}
 CHANGES = [  # (label, what changed against the row above, the settings it changes)
     ("before issue 10", "pixel-mean loss, no remain label dropout, Fisher at s = 2 (the old demo/benchmark run)", {}),
     ("+ pixel-sum loss", "loss summed over pixels as in the official DDPM code (forget_alpha 10 and clip 1 assume it)",
@@ -22,12 +23,19 @@ CHANGES = [  # (label, what changed against the row above, the settings it chang
      {"remain-label-dropout": "none"}),
     ("+ Fisher at s = 3", "Fisher on the guided eps at the official cond_scale 2.0, which is s = 3 here",
      {"fisher-guidance": 3}),
-    ("+ gamma 3", "sparser saliency mask: F_f / F_r >= 3 instead of 1", {"gamma": 3}),
+    ("+ pseudo objective", "forget step maps the digit to the next class (descent) instead of weighted ascent",
+     {"forget-objective": "pseudo"}),
+    ("+ alpha on the clipped step", "forget_alpha multiplies the clipped forget gradient (under the sum loss the "
+     "clip binds, so alpha on the loss has no effect)", {"alpha-placement": "clipped"}),
 ]
-DEFAULTS_ROW = ("defaults", "450 iterations instead of 150; no flags at all (the cfg_unet preset)")
+DEFAULTS_ROW = ("defaults", "lr 2e-4, a forget step every 2nd of 120 iterations, 10 Fisher batches; no flags at all "
+                            "(the cfg_unet preset)")
 SIDE_ROWS = [  # compared against the defaults row, not cumulative
     ("defaults, gradient-only mask", "mask-0 entries not restored after the forget step (the official form)",
      ["--mask-mode", "gradient"]),
+    ("defaults, adaptive ascent", "the paper's weighted gradient ascent instead of the pseudo objective",
+     ["--forget-objective", "adaptive"]),
+    ("defaults, gamma 3", "sparser saliency mask: F_f / F_r >= 3 instead of 1", ["--gamma", 3]),
 ]
 
 

@@ -28,6 +28,16 @@ SCALING_NOTE = (
     "ESD keeps one condition per step. Every other hyperparameter is the method's default (the papers' values, "
     "under the loss conventions each paper's code used: see each method's --loss-reduction / --remain-reduction)."
 )
+# Why a method may lose the other classes at its benchmark setting (the report prints this for a method whose mean
+# RA falls below 80%; a collapse without an entry here is reported as unexplained).
+COLLAPSE_REASONS = {
+    "ga": "plain gradient ascent on the forget class with no remain term (SalUn's GA baseline, remain_alpha 0): "
+          "ascent on a shared denoiser raises every class's loss and nothing pulls the others back, so it collapses "
+          "by design; `--remain-alpha` > 0 adds a remain term",
+    "esd": "ESD trains only on the forget condition, with no remain data; it was designed for text-to-image models "
+           "where other prompts share little with the erased one, not for a 10-class UNet whose classes share all "
+           "weights",
+}
 RECIPE_FLAGS = ("steps", "batch_size", "lr", "label_dropout", "ema_decay", "max_grad_norm")
 
 
@@ -180,6 +190,7 @@ def run(args) -> None:
         "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
         "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples, "steps_override": args.steps,
         "rt_steps_override": args.rt_steps, "settings": {m: SETTINGS[m] for m in methods}, "scaling": SCALING_NOTE,
+        "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
         "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
         "environment": environment(),
     }

@@ -95,6 +95,10 @@ def test_benchmark_table_is_generated_and_reproducible(small_base, tmp_path, cap
     assert rows[(5, "ga")]["fraction_of_rt"] == pytest.approx(rows[(5, "ga")]["seconds"] / rows[(5, "RT")]["seconds"])
     report = (tmp_path / "a" / "benchmark.md").read_text()
     assert "| sfron |" in report and "Quick run" in report and "benchmark-fa.png" in report
+    for method in ("sfron", "ga"):  # a method that lost the other classes is named with its reason, or flagged
+        ra = sum(rows[(c, method)]["remaining_accuracy_mean"] for c in (3, 5)) / 2
+        reason = results["collapse_reasons"].get(method, "no explanation recorded")
+        assert (f"- {method}: {reason}" in report) == (ra < 0.8), (method, ra)
     assert (tmp_path / "a" / "benchmark-grid-class-5.png").is_file()
     grid = Image.open(tmp_path / "a" / "benchmark-grid-class-3.png")
     assert grid.size[1] == 16 + 4 * 50 + 2  # rows: base, RT, sfron, ga

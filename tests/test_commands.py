@@ -114,5 +114,10 @@ def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_
     assert rows[2]["conventions"]["remain_label_dropout"] == 0 and rows[3]["conventions"]["remain_label_dropout"] == 0.1
     defaults = next(r for r in rows if r["label"] == "defaults")
     assert defaults["flags"] == [] and defaults["preset"]["name"] == "cfg_unet"
+    # the chain ends one change from the preset: the last cumulative row differs from the defaults only in what the
+    # defaults row names (here steps and Fisher batches are overridden on every row, so lr and forget_every are left)
+    last = rows[rows.index(defaults) - 1]
+    changed = {key for key in defaults["config"] if defaults["config"][key] != last["config"][key]}
+    assert changed == {"lr", "forget_every"}, changed
     report = (tmp_path / "out" / "ablation.md").read_text()
     assert "Quick run" in report and report.count("\n| ") == len(rows) + 1
