@@ -7,8 +7,9 @@ class per sample; plus remain_alpha * remain denoising loss.
 SalUn's DDPM code takes the forget term as `nn.MSELoss()` (mean over pixels) and sums the remain term over pixels
 with weight 1e-3: relative to the forget term that is 1e-3 x C x H x W = 3.072 at CIFAR-10's 3x32x32, but only 0.256
 at 16x16x1, twelve times weaker. The defaults keep the published relative weight at any resolution: both terms are
-pixel means and remain_alpha is 3.072 (`--remain-reduction sum --remain-alpha 1e-3` is SalUn's literal form). Remain labels are dropped to null at the base model's
-training rate, as in SalUn's code (cond_drop_prob 0.1), so the unconditional branch keeps training.
+pixel means and remain_alpha is 3.072 (`--remain-reduction sum --remain-alpha 1e-3` is SalUn's literal form).
+Remain labels are dropped to null at the base model's training rate, as in SalUn's code (cond_drop_prob 0.1), so
+the unconditional branch keeps training.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ SCALING_NOTE = (
     "DDPM setting of lr 1e-4; SFR-on and joint run at `erase unlearn`'s defaults for class UNets (the cfg_unet "
     "preset), Nabla-tau at 150 iterations. Batches are 64 (the base model's training batch) instead of 128; "
     "ESD keeps one condition per step. Every other hyperparameter is the method's default (the papers' values, "
-    "under the loss conventions each paper's code used: see each method's --loss-reduction / --remain-reduction)."
+    "under the loss conventions each paper's code used, or converted exactly: RL and SalUn weigh a pixel-mean remain "
+    "term by 3.072, SalUn's 1e-3 on a pixel sum at 3x32x32; see each method's --loss-reduction / --remain-reduction)."
 )
 # Why a method may lose the other classes at its benchmark setting (the report prints this for a method whose mean
 # RA falls below 80%; a collapse without an entry here is reported as unexplained).
