@@ -14,7 +14,7 @@ from scripts.common import SHIPPED_BASE, add_scoring_arguments
 # against the defaults.
 BEFORE = {"batch-size": 64, "steps": 150, "lr": 1e-4, "loss-reduction": "mean", "remain-label-dropout": 0,
           "fisher-guidance": 2, "fisher-batches": 20, "mask-mode": "restore", "gamma": 1,
-          "forget-objective": "adaptive", "alpha-placement": "loss", "forget-every": 1}
+          "forget-objective": "adaptive", "alpha-placement": "loss", "forget-every": 1, "forget-dense": 0}
 CHANGES = [  # (label, what changed against the row above, the settings it changes)
     ("before issue 10", "pixel-mean loss, no remain label dropout, Fisher at s = 2 (the old demo/benchmark run)", {}),
     ("+ pixel-sum loss", "loss summed over pixels as in the official DDPM code (forget_alpha 10 and clip 1 assume it)",
@@ -28,8 +28,8 @@ CHANGES = [  # (label, what changed against the row above, the settings it chang
     ("+ alpha on the clipped step", "forget_alpha multiplies the clipped forget gradient (under the sum loss the "
      "clip binds, so alpha on the loss has no effect)", {"alpha-placement": "clipped"}),
 ]
-DEFAULTS_ROW = ("defaults", "lr 2e-4, a forget step every 2nd of 120 iterations, 10 Fisher batches; no flags at all "
-                            "(the cfg_unet preset)")
+DEFAULTS_ROW = ("defaults", "lr 2e-4, a forget step on each of the first 20 of 120 iterations and then every 2nd, "
+                            "10 Fisher batches; no flags at all (the cfg_unet preset)")
 SIDE_ROWS = [  # compared against the defaults row, not cumulative
     ("defaults, gradient-only mask", "mask-0 entries not restored after the forget step (the official form)",
      ["--mask-mode", "gradient"]),

@@ -47,14 +47,22 @@ def run_command(*argv) -> None:
     args.run(args)
 
 
-def method_defaults() -> dict:
-    """Every method's config defaults and presets: what flags leave unsaid, so a cache keyed by flags alone would
-    return a stale run after a default or preset moves."""
+def method_defaults(method: str) -> dict:
+    """`method`'s config defaults and presets: what flags leave unsaid, so a cache keyed by flags alone would return
+    a stale run after a default or preset moves (another method's defaults do not concern its runs)."""
+    import json
     from dataclasses import asdict
 
     from erase.methods import METHODS, PRESETS
 
-    return {"configs": {name: asdict(config()) for name, (_, config) in METHODS.items()}, "presets": PRESETS}
+    return json.loads(json.dumps({"config": asdict(METHODS[method][1]()), "presets": PRESETS.get(method, {})}))
+
+
+def flag_value(flags: list, name: str, default: str) -> str:
+    """The value after the last `name` in an argv-style list, else `default`."""
+    flags = [str(f) for f in flags]
+    places = [i for i, flag in enumerate(flags[:-1]) if flag == name]
+    return flags[places[-1] + 1] if places else default
 
 
 def cached_unlearn(folder: Path, flags: list) -> dict:
@@ -62,7 +70,8 @@ def cached_unlearn(folder: Path, flags: list) -> dict:
     same method defaults and presets; its run.json."""
     import json
 
-    key = json.loads(json.dumps({"flags": [str(f) for f in flags], "defaults": method_defaults()}))
+    method = flag_value(flags, "--method", "sfron")  # `erase unlearn`'s default method
+    key = json.loads(json.dumps({"flags": [str(f) for f in flags], "defaults": method_defaults(method)}))
     stamp = folder / "erase-flags.json"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
         run_command("unlearn", *key["flags"], "--out", folder, "--overwrite")

@@ -39,7 +39,8 @@ def test_unlearn_end_to_end_writes_a_diffusers_model_mask_and_record(trained_mod
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["steps"] == 3 and record["runtime"]["seed"] == 0
     assert set(record["timings"]) == {"fisher", "mask", "unlearn"}
-    forget_steps = len(range(0, 3, record["config"]["forget_every"]))  # the preset takes a forget step every k-th
+    config = record["config"]  # the preset: a forget step on each of the first N iterations, then every k-th
+    forget_steps = sum(s < config["forget_dense"] or s % config["forget_every"] == 0 for s in range(3))
     assert len(record["losses"]["forget"]["value"]) == forget_steps and len(record["losses"]["remain"]["value"]) == 3
     assert 0 < record["mask_sparsity"]["overall"] < 1 and record["mask_sparsity"]["per_module"]
     assert record["environment"]["packages"]["diffusers"] and record["device"] == "cpu"

@@ -115,9 +115,21 @@ def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_
     defaults = next(r for r in rows if r["label"] == "defaults")
     assert defaults["flags"] == [] and defaults["preset"]["name"] == "cfg_unet"
     # the chain ends one change from the preset: the last cumulative row differs from the defaults only in what the
-    # defaults row names (here steps and Fisher batches are overridden on every row, so lr and forget_every are left)
+    # defaults row names (here steps and Fisher batches are overridden on every row, so lr and the forget schedule are left)
     last = rows[rows.index(defaults) - 1]
     changed = {key for key in defaults["config"] if defaults["config"][key] != last["config"][key]}
-    assert changed == {"lr", "forget_every"}, changed
+    assert changed == {"lr", "forget_every", "forget_dense"}, changed
     report = (tmp_path / "out" / "ablation.md").read_text()
     assert "Quick run" in report and report.count("\n| ") == len(rows) + 1
+
+
+def test_run_cache_key_moves_with_its_own_methods_preset_only(monkeypatch):
+    from erase.sfron import SFRON_PRESETS
+    from scripts.common import flag_value, method_defaults
+
+    assert flag_value(["--model", "m", "--method", "rl", "--steps", 3], "--method", "sfron") == "rl"
+    assert flag_value(["--model", "m"], "--method", "sfron") == "sfron"
+    before = {name: method_defaults(name) for name in ("sfron", "rl")}
+    monkeypatch.setitem(SFRON_PRESETS, "cfg_unet", {**SFRON_PRESETS["cfg_unet"], "steps": 7})
+    assert method_defaults("sfron") != before["sfron"]  # an SFR-on run cached under the old preset is stale
+    assert method_defaults("rl") == before["rl"]  # an RL run is not

@@ -48,8 +48,10 @@ def test_every_method_runs_from_the_cli_and_the_result_loads_in_diffusers(method
     assert code == 0, capsys.readouterr().err
     record = json.loads((out / "run.json").read_text())
     assert record["method"] == method and record["config"]["steps"] == 3
-    every = record["config"]["forget_every"] if method == "sfron" else 1  # SFR-on's preset: every 2nd; joint: one step
-    forget_steps = len(range(0, 3, every))
+    config = record["config"]  # SFR-on's preset: every iteration for the first N, then every k-th; the rest: each one
+    forget_steps = 3
+    if method == "sfron":
+        forget_steps = sum(s < config["forget_dense"] or s % config["forget_every"] == 0 for s in range(3))
     assert len(record["losses"]["forget"]["value"]) == forget_steps and "unlearn" in record["timings"]
     original = UNet2DModel.from_pretrained(trained_model_dir, subfolder="unet")
     erased = UNet2DModel.from_pretrained(out)

@@ -100,6 +100,14 @@ def test_forget_every_k_takes_forget_steps_on_every_kth_iteration(digit_data):
     assert result["losses"]["remain"]["step"] == list(range(6))
 
 
+def test_forget_dense_takes_a_forget_step_on_each_of_the_first_n_iterations_then_every_kth(digit_data):
+    forget, remain = split_by_class(digit_data, [7])
+    config = SFRonConfig(steps=8, batch_size=8, fisher_batches=1, forget_every=3, forget_dense=2)
+    result = sfron(tiny_adapter(), forget, remain, config, Runtime(seed=0))
+    assert result["losses"]["forget"]["step"] == [0, 1, 3, 6]
+    assert result["losses"]["remain"]["step"] == list(range(8))
+
+
 def test_non_finite_loss_stops_and_names_the_step(digit_data):
     forget, remain = split_by_class(digit_data, [7])
     config = SFRonConfig(steps=30, batch_size=8, fisher_batches=1, lr=1e30, max_grad_norm=None)
