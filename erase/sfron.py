@@ -106,8 +106,9 @@ class SFRonConfig:
 # 94.8% at 50, digit 3 95.6% at 20, digit 5 96.3% at 10. A forget step every 2nd iteration throughout needed 70
 # iterations on 7 and 60 on 1; dense for the first 30 reached 30 on both but cost digit 5 three points of RA (93.0%);
 # every iteration throughout cost digit 3 nine; the official objective at gamma 3 needed 450 iterations for FA 0% on
-# 7, and gamma 3 at this schedule kept digit 5 at base RA but left FA at 17% on 7 and 90% on 1 after 120. Development digit 5 at 50 samples: docs/ablation.md. (joint ignores alpha_placement, forget_every and
-# forget_dense: it takes one summed step.)
+# 7, and gamma 3 at this schedule kept digit 5 at base RA but left FA at 17% on 7 and 90% on 1 after 120.
+# Development digit 5 at 50 samples: docs/ablation.md. (joint ignores alpha_placement, forget_every and forget_dense:
+# it takes one summed step.)
 SFRON_PRESETS = {
     "cfg_unet": {"batch_size": 64, "steps": 120, "lr": 2e-4, "forget_objective": "pseudo", "alpha_placement": "clipped",
                  "forget_every": 2, "forget_dense": 20, "fisher_batches": 10},
