@@ -26,10 +26,16 @@ class NablaTauConfig:
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (authors: 1e-3 for classifiers; 1e-4 suits diffusion)"})
     tau_source: str = field(
         default="null", metadata={"help": "tau from: null (forget images, null condition), heldout (10%% of the remain "
-                                           "set kept out of training), or value (--tau-value)",
-                                  "choices": ("null", "heldout", "value")}
+                                           "set kept out of training), value (--tau-value), or relative "
+                                           "(--tau-factor x the forget loss under the forget labels at step 0, fixed)",
+                                  "choices": ("null", "heldout", "value", "relative")}
     )
     tau_value: float | None = field(default=None, metadata={"help": "fixed tau for --tau-source value"})
+    tau_factor: float = field(
+        default=2.0, metadata={"help": "for --tau-source relative: tau = this x the starting forget loss (on the "
+                                       "shipped digit model a model retrained without the digit has 1.6-2.4x the "
+                                       "base's loss on it)"}
+    )
     tau_every: int = field(default=10, metadata={"help": "steps between tau refreshes"})
     tau_samples: int = field(default=256, metadata={"help": "(image, noise, timestep) draws per tau estimate"})
     alpha: float | None = field(default=None, metadata={"help": "alpha_0 (default: 5/3 |D_f| / (|D_f| + |D_r|), the authors' rule)"})
@@ -50,7 +56,9 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
     if config.tau_source == "null" and not adapter.conditional:
         raise UsageError("--tau-source null needs a conditional model; use heldout or value")
     reference = None
-    if config.tau_source == "null":
+    if config.tau_source == "relative":
+        reference = forget_data
+    elif config.tau_source == "null":
         reference = ImageDataset(forget_data.images, adapter.null_condition(len(forget_data)).cpu(), [], "forget, null")
     elif config.tau_source == "heldout":
         order = torch.randperm(len(remain_data), generator=torch.Generator().manual_seed(runtime.seed))
@@ -69,13 +77,15 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
         else:
             with torch.no_grad():
                 value = fixed_draw_loss(adapter, reference, config.tau_samples, seed=runtime.seed)
+            if config.tau_source == "relative":
+                value *= config.tau_factor
         taus.append({"step": step, "tau": value})
         return value
 
     state = {"tau": refresh_tau(0)}
 
     def iteration(step: int) -> dict:
-        if step > 0 and step % config.tau_every == 0 and config.tau_source != "value":
+        if step > 0 and step % config.tau_every == 0 and config.tau_source not in ("value", "relative"):
             state["tau"] = refresh_tau(step)
         alpha = alpha0 * (1.0 - step / config.steps)
 

@@ -110,6 +110,12 @@ def test_nabla_tau_records_tau_at_every_refresh(trained_model_dir, digit_split):
     fixed = nabla_tau(load_adapter(trained_model_dir), forget, remain,
                       NablaTauConfig(steps=2, batch_size=8, tau_source="value", tau_value=0.25), Runtime(seed=0))
     assert fixed["record"]["tau"] == [{"step": 0, "tau": 0.25}]
+    adapter = load_adapter(trained_model_dir)
+    with torch.no_grad():  # the starting forget loss, computed here from the model before the run
+        start = fixed_draw_loss(adapter, forget, 16, seed=0)
+    relative = nabla_tau(adapter, forget, remain, NablaTauConfig(steps=5, batch_size=8, tau_every=2, tau_samples=16,
+                                                                 tau_source="relative", tau_factor=1.5), Runtime(seed=0))
+    assert relative["record"]["tau"] == [{"step": 0, "tau": pytest.approx(1.5 * start)}]  # fixed, never refreshed
 
 
 def test_salun_mask_keeps_the_stated_fraction(trained_model_dir, digit_split):
