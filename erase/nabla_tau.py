@@ -85,7 +85,7 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
     state = {"tau": refresh_tau(0)}
 
     def iteration(step: int) -> dict:
-        if step > 0 and step % config.tau_every == 0 and config.tau_source not in ("value", "relative"):
+        if step > 0 and step % config.tau_every == 0 and config.tau_source in ("null", "heldout"):  # the others: fixed
             state["tau"] = refresh_tau(step)
         alpha = alpha0 * (1.0 - step / config.steps)
 

@@ -58,11 +58,11 @@ def method_defaults(method: str) -> dict:
     return json.loads(json.dumps({"config": asdict(METHODS[method][1]()), "presets": PRESETS.get(method, {})}))
 
 
-def flag_value(flags: list, name: str, default: str) -> str:
-    """The value after the last `name` in an argv-style list, else `default`."""
-    flags = [str(f) for f in flags]
-    places = [i for i, flag in enumerate(flags[:-1]) if flag == name]
-    return flags[places[-1] + 1] if places else default
+def unlearn_method(flags: list) -> str:
+    """The method an `erase unlearn FLAGS` run uses, as `erase unlearn`'s own parser reads it."""
+    from scripts.cli import build_parser
+
+    return build_parser().parse_args(["unlearn", *map(str, flags), "--out", "unused"]).method
 
 
 def cached_unlearn(folder: Path, flags: list) -> dict:
@@ -70,8 +70,7 @@ def cached_unlearn(folder: Path, flags: list) -> dict:
     same method defaults and presets; its run.json."""
     import json
 
-    method = flag_value(flags, "--method", "sfron")  # `erase unlearn`'s default method
-    key = json.loads(json.dumps({"flags": [str(f) for f in flags], "defaults": method_defaults(method)}))
+    key = {"flags": [str(f) for f in flags], "defaults": method_defaults(unlearn_method(flags))}
     stamp = folder / "erase-flags.json"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
         run_command("unlearn", *key["flags"], "--out", folder, "--overwrite")

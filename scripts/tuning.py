@@ -2,8 +2,8 @@
 that are not test digits, and a selection rule fixed before any run.
 
 GRIDS holds every method's configurations as `erase unlearn` flags (at most BUDGET each). The ranges come from the
-method's published setting under this project's conventions (scripts/benchmark.py SETTINGS, SCALING_NOTE) and span
-roughly one step either side of it on the axes the papers name as their main knobs.
+method's published setting under this project's conventions (scripts/benchmark.py SETTINGS, SCALING_NOTE) and lie
+around it (some only on one side) on the axes the papers name as their main knobs. Not yet run by `erase benchmark`.
 """
 
 from __future__ import annotations

@@ -125,10 +125,10 @@ def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_
 
 def test_run_cache_key_moves_with_its_own_methods_preset_only(monkeypatch):
     from erase.sfron import SFRON_PRESETS
-    from scripts.common import flag_value, method_defaults
+    from scripts.common import method_defaults, unlearn_method
 
-    assert flag_value(["--model", "m", "--method", "rl", "--steps", 3], "--method", "sfron") == "rl"
-    assert flag_value(["--model", "m"], "--method", "sfron") == "sfron"
+    assert unlearn_method(["--model", "m", "--forget-class", 1, "--method", "rl", "--steps", 3]) == "rl"
+    assert unlearn_method(["--model", "m", "--forget-class", 1]) == "sfron"  # erase unlearn's default
     before = {name: method_defaults(name) for name in ("sfron", "rl")}
     monkeypatch.setitem(SFRON_PRESETS, "cfg_unet", {**SFRON_PRESETS["cfg_unet"], "steps": 7})
     assert method_defaults("sfron") != before["sfron"]  # an SFR-on run cached under the old preset is stale
