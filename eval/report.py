@@ -52,6 +52,138 @@ def mean_rows(rows: list[dict], methods: list[str]) -> list[dict]:
     return means
 
 
+def pareto_plot(tuning: dict, references: dict[str, tuple[float, float]], path: Path) -> None:
+    """One panel per method: FA (x) against mean RA (y) of every configuration tried on the development digits,
+    FID as colour (log scale, shared), the chosen configuration ringed, and reference points (base, RT)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    sweep = tuning["sweep"]
+    fids = [row["fid"] for rows in sweep.values() for row in rows]
+    norm = LogNorm(vmin=max(min(fids), 1e-3), vmax=max(max(fids), min(fids) * 1.01, 1e-2))
+    columns = min(4, len(sweep))
+    lines = -(-len(sweep) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines), sharex=True, sharey=True,
+                                squeeze=False)
+    points = None
+    for axis, (method, rows) in zip(axes.flat, sweep.items()):
+        points = axis.scatter([r["fa"] for r in rows], [r["ra"] for r in rows], c=[r["fid"] for r in rows], norm=norm,
+                              cmap="viridis", s=40, zorder=3)
+        for row in rows:
+            axis.annotate(str(row["config"]), (row["fa"], row["ra"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        pick = tuning["chosen"][method]
+        axis.scatter([pick["fa"]], [pick["ra"]], s=160, facecolors="none", edgecolors="red", linewidths=1.5, zorder=4)
+        for (label, (fa, ra)), marker in zip(references.items(), ("*", "s")):
+            axis.scatter([fa], [ra], marker=marker, color="black", s=50, zorder=2, label=label)
+        axis.axvline(tuning["fa_max"], color="grey", linestyle="--", linewidth=1)
+        axis.set_title(method, fontsize=10)
+        axis.set_xlim(-0.05, 1.05)
+        axis.set_ylim(0.0, 1.02)
+    for axis in axes.flat[len(sweep):]:
+        axis.axis("off")
+    for axis in axes[-1]:
+        axis.set_xlabel("FA")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("mean RA")
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    figure.colorbar(points, ax=axes.ravel().tolist(), label="FID real (remaining classes)", shrink=0.8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def flags_text(flags) -> str:
+    return " ".join(str(f) for f in flags) or "(defaults)"
+
+
+def tuning_section(results: dict, directory: Path) -> list[str]:
+    """The protocol, the whole sweep, the chosen configurations and the Pareto plot."""
+    tuning = results["tuning"]
+    dev = ", ".join(map(str, tuning["dev_classes"]))
+    lines = ["", "## Tuning protocol", "",
+             f"Every method gets the same budget: the configurations in `scripts/tuning.py` GRIDS (at most "
+             f"{tuning['budget']} each; the source of each range is written beside it), each run once on development "
+             f"digit(s) {dev}, which are never test digits, scored from {tuning['per_class']} samples per class. "
+             f"Selection rule, fixed before any run: the highest mean RA among configurations with FA <= "
+             f"{tuning['fa_max']:.0%} on the development digits, else the lowest FA. The chosen configuration then "
+             f"runs once per test digit; SFR-on and the best baseline (the same rule over the baselines' chosen "
+             f"configurations: **{tuning['best_baseline']}**) run with seeds "
+             f"{', '.join(map(str, results['seeds'].get('sfron', [results['seed']])))}.",
+             "", "| method | chosen | flags | dev FA | dev mean RA | dev FID |", "|---|---|---|---|---|---|"]
+    for method, pick in tuning["chosen"].items():
+        lines.append(f"| {method} | #{pick['config']} | `{flags_text(pick['flags'])}` | {pick['fa']:.1%} | "
+                     f"{pick['ra']:.1%} | {pick['fid']:.2f} |")
+    rts = [r for r in results["rows"] if r["method"] == "RT"]
+    references = {f"base (digit {dev})": (tuning["base"]["fa"], tuning["base"]["ra"])}
+    if rts:
+        references["RT (test digits)"] = (sum(r["forgetting_accuracy"] for r in rts) / len(rts),
+                                          sum(r["remaining_accuracy_mean"] for r in rts) / len(rts))
+    pareto_plot(tuning, references, directory / "benchmark-pareto.png")
+    lines += ["", "![FA vs mean RA over each method's sweep](benchmark-pareto.png)", "",
+              f"Each point is one configuration on the development digits (number = its row below), colour its FID; "
+              f"ringed: the chosen one; dashed: FA {tuning['fa_max']:.0%}; star: the base model on the development "
+              f"digits ({tuning['base']['fa']:.1%} FA, {tuning['base']['ra']:.1%} RA); square: RT's mean over the "
+              f"test digits (no RT is trained for development digits).", "", "### The whole sweep", "",
+              "| method | # | flags | FA | mean RA | FID | wall s |", "|---|---|---|---|---|---|---|"]
+    for method, rows in tuning["sweep"].items():
+        for row in rows:
+            mark = " (chosen)" if row["config"] == tuning["chosen"][method]["config"] else ""
+            lines.append(f"| {method} | {row['config']}{mark} | `{flags_text(row['flags'])}` | {row['fa']:.1%} | "
+                         f"{row['ra']:.1%} | {row['fid']:.2f} | {row['seconds']:.1f} |")
+    return lines
+
+
+def seeds_section(results: dict) -> list[str]:
+    """Methods run with several seeds: mean over forget classes per seed, reported as mean and range over seeds."""
+    several = {m: seeds for m, seeds in results.get("seeds", {}).items() if len(seeds) > 1}
+    if not several:
+        return []
+    lines = ["", "## Seeds", "", "Mean over forget classes per seed; mean [min, max] over seeds "
+             f"({', '.join(map(str, next(iter(several.values()))))}).", "",
+             "| method | FA | mean RA | FID real | steps to FA<5% |", "|---|---|---|---|---|"]
+    for method, seeds in several.items():
+        cells = []
+        for key, fmt in (("forgetting_accuracy", "{:.1%}"), ("remaining_accuracy_mean", "{:.1%}"),
+                         ("fid_real", "{:.2f}"), ("first_step_fa_below_5pct", "{:.0f}")):
+            per_seed = []
+            for seed in seeds:
+                values = [r.get(key) for r in results["rows"] if r["method"] == method and r["seed"] == seed]
+                per_seed.append(None if None in values or not values else sum(values) / len(values))
+            if None in per_seed:
+                cells.append("-")
+            else:
+                mean = sum(per_seed) / len(per_seed)
+                cells.append(f"{fmt.format(mean)} [{fmt.format(min(per_seed))}, {fmt.format(max(per_seed))}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def relearn_section(results: dict, methods: list[str]) -> list[str]:
+    """FA of each erased model (and RT) after the relearning probe's fine-tuning steps, mean over forget classes."""
+    rows = [r for r in results["rows"] if r.get("relearn")]
+    if not rows:
+        return []
+    steps = [point["step"] for point in rows[0]["relearn"]]
+    lines = ["", "## Relearning", "",
+             f"An erased digit that returns after a few fine-tuning steps was hidden, not removed. Each model (seed "
+             f"{results['seed']}) is fine-tuned on {results.get('relearn_images', 32)} real images of the forget digit "
+             f"with the plain denoising loss (Adam, lr 1e-4, full batch, fixed seed) and FA is probed "
+             f"({results['monitor_samples']} samples) after each step count; RT, which never learned the digit, is "
+             "the reference. Mean over forget classes.", "",
+             "| method | FA erased | " + " | ".join(f"FA after {k}" for k in steps) + " |",
+             "|---" * (len(steps) + 2) + "|"]
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        start = sum(r["forgetting_accuracy"] for r in mine) / len(mine)
+        after = [sum(r["relearn"][i]["fa"] for r in mine) / len(mine) for i in range(len(steps))]
+        lines.append(f"| {method} | {start:.1%} | " + " | ".join(f"{v:.1%}" for v in after) + " |")
+    return lines
+
+
 def fa_plot(curves: dict, path: Path) -> None:
     """FA probe vs step, one panel per forget class, one line per method, the 5% line dashed."""
     import matplotlib
@@ -108,8 +240,12 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
     if results["steps_override"] or results["rt_steps_override"]:
         lines.append(f"- **Quick run**: steps overridden to {results['steps_override']} (methods) and "
                      f"{results['rt_steps_override']} (RT); not the benchmark's settings.")
+    first_seed = [r for r in results["rows"] if r.get("seed", results["seed"]) == results["seed"]]
     lines += ["", "## Mean over forget classes", ""]
-    means = mean_rows(results["rows"], methods)
+    if results.get("tuning"):
+        lines += ["Every method at its tuned configuration (see Tuning protocol); run seed "
+                  f"{results['seed']}.", ""]
+    means = mean_rows(first_seed, methods)
     lines += table(means)
     collapsed = [row["method"] for row in means if row["method"] not in ("base", "RT")
                  and (row["remaining_accuracy_mean"] or 0.0) < COLLAPSE_RA]
@@ -118,8 +254,11 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         lines += ["", f"Below {COLLAPSE_RA:.0%} mean RA (the other classes are not kept):", ""]
         lines += [f"- {method}: {reasons.get(method, 'no explanation recorded; treat this setting as failed')}"
                   for method in collapsed]
+    lines += seeds_section(results) + relearn_section(results, methods)
+    if results.get("tuning"):
+        lines += tuning_section(results, directory)
     for forget_class in results["forget_classes"]:
-        rows = [r for r in results["rows"] if r["class"] == forget_class]
+        rows = [r for r in first_seed if r["class"] == forget_class]
         lines += ["", f"## Forget class {forget_class}", ""] + table(rows)
         grid = f"benchmark-grid-class-{forget_class}.png"
         image_grid(grids[forget_class], [str(c) for c in range(10)]).save(directory / grid)
@@ -127,7 +266,7 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
                   "", f"Columns: classes 0-9, first seed; rows: base, RT, each method after erasing {forget_class}."]
     fa_plot(results["fa_curves"], directory / "benchmark-fa.png")
     lines += ["", "## FA during erasure", "", "![FA probe vs step](benchmark-fa.png)", "",
-              "Per-method flags (`erase unlearn`): "]
+              "Per-method flags (`erase unlearn`" + (", tuned" if results.get("tuning") else "") + "): "]
     lines += [f"- {method}: `{' '.join(str(f) for f in flags)}`" for method, flags in results["settings"].items()]
     path = directory / "benchmark.md"
     path.write_text("\n".join(lines) + "\n")

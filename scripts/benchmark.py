@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eval.relearn import RELEARN_IMAGES
 from scripts.common import SHIPPED_BASE, add_scoring_arguments
+from scripts.tuning import DEV_CLASSES, TUNE_PER_CLASS
 
 # `erase unlearn` flags per method: each paper's setting scaled to the 16 px digit model (docs/benchmark.md says how).
 # Loss weights, temperatures, mask rules and schedules stay at the methods' defaults (the papers' values).
@@ -61,6 +63,21 @@ def register(commands) -> None:
     parser.add_argument("--rt-steps", type=int, default=None,
                         help="override RT training steps (quick checks; default: the base model's recipe)")
     parser.add_argument("--rt-cache", type=Path, default=None, help="folder of RT models (default: OUT/rt)")
+    tuning = parser.add_argument_group("tuning protocol (scripts/tuning.py)")
+    tuning.add_argument("--tune", action="store_true",
+                        help="tune first: every method's grid (at most 8 configurations) on --dev-classes, the "
+                             "configuration with the best mean RA among those with FA <= 5%% (else the lowest FA) "
+                             "then runs on the test digits; without it every method runs its SETTINGS entry")
+    tuning.add_argument("--dev-classes", default=DEV_CLASSES,
+                        help="development digits the grid is tried on; never test digits (default: %(default)s)")
+    tuning.add_argument("--tune-per-class", type=int, default=TUNE_PER_CLASS,
+                        help="samples per class scoring a tuning run (default: %(default)s)")
+    tuning.add_argument("--extra-seeds", type=int, default=1,
+                        help="with --tune: further run seeds for SFR-on and the best baseline, reported as mean and "
+                             "range (default: %(default)s)")
+    parser.add_argument("--relearn-steps", default="10,25,50",
+                        help="relearning probe: FA after fine-tuning each erased model (and RT) for these many steps "
+                             f"on {RELEARN_IMAGES} real images of the forget digit; 'none' skips it (default: %(default)s)")
     parser.add_argument("--report-dir", type=Path, default=None,
                         help="where benchmark.md and its pictures go (default: OUT; the project's is docs/)")
     add_scoring_arguments(parser)
@@ -109,15 +126,32 @@ def retrained_model(args, model: Path, forget_class: int, guidance_scale: float)
     return folder
 
 
-def erased_model(args, method: str, forget_class: int) -> tuple[Path, dict]:
-    """The method's erased model and its run.json, reused when the same flags produced it before."""
+def erased_model(args, data: str, method: str, forget_class: int, settings: list, seed: int) -> tuple[Path, dict]:
+    """The method's erased model and its run.json, reused when the same flags produced it before (tuned runs live in
+    OUT/tuned, runs at SETTINGS in OUT/runs)."""
     from scripts.common import cached_unlearn
 
-    flags = ["--model", args.model, "--forget-class", forget_class, "--method", method, *SETTINGS[method],
+    flags = ["--model", args.model, "--data", data, "--forget-class", forget_class, "--method", method, *settings,
              *(["--steps", args.steps] if args.steps else []), "--monitor-every", args.monitor_every,
-             "--monitor-samples", args.monitor_samples, "--seed", args.seed]
-    folder = args.out / "runs" / f"{method}-{forget_class}"
+             "--monitor-samples", args.monitor_samples, "--seed", seed]
+    name = f"{method}-{forget_class}" + (f"-seed{seed}" if seed != args.seed else "")
+    folder = args.out / ("tuned" if args.tune else "runs") / name
     return folder, cached_unlearn(folder, flags)
+
+
+def relearning(args, adapter, folder: Path, key: dict, real_images, forget_class: int, classifier) -> list[dict] | None:
+    """FA after the relearning probe's fine-tuning steps (cached in `folder`), or None when --relearn-steps none."""
+    from eval.probe import forgetting_probe
+    from eval.relearn import relearn_curve
+    from scripts.common import cached_json
+
+    if args.relearn_steps.strip().lower() == "none":
+        return None
+    milestones = [int(step) for step in args.relearn_steps.split(",")]
+    probe = forgetting_probe(classifier, [forget_class], args.monitor_samples, 25, args.seed)
+    key = {**key, "milestones": milestones, "images": RELEARN_IMAGES, "samples": args.monitor_samples, "seed": args.seed}
+    return cached_json(folder / "relearn.json", key, lambda: relearn_curve(
+        adapter, *real_images, lambda a: {"fa": probe(a)["fa"]}, milestones, seed=args.seed))
 
 
 def method_seconds(timings: dict) -> float:
@@ -128,7 +162,9 @@ def method_seconds(timings: dict) -> float:
 def run(args) -> None:
     import time
 
-    from erase.data import parse_class_ids
+    import torch
+
+    from erase.data import load_dataset, parse_class_ids
     from erase.errors import UsageError
     from erase.methods import METHODS
     from erase.record import environment, write_json
@@ -137,13 +173,19 @@ def run(args) -> None:
     from eval.probe import first_step_below
     from eval.report import write_report
     from pipelines import load_adapter
+    from scripts.tuning import tune
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise UsageError(f"--methods: unknown {unknown}; choose from {sorted(METHODS)}")
-    if args.per_class < 1 or args.sample_steps < 1 or args.monitor_every < 1:
-        raise UsageError("--per-class, --sample-steps and --monitor-every must be at least 1")
+    if args.per_class < 1 or args.sample_steps < 1 or args.monitor_every < 1 or args.tune_per_class < 1:
+        raise UsageError("--per-class, --tune-per-class, --sample-steps and --monitor-every must be at least 1")
+    if args.extra_seeds < 0:
+        raise UsageError(f"--extra-seeds must be 0 or more, got {args.extra_seeds}")
+    if args.relearn_steps.strip().lower() != "none" and not all(
+            part.strip().isdigit() and int(part) > 0 for part in args.relearn_steps.split(",")):
+        raise UsageError(f"--relearn-steps: positive step counts like 10,25,50 or 'none', got {args.relearn_steps!r}")
     forget_classes = parse_class_ids(args.forget_classes)
     started = time.time()
     base = load_adapter(args.model)
@@ -155,6 +197,13 @@ def run(args) -> None:
     classifier = load_classifier("digits")
     resolution = base.image_shape[-1]
     args.out.mkdir(parents=True, exist_ok=True)
+    tuning = tune(args, methods, classifier, record, resolution) if args.tune else None
+    settings = {m: tuning["chosen"][m]["flags"] if tuning else SETTINGS[m] for m in methods}
+    seeds = {m: [args.seed] for m in methods}
+    if tuning:
+        for method in {"sfron", tuning["best_baseline"]} & set(methods):
+            seeds[method] += [args.seed + k for k in range(1, args.extra_seeds + 1)]
+    data = load_dataset(record["data"], resolution)
 
     def sample(adapter, name):
         return sample_classes(adapter, args.per_class, args.seed, args.sample_steps, description=f"sample {name}")
@@ -163,34 +212,47 @@ def run(args) -> None:
     rows, grids, curves = [], {}, {}
     for forget_class in forget_classes:
         real = real_reference(classifier, record["data"], resolution, [forget_class], args.cache_dir)
+        forget_images = data.images[data.labels == forget_class][:RELEARN_IMAGES]
+        real_images = forget_images, torch.full((len(forget_images),), forget_class, dtype=torch.long)
         rt_folder = retrained_model(args, args.model, forget_class, guidance)
         rt_record = json.loads((rt_folder / "run.json").read_text())
         rt_seconds = rt_record["timings"]["train"]
-        rt_samples = sample(load_adapter(rt_folder), f"RT without {forget_class}")
+        rt = load_adapter(rt_folder)
+        rt_samples = sample(rt, f"RT without {forget_class}")
         grids[forget_class] = {"base": base_samples.column(), "RT": rt_samples.column()}
-        rows.append({"class": forget_class, "method": "base", "steps": 0, "seconds": 0.0, "fraction_of_rt": 0.0,
-                     "first_step_fa_below_5pct": None,
+        rows.append({"class": forget_class, "method": "base", "seed": args.seed, "steps": 0, "seconds": 0.0,
+                     "fraction_of_rt": 0.0, "first_step_fa_below_5pct": None,
                      **class_scores(base_samples, [forget_class], classifier, real, rt_samples)})
-        rows.append({"class": forget_class, "method": "RT", "steps": rt_record["config"]["steps"],
+        rt_key = {"rt": json.loads((rt_folder / "benchmark-flags.json").read_text())}
+        rows.append({"class": forget_class, "method": "RT", "seed": args.seed, "steps": rt_record["config"]["steps"],
                      "seconds": rt_seconds, "fraction_of_rt": 1.0, "first_step_fa_below_5pct": None,
+                     "relearn": relearning(args, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key, real_images,
+                                           forget_class, classifier),
                      **class_scores(rt_samples, [forget_class], classifier, real, None)})
         for method in methods:
-            folder, run_record = erased_model(args, method, forget_class)
-            samples = sample(load_adapter(folder), f"{method} without {forget_class}")
-            seconds = method_seconds(run_record["timings"])
-            history = run_record["monitor"]["history"]
-            grids[forget_class][method] = samples.column()
-            curves.setdefault(forget_class, {})[method] = history
-            rows.append({"class": forget_class, "method": method, "steps": run_record["config"]["steps"],
-                         "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
-                         "first_step_fa_below_5pct": first_step_below(history, 0.05),
-                         "settings": SETTINGS[method], "mask_sparsity": run_record["mask_sparsity"],
-                         **class_scores(samples, [forget_class], classifier, real, rt_samples)})
+            for seed in seeds[method]:
+                folder, run_record = erased_model(args, record["data"], method, forget_class,
+                                                 settings[method], seed)
+                adapter = load_adapter(folder)
+                samples = sample(adapter, f"{method} without {forget_class}, seed {seed}")
+                seconds = method_seconds(run_record["timings"])
+                history = run_record["monitor"]["history"]
+                if seed == args.seed:
+                    grids[forget_class][method] = samples.column()
+                    curves.setdefault(forget_class, {})[method] = history
+                rows.append({"class": forget_class, "method": method, "seed": seed, "steps": run_record["config"]["steps"],
+                             "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
+                             "first_step_fa_below_5pct": first_step_below(history, 0.05),
+                             "settings": settings[method], "mask_sparsity": run_record["mask_sparsity"],
+                             "relearn": relearning(args, adapter, folder, {"run": str(folder)}, real_images,
+                                                   forget_class, classifier) if seed == args.seed else None,
+                             **class_scores(samples, [forget_class], classifier, real, rt_samples)})
     results = {
         "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
         "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
-        "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples, "steps_override": args.steps,
-        "rt_steps_override": args.rt_steps, "settings": {m: SETTINGS[m] for m in methods}, "scaling": SCALING_NOTE,
+        "seeds": seeds, "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples,
+        "steps_override": args.steps, "rt_steps_override": args.rt_steps, "settings": settings,
+        "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES,
         "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
         "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
         "environment": environment(),

@@ -76,3 +76,20 @@ def cached_unlearn(folder: Path, flags: list) -> dict:
         run_command("unlearn", *key["flags"], "--out", folder, "--overwrite")
         stamp.write_text(json.dumps(key) + "\n")
     return json.loads((folder / "run.json").read_text())
+
+
+def cached_json(path: Path, key: dict, compute) -> dict:
+    """`compute()`'s JSON result, stored at `path` under `key` and reused while the key is the same."""
+    import json
+
+    from erase.record import write_json
+
+    key = json.loads(json.dumps(key, default=str))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["value"]
+    value = json.loads(json.dumps(compute(), default=float))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"key": key, "value": value})
+    return value

@@ -3,7 +3,10 @@ that are not test digits, and a selection rule fixed before any run.
 
 GRIDS holds every method's configurations as `erase unlearn` flags (at most BUDGET each). The ranges come from the
 method's published setting under this project's conventions (scripts/benchmark.py SETTINGS, SCALING_NOTE) and lie
-around it (some only on one side) on the axes the papers name as their main knobs. Not yet run by `erase benchmark`.
+around it (some only on one side) on the two axes every method shares in kind: the learning rate and its main weight
+(forget or remain weight, eta, EWC lambda, tau source); iterations stay at each method's benchmark setting and FA is
+probed along them in the test runs. 4 of the budget of 8 are used: a whole run from scratch must fit in about 90 min.
+`erase benchmark --tune` runs them (`tune`) and takes `select`'s choice per method to the test digits.
 """
 
 from __future__ import annotations
@@ -22,20 +25,23 @@ def grid(**axes) -> list[list]:
 
 
 GRIDS = {
-    # SFR-on DDPM: lr 1e-4, forget_alpha 10, 150 iterations; the cfg_unet preset runs 2e-4 for 120.
-    "sfron": grid(lr=[1e-4, 2e-4], steps=[60, 120], forget_alpha=[5, 10]),
-    "joint": grid(lr=[1e-4, 2e-4], steps=[60, 120], forget_alpha=[5, 10]),
-    # Nabla-tau: lr 1e-4 for diffusion (1e-3 for the authors' classifiers); tau from the null condition or held out.
-    "nabla_tau": grid(lr=[1e-4, 3e-4], steps=[150, 300], tau_source=["null", "heldout"], batch_size=[64]),
+    # SFR-on DDPM: lr 1e-4, forget_alpha 10 (the cfg_unet preset: 2e-4 for 120 iterations); 5 halves the ascent.
+    "sfron": grid(lr=[1e-4, 2e-4], forget_alpha=[5, 10]),
+    "joint": grid(lr=[1e-4, 2e-4], forget_alpha=[5, 10]),
+    # Nabla-tau: lr 1e-4 for diffusion (1e-3 for the authors' classifiers); tau from the null condition (refreshed) or
+    # 2x the starting forget loss (a model retrained without the digit has 1.6-2.4x the base's loss on it).
+    "nabla_tau": grid(lr=[1e-4, 3e-4], tau_source=["relative", "null"], steps=[150], batch_size=[64]),
     # SalUn DDPM: 1000 steps at 1e-5 (= 100 at 1e-4 at equal lr x steps); remain weight 3.072 (its 1e-3 on a sum).
-    "ga": grid(lr=[3e-5, 1e-4], steps=[50, 100], remain_alpha=[0, 3.072], batch_size=[64]),
-    "rl": grid(lr=[1e-4, 2e-4], steps=[50, 100], remain_alpha=[1.536, 3.072], batch_size=[64]),
-    "salun": grid(lr=[1e-4, 2e-4], steps=[50, 100], remain_alpha=[1.536, 3.072], batch_size=[64]),
-    # ESD: 1000 steps at 1e-5, eta 1 to 2.
-    "esd": grid(lr=[3e-5, 1e-4], steps=[50, 100], eta=[1, 2]),
-    # SA DDPM: lr 1e-4 at 1000 steps (100 at 1e-3 here), EWC lambda 100.
-    "sa": grid(lr=[3e-4, 1e-3], steps=[50, 100], ewc_lambda=[10, 100], batch_size=[64]),
+    "ga": grid(lr=[3e-5, 1e-4], remain_alpha=[0, 3.072], steps=[100], batch_size=[64]),
+    "rl": grid(lr=[1e-4, 2e-4], remain_alpha=[1.536, 3.072], steps=[100], batch_size=[64]),
+    "salun": grid(lr=[1e-4, 2e-4], remain_alpha=[1.536, 3.072], steps=[100], batch_size=[64]),
+    # ESD: 1000 steps at 1e-5 (100 at 1e-4), eta 1 to 2.
+    "esd": grid(lr=[3e-5, 1e-4], eta=[1, 2], steps=[100]),
+    # SA DDPM: lr 1e-4 at 1000 steps (100 at 1e-3 here), EWC lambda 100 (10: a tenth of the pull back).
+    "sa": grid(lr=[3e-4, 1e-3], ewc_lambda=[10, 100], steps=[100], batch_size=[64]),
 }
+DEV_CLASSES = "5"  # development digits: tuned on, never tested on
+TUNE_PER_CLASS = 20  # samples per class when scoring a tuning run
 
 
 def select(rows: list[dict], fa_max: float = FA_MAX) -> dict:
@@ -47,3 +53,59 @@ def select(rows: list[dict], fa_max: float = FA_MAX) -> dict:
     if erasing:
         return max(erasing, key=lambda row: row["ra"])  # max keeps the first of equal keys
     return min(rows, key=lambda row: row["fa"])
+
+
+def best_baseline(chosen: dict[str, dict], ours: tuple[str, ...] = ("sfron", "joint")) -> str | None:
+    """The baseline whose chosen configuration wins under the same rule on the development digits."""
+    rows = [{**row, "method": method} for method, row in chosen.items() if method not in ours]
+    return select(rows)["method"] if rows else None
+
+
+def tune(args, methods: list[str], classifier, record: dict, resolution: int) -> dict:
+    """Every configuration of GRIDS[method] on each development digit (cached in OUT/tune), scored with
+    args.tune_per_class samples per class; the sweep, the configuration `select` picks per method, the base model's
+    scores on the development digits and the best baseline."""
+    from erase.data import parse_class_ids
+    from eval.class_scores import class_scores, real_reference, sample_classes
+    from pipelines import load_adapter
+    from scripts.common import cached_json, cached_unlearn
+
+    dev_classes = parse_class_ids(args.dev_classes)
+    overlap = sorted(set(dev_classes) & set(parse_class_ids(args.forget_classes)))
+    if overlap:
+        from erase.errors import UsageError
+
+        raise UsageError(f"--dev-classes {overlap} are also test digits (--forget-classes); tune on other digits")
+    score_key = {"per_class": args.tune_per_class, "sample_steps": args.sample_steps, "seed": args.seed}
+    reals = {c: real_reference(classifier, record["data"], resolution, [c], args.cache_dir) for c in dev_classes}
+
+    def scores(adapter, dev_class: int, name: str) -> dict:
+        samples = sample_classes(adapter, args.tune_per_class, args.seed, args.sample_steps, description=f"sample {name}")
+        s = class_scores(samples, [dev_class], classifier, reals[dev_class])
+        return {"fa": s["forgetting_accuracy"], "ra": s["remaining_accuracy_mean"], "fid": s["fid_real"]}
+
+    def mean(rows: list[dict]) -> dict:
+        return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
+
+    base = load_adapter(args.model)
+    base_scores = mean([cached_json(args.out / "tune" / f"base-class-{c}.json", {**score_key, "model": str(args.model)},
+                                    lambda c=c: scores(base, c, f"base, class {c}")) for c in dev_classes])
+    sweep, chosen = {}, {}
+    for method in methods:
+        rows = []
+        for index, flags in enumerate(GRIDS[method]):
+            per_digit = []
+            for dev_class in dev_classes:
+                folder = args.out / "tune" / f"{method}-{index}-class-{dev_class}"
+                run_record = cached_unlearn(folder, ["--model", args.model, "--data", record["data"], "--forget-class", dev_class,
+                                                     "--method", method, *flags, "--seed", args.seed,
+                                                     *(["--steps", args.steps] if args.steps else [])])
+                seconds = sum(v for phase, v in run_record["timings"].items() if phase != "monitor")
+                result = cached_json(folder / "tune-scores.json", score_key,
+                                     lambda: scores(load_adapter(folder), dev_class, f"{method} #{index}, class {dev_class}"))
+                per_digit.append({**result, "seconds": seconds})
+            rows.append({"config": index, "flags": [str(f) for f in flags], **mean(per_digit)})
+        sweep[method] = rows
+        chosen[method] = select(rows)
+    return {"dev_classes": dev_classes, "per_class": args.tune_per_class, "budget": BUDGET, "fa_max": FA_MAX,
+            "sweep": sweep, "chosen": chosen, "base": base_scores, "best_baseline": best_baseline(chosen)}

@@ -119,3 +119,44 @@ def test_benchmark_refuses_unknown_methods_and_models_without_a_recipe(small_bas
     assert "nope" in capsys.readouterr().err
     assert main(["benchmark", "--model", str(trained_model_dir), "--out", str(tmp_path)]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only_a_changed_config(
+        small_base, tmp_path, capsys, monkeypatch):
+    import scripts.common
+    import scripts.tuning
+
+    monkeypatch.setitem(scripts.tuning.GRIDS, "ga", [["--lr", 1e-4], ["--lr", 1e-3]])
+    monkeypatch.setitem(scripts.tuning.GRIDS, "sfron", [["--forget-alpha", 5]])
+    argv = ["benchmark", "--model", str(small_base), "--tune", "--dev-classes", "1", "--forget-classes", "3",
+            "--methods", "sfron,ga", "--per-class", "3", "--tune-per-class", "3", "--sample-steps", "3",
+            "--monitor-every", "2", "--monitor-samples", "3", "--steps", "4", "--rt-steps", "20",
+            "--relearn-steps", "1,2", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    tuning = results["tuning"]
+    assert [row["flags"] for row in tuning["sweep"]["ga"]] == [["--lr", "0.0001"], ["--lr", "0.001"]]
+    assert tuning["chosen"]["ga"] == scripts.tuning.select(tuning["sweep"]["ga"])
+    assert tuning["best_baseline"] == "ga" and results["seeds"] == {"sfron": [0, 1], "ga": [0, 1]}
+    assert results["settings"]["ga"] == tuning["chosen"]["ga"]["flags"]
+    rows = [(r["method"], r["seed"]) for r in results["rows"]]
+    assert sorted(rows) == sorted([("base", 0), ("RT", 0), ("sfron", 0), ("sfron", 1), ("ga", 0), ("ga", 1)])
+    relearned = {r["method"]: r["relearn"] for r in results["rows"] if r["seed"] == 0 and r["method"] != "base"}
+    assert all([p["step"] for p in curve] == [1, 2] for curve in relearned.values()), relearned
+    report = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "## Tuning protocol" in report and "## Relearning" in report and "## Seeds" in report
+    assert (tmp_path / "out" / "benchmark-pareto.png").is_file()
+
+    calls = []
+    real_run = scripts.common.run_command
+    monkeypatch.setattr(scripts.common, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
+    assert main(argv) == 0
+    assert [c for c in calls if c[0] == "unlearn"] == []  # every tuning and test run reused
+    again = json.loads((tmp_path / "out" / "results.json").read_text())["tuning"]
+    assert again["sweep"] == tuning["sweep"]
+
+    monkeypatch.setitem(scripts.tuning.GRIDS, "ga", [["--lr", 1e-4], ["--lr", 3e-4]])  # one configuration changes
+    assert main(argv) == 0
+    outs = [str(c[c.index("--out") + 1]) for c in calls if c[0] == "unlearn"]
+    assert any(out.endswith("ga-1-class-1") for out in outs) and not any("ga-0-class-1" in out for out in outs)
+    assert not any("sfron-0" in out for out in outs)

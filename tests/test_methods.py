@@ -80,11 +80,11 @@ def test_unknown_flag_for_the_chosen_method_is_refused(trained_model_dir, tmp_pa
 
 def test_nabla_tau_forget_term_vanishes_above_tau_leaving_pure_remain_descent(trained_model_dir, digit_split):
     forget_mean = torch.tensor(0.7, requires_grad=True)
-    term = nabla_tau_forget_term(forget_mean, tau=0.5)
+    term = nabla_tau_forget_term(forget_mean, tau=0.5, gap="absolute")
     term.backward()
     assert term.item() == 0.0 and forget_mean.grad.item() == 0.0
     below = torch.tensor(0.2, requires_grad=True)
-    nabla_tau_forget_term(below, tau=0.5).backward()
+    nabla_tau_forget_term(below, tau=0.5, gap="absolute").backward()
     assert below.grad.item() == pytest.approx(-2 * 0.3)  # d/dl (tau - l)^2: ascent while below tau
 
     adapter = load_adapter(trained_model_dir)
@@ -98,6 +98,20 @@ def test_nabla_tau_forget_term_vanishes_above_tau_leaving_pure_remain_descent(tr
     combined = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
     remain_only = torch.autograd.grad((1 - alpha) * r_losses.mean(), params, allow_unused=True)
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(combined, remain_only))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-2, 256.0])  # pixel-mean denoising, classifier CE, pixel-sum at 16x16
+def test_nabla_tau_relative_gap_pushes_equally_hard_at_any_loss_scale(scale):
+    def push(gap: str) -> float:  # the forget term's gradient on the loss, expressed per unit of relative loss change
+        loss = torch.tensor(0.5 * scale, requires_grad=True)  # halfway to tau
+        nabla_tau_forget_term(loss, tau=1.0 * scale, gap=gap).backward()
+        return loss.grad.item() * scale
+
+    assert push("relative") == pytest.approx(-1.0)  # d/dl (1 - l/tau)^2 = -2 (1 - l/tau) / tau, times tau
+    assert push("absolute") == pytest.approx(-1.0 * scale**2)  # the authors' form: quadratic in the loss scale
+    above = torch.tensor(1.5 * scale, requires_grad=True)
+    nabla_tau_forget_term(above, tau=scale, gap="relative").backward()
+    assert above.grad.item() == 0.0
 
 
 def test_nabla_tau_records_tau_at_every_refresh(trained_model_dir, digit_split):
