@@ -184,6 +184,24 @@ def relearn_section(results: dict, methods: list[str]) -> list[str]:
     return lines
 
 
+def tau_section(results: dict) -> list[str]:
+    """Nabla-tau's tau at its chosen setting against tau* (RT's loss on the forget digit)."""
+    taus = results.get("nabla_tau") or []
+    if not taus:
+        return []
+    lines = ["", "## Nabla-tau's tau", "",
+             "tau* is the loss a model that never learned the digit (RT) has on the forget images under their own "
+             "label; Nabla-tau raises the forget loss to its tau estimate. Same fixed draws (image, noise, timestep) "
+             "for every model; pixel-mean losses.", "",
+             "| digit | base loss | tau* (RT) | tau* / base | tau used (source) | tau used / base |", "|---|---|---|---|---|---|"]
+    for row in taus:
+        source = row["tau_source"] + (f" x{row['tau_factor']:g}" if row["tau_source"] == "relative" else "")
+        lines.append(f"| {row['class']} | {row['base_loss']:.4f} | {row['tau_star']:.4f} | "
+                     f"{row['tau_star'] / row['base_loss']:.2f} | {row['tau_start']:.4f} ({source}, gap "
+                     f"{row['gap']}) | {row['tau_start'] / row['base_loss']:.2f} |")
+    return lines
+
+
 def fa_plot(curves: dict, path: Path) -> None:
     """FA probe vs step, one panel per forget class, one line per method, the 5% line dashed."""
     import matplotlib
@@ -254,7 +272,7 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         lines += ["", f"Below {COLLAPSE_RA:.0%} mean RA (the other classes are not kept):", ""]
         lines += [f"- {method}: {reasons.get(method, 'no explanation recorded; treat this setting as failed')}"
                   for method in collapsed]
-    lines += seeds_section(results) + relearn_section(results, methods)
+    lines += seeds_section(results) + relearn_section(results, methods) + tau_section(results)
     if results.get("tuning"):
         lines += tuning_section(results, directory)
     for forget_class in results["forget_classes"]:

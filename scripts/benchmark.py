@@ -159,6 +159,21 @@ def method_seconds(timings: dict) -> float:
     return sum(seconds for phase, seconds in timings.items() if phase != "monitor")
 
 
+def tau_reference(base, rt, data, forget_class: int, run_record: dict, seed: int) -> dict:
+    """Nabla-tau's tau against tau*, the loss of a model that never learned the class (RT) on the forget images under
+    their own label, and the base model's loss there; the same fixed draws as Nabla-tau's own estimate."""
+    from erase.data import split_by_class
+    from eval.losses import fixed_draw_loss
+
+    forget, _ = split_by_class(data, [forget_class])
+    samples = run_record["config"]["tau_samples"]
+    record = run_record["method_record"]
+    return {"class": forget_class, "tau_source": record["tau_source"], "gap": record.get("gap", "absolute"),
+            "tau_factor": run_record["config"]["tau_factor"], "tau_start": record["tau"][0]["tau"],
+            "tau_star": fixed_draw_loss(rt, forget, samples, seed=seed),
+            "base_loss": fixed_draw_loss(base, forget, samples, seed=seed)}
+
+
 def run(args) -> None:
     import time
 
@@ -209,7 +224,7 @@ def run(args) -> None:
         return sample_classes(adapter, args.per_class, args.seed, args.sample_steps, description=f"sample {name}")
 
     base_samples = sample(base, "base")
-    rows, grids, curves = [], {}, {}
+    rows, grids, curves, taus = [], {}, {}, []
     for forget_class in forget_classes:
         real = real_reference(classifier, record["data"], resolution, [forget_class], args.cache_dir)
         forget_images = data.images[data.labels == forget_class][:RELEARN_IMAGES]
@@ -240,6 +255,8 @@ def run(args) -> None:
                 if seed == args.seed:
                     grids[forget_class][method] = samples.column()
                     curves.setdefault(forget_class, {})[method] = history
+                if method == "nabla_tau" and seed == args.seed:
+                    taus.append(tau_reference(base, rt, data, forget_class, run_record, args.seed))
                 rows.append({"class": forget_class, "method": method, "seed": seed, "steps": run_record["config"]["steps"],
                              "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
                              "first_step_fa_below_5pct": first_step_below(history, 0.05),
@@ -252,7 +269,7 @@ def run(args) -> None:
         "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
         "seeds": seeds, "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples,
         "steps_override": args.steps, "rt_steps_override": args.rt_steps, "settings": settings,
-        "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES,
+        "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES, "nabla_tau": taus,
         "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
         "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
         "environment": environment(),

@@ -28,9 +28,10 @@ GRIDS = {
     # SFR-on DDPM: lr 1e-4, forget_alpha 10 (the cfg_unet preset: 2e-4 for 120 iterations); 5 halves the ascent.
     "sfron": grid(lr=[1e-4, 2e-4], forget_alpha=[5, 10]),
     "joint": grid(lr=[1e-4, 2e-4], forget_alpha=[5, 10]),
-    # Nabla-tau: lr 1e-4 for diffusion (1e-3 for the authors' classifiers); tau from the null condition (refreshed) or
-    # 2x the starting forget loss (a model retrained without the digit has 1.6-2.4x the base's loss on it).
-    "nabla_tau": grid(lr=[1e-4, 3e-4], tau_source=["relative", "null"], steps=[150], batch_size=[64]),
+    # Nabla-tau: lr from 3e-4 up to the authors' 1e-3 (classifiers; SFR-on's diffusion lr 1e-4 left digit 5 at FA 25%
+    # with tau 4x, 3e-4 at 20% with 3x); tau 4x or 8x the starting forget loss (2x: FA 65%; the null-condition tau,
+    # 1.15x: 95%; RT has 1.6-2.4x the base's loss on the forget digit).
+    "nabla_tau": grid(lr=[3e-4, 1e-3], tau_factor=[4, 8], steps=[150], batch_size=[64]),
     # SalUn DDPM: 1000 steps at 1e-5 (= 100 at 1e-4 at equal lr x steps); remain weight 3.072 (its 1e-3 on a sum).
     "ga": grid(lr=[3e-5, 1e-4], remain_alpha=[0, 3.072], steps=[100], batch_size=[64]),
     "rl": grid(lr=[1e-4, 2e-4], remain_alpha=[1.536, 3.072], steps=[100], batch_size=[64]),

@@ -116,7 +116,7 @@ def test_nabla_tau_relative_gap_pushes_equally_hard_at_any_loss_scale(scale):
 
 def test_nabla_tau_records_tau_at_every_refresh(trained_model_dir, digit_split):
     forget, remain = digit_split
-    config = NablaTauConfig(steps=5, batch_size=8, tau_every=2, tau_samples=16)
+    config = NablaTauConfig(steps=5, batch_size=8, tau_source="null", tau_every=2, tau_samples=16)
     result = nabla_tau(load_adapter(trained_model_dir), forget, remain, config, Runtime(seed=0))
     record = result["record"]
     assert [entry["step"] for entry in record["tau"]] == [0, 2, 4] and record["tau_source"] == "null"
