@@ -52,9 +52,11 @@ def mean_rows(rows: list[dict], methods: list[str]) -> list[dict]:
     return means
 
 
-def pareto_plot(tuning: dict, references: dict[str, tuple[float, float]], path: Path) -> None:
+def pareto_plot(tuning: dict, references: dict[str, tuple[float, float]], path: Path, ra_floor: float = 0.8) -> None:
     """One panel per method: FA (x) against mean RA (y) of every configuration tried on the development digits,
-    FID as colour (log scale, shared), the chosen configuration ringed, and reference points (base, RT)."""
+    FID as colour (log scale, shared), the chosen configuration ringed, and reference points (base, RT). RA below
+    `ra_floor` (a lost model) is drawn as a down-triangle on the floor with its value written, so the axis keeps the
+    resolution where the methods differ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,33 +64,39 @@ def pareto_plot(tuning: dict, references: dict[str, tuple[float, float]], path: 
     from matplotlib.colors import LogNorm
 
     sweep = tuning["sweep"]
-    fids = [row["fid"] for rows in sweep.values() for row in rows]
-    norm = LogNorm(vmin=max(min(fids), 1e-3), vmax=max(max(fids), min(fids) * 1.01, 1e-2))
+    fids = [max(row["fid"], 1e-3) for rows in sweep.values() for row in rows]
+    norm = LogNorm(vmin=min(fids), vmax=max(max(fids), min(fids) * 1.01))
     columns = min(4, len(sweep))
     lines = -(-len(sweep) // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines), sharex=True, sharey=True,
+    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines + 0.6), sharex=True, sharey=True,
                                 squeeze=False)
     points = None
     for axis, (method, rows) in zip(axes.flat, sweep.items()):
-        points = axis.scatter([r["fa"] for r in rows], [r["ra"] for r in rows], c=[r["fid"] for r in rows], norm=norm,
-                              cmap="viridis", s=40, zorder=3)
         for row in rows:
-            axis.annotate(str(row["config"]), (row["fa"], row["ra"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            low = row["ra"] < ra_floor
+            y = ra_floor + 0.004 if low else row["ra"]
+            points = axis.scatter([row["fa"]], [y], c=[max(row["fid"], 1e-3)], norm=norm, cmap="viridis", s=40,
+                                  marker="v" if low else "o", zorder=3)
+            text = f"{row['config']}" + (f" (RA {row['ra']:.0%})" if low else "")
+            axis.annotate(text, (row["fa"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         pick = tuning["chosen"][method]
-        axis.scatter([pick["fa"]], [pick["ra"]], s=160, facecolors="none", edgecolors="red", linewidths=1.5, zorder=4)
+        axis.scatter([pick["fa"]], [max(pick["ra"], ra_floor + 0.004)], s=160, facecolors="none", edgecolors="red",
+                     linewidths=1.5, zorder=4)
         for (label, (fa, ra)), marker in zip(references.items(), ("*", "s")):
             axis.scatter([fa], [ra], marker=marker, color="black", s=50, zorder=2, label=label)
         axis.axvline(tuning["fa_max"], color="grey", linestyle="--", linewidth=1)
         axis.set_title(method, fontsize=10)
         axis.set_xlim(-0.05, 1.05)
-        axis.set_ylim(0.0, 1.02)
+        axis.set_ylim(ra_floor, 1.005)
     for axis in axes.flat[len(sweep):]:
         axis.axis("off")
     for axis in axes[-1]:
         axis.set_xlabel("FA")
     for axis in axes[:, 0]:
         axis.set_ylabel("mean RA")
-    axes.flat[0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    figure.subplots_adjust(bottom=0.22 if lines == 1 else 0.13, right=0.86, hspace=0.3)
     figure.colorbar(points, ax=axes.ravel().tolist(), label="FID real (remaining classes)", shrink=0.8)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -123,7 +131,8 @@ def tuning_section(results: dict, directory: Path) -> list[str]:
     pareto_plot(tuning, references, directory / "benchmark-pareto.png")
     lines += ["", "![FA vs mean RA over each method's sweep](benchmark-pareto.png)", "",
               f"Each point is one configuration on the development digits (number = its row below), colour its FID; "
-              f"ringed: the chosen one; dashed: FA {tuning['fa_max']:.0%}; star: the base model on the development "
+              f"a triangle on the floor: mean RA below 80% (value written); ringed: the chosen one; dashed: FA "
+              f"{tuning['fa_max']:.0%}; star: the base model on the development "
               f"digits ({tuning['base']['fa']:.1%} FA, {tuning['base']['ra']:.1%} RA); square: RT's mean over the "
               f"test digits (no RT is trained for development digits).", "", "### The whole sweep", "",
               "| method | # | flags | FA | mean RA | FID | wall s |", "|---|---|---|---|---|---|---|"]
@@ -253,7 +262,9 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         "- **wall s**: the method's own time (mask, generation, updates) without the FA probes; **x RT time**: that "
         "time over RT's training time. **steps to FA<5%**: first probe (every "
         f"{results['monitor_every']} steps, {results['monitor_samples']} samples, DDIM 25) below 5%; '-' = never.",
-        f"- Settings: {results['scaling']}",
+        (f"- Settings: tuned per method on the development digits (Tuning protocol below); each grid lies around the "
+         f"published setting, scaled to this model as follows. {results['scaling']}" if results.get("tuning")
+         else f"- Settings: {results['scaling']}"),
     ]
     if results["steps_override"] or results["rt_steps_override"]:
         lines.append(f"- **Quick run**: steps overridden to {results['steps_override']} (methods) and "

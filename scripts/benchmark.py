@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from eval.relearn import RELEARN_IMAGES
-from scripts.common import SHIPPED_BASE, add_scoring_arguments
+from scripts.common import SHIPPED_BASE, add_scoring_arguments, method_seconds
 from scripts.tuning import DEV_CLASSES, TUNE_PER_CLASS
 
 # `erase unlearn` flags per method: each paper's setting scaled to the 16 px digit model (docs/benchmark.md says how).
@@ -152,11 +152,6 @@ def relearning(args, adapter, folder: Path, key: dict, real_images, forget_class
     key = {**key, "milestones": milestones, "images": RELEARN_IMAGES, "samples": args.monitor_samples, "seed": args.seed}
     return cached_json(folder / "relearn.json", key, lambda: relearn_curve(
         adapter, *real_images, lambda a: {"fa": probe(a)["fa"]}, milestones, seed=args.seed))
-
-
-def method_seconds(timings: dict) -> float:
-    """A run's own wall time: every phase except the untimed FA probes."""
-    return sum(seconds for phase, seconds in timings.items() if phase != "monitor")
 
 
 def tau_reference(base, rt, data, forget_class: int, run_record: dict, seed: int) -> dict:

@@ -65,6 +65,11 @@ def unlearn_method(flags: list) -> str:
     return build_parser().parse_args(["unlearn", *map(str, flags), "--out", "unused"]).method
 
 
+def method_seconds(timings: dict) -> float:
+    """A run's own wall time: every phase except the untimed FA probes."""
+    return sum(seconds for phase, seconds in timings.items() if phase != "monitor")
+
+
 def cached_unlearn(folder: Path, flags: list) -> dict:
     """`erase unlearn FLAGS --out folder`, skipped when the folder holds a run made with the same flags under the
     same method defaults and presets; its run.json."""

@@ -69,7 +69,7 @@ def tune(args, methods: list[str], classifier, record: dict, resolution: int) ->
     from erase.data import parse_class_ids
     from eval.class_scores import class_scores, real_reference, sample_classes
     from pipelines import load_adapter
-    from scripts.common import cached_json, cached_unlearn
+    from scripts.common import cached_json, cached_unlearn, method_seconds
 
     dev_classes = parse_class_ids(args.dev_classes)
     overlap = sorted(set(dev_classes) & set(parse_class_ids(args.forget_classes)))
@@ -98,13 +98,12 @@ def tune(args, methods: list[str], classifier, record: dict, resolution: int) ->
             per_digit = []
             for dev_class in dev_classes:
                 folder = args.out / "tune" / f"{method}-{index}-class-{dev_class}"
-                run_record = cached_unlearn(folder, ["--model", args.model, "--data", record["data"], "--forget-class", dev_class,
-                                                     "--method", method, *flags, "--seed", args.seed,
-                                                     *(["--steps", args.steps] if args.steps else [])])
-                seconds = sum(v for phase, v in run_record["timings"].items() if phase != "monitor")
-                result = cached_json(folder / "tune-scores.json", score_key,
-                                     lambda: scores(load_adapter(folder), dev_class, f"{method} #{index}, class {dev_class}"))
-                per_digit.append({**result, "seconds": seconds})
+                run_record = cached_unlearn(folder, ["--model", args.model, "--data", record["data"],
+                                                     "--forget-class", dev_class, "--method", method, *flags,
+                                                     "--seed", args.seed, *(["--steps", args.steps] if args.steps else [])])
+                result = cached_json(folder / "tune-scores.json", score_key, lambda: scores(
+                    load_adapter(folder), dev_class, f"{method} #{index}, class {dev_class}"))
+                per_digit.append({**result, "seconds": method_seconds(run_record["timings"])})
             rows.append({"config": index, "flags": [str(f) for f in flags], **mean(per_digit)})
         sweep[method] = rows
         chosen[method] = select(rows)
