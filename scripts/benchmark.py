@@ -154,9 +154,9 @@ def relearning(args, adapter, folder: Path, key: dict, real_images, forget_class
         adapter, *real_images, lambda a: {"fa": probe(a)["fa"]}, milestones, seed=args.seed))
 
 
-def tau_reference(base, rt, data, forget_class: int, run_record: dict, seed: int) -> dict:
+def tau_reference(base, rt, erased, data, forget_class: int, run_record: dict, seed: int) -> dict:
     """Nabla-tau's tau against tau*, the loss of a model that never learned the class (RT) on the forget images under
-    their own label, and the base model's loss there; the same fixed draws as Nabla-tau's own estimate."""
+    their own label, and the base and erased models' losses there; the same fixed draws as Nabla-tau's own estimate."""
     from erase.data import split_by_class
     from eval.losses import fixed_draw_loss
 
@@ -166,7 +166,8 @@ def tau_reference(base, rt, data, forget_class: int, run_record: dict, seed: int
     return {"class": forget_class, "tau_source": record["tau_source"], "gap": record.get("gap", "absolute"),
             "tau_factor": run_record["config"]["tau_factor"], "tau_start": record["tau"][0]["tau"],
             "tau_star": fixed_draw_loss(rt, forget, samples, seed=seed),
-            "base_loss": fixed_draw_loss(base, forget, samples, seed=seed)}
+            "base_loss": fixed_draw_loss(base, forget, samples, seed=seed),
+            "erased_loss": fixed_draw_loss(erased, forget, samples, seed=seed)}
 
 
 def run(args) -> None:
@@ -251,7 +252,7 @@ def run(args) -> None:
                     grids[forget_class][method] = samples.column()
                     curves.setdefault(forget_class, {})[method] = history
                 if method == "nabla_tau" and seed == args.seed:
-                    taus.append(tau_reference(base, rt, data, forget_class, run_record, args.seed))
+                    taus.append(tau_reference(base, rt, adapter, data, forget_class, run_record, args.seed))
                 rows.append({"class": forget_class, "method": method, "seed": seed, "steps": run_record["config"]["steps"],
                              "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
                              "first_step_fa_below_5pct": first_step_below(history, 0.05),
