@@ -260,7 +260,10 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         f"Machine: {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
         f"GPU: {env['gpu'] or 'none'}; torch {env['packages']['torch']}, diffusers {env['packages']['diffusers']}  ",
         f"Date: {datetime.datetime.fromtimestamp(results['started']).strftime('%Y-%m-%d')}; "
-        f"whole benchmark {results['seconds'] / 60:.1f} min",
+        f"this invocation {results['seconds'] / 60:.1f} min"
+        + ("; the runs it used, cached or new, recorded RT training {rt:.0f} min, tuning {tuning:.0f} min, test "
+           "runs {test:.0f} min (sampling and scoring come on top)".format(**{k: v / 60 for k, v in results["run_seconds"].items()})
+           if "run_seconds" in results else ""),
         "",
         f"Model `{results['model']}` at guidance scale {results['guidance_scale']:g}; forget classes "
         f"{', '.join(map(str, results['forget_classes']))}, erased one at a time. Every model is sampled with the same "

@@ -34,9 +34,9 @@ SCALING_NOTE = (
 # Why a method may lose the other classes at its benchmark setting (the report prints this for a method whose mean
 # RA falls below 80%; a collapse without an entry here is reported as unexplained).
 COLLAPSE_REASONS = {
-    "ga": "plain gradient ascent on the forget class with no remain term (SalUn's GA baseline, remain_alpha 0): "
-          "ascent on a shared denoiser raises every class's loss and nothing pulls the others back, so it collapses "
-          "by design; `--remain-alpha` > 0 adds a remain term",
+    "ga": "unbounded gradient ascent on a shared denoiser raises every class's loss: without a remain term "
+          "(remain_alpha 0, SalUn's GA baseline) nothing pulls the other classes back, and with SalUn's remain "
+          "weight either the ascent still wins or nothing is erased (`erase benchmark --tune`'s sweep shows both)",
     "esd": "ESD trains only on the forget condition, with no remain data; it was designed for text-to-image models "
            "where other prompts share little with the erased one, not for a 10-class UNet whose classes share all "
            "weights",
@@ -221,6 +221,7 @@ def run(args) -> None:
 
     base_samples = sample(base, "base")
     rows, grids, curves, taus = [], {}, {}, []
+    run_seconds = {"rt": 0.0, "test": 0.0}  # recorded in the runs, cached or not: what a run from scratch spends
     for forget_class in forget_classes:
         real = real_reference(classifier, record["data"], resolution, [forget_class], args.cache_dir)
         forget_images = data.images[data.labels == forget_class][:RELEARN_IMAGES]
@@ -228,6 +229,7 @@ def run(args) -> None:
         rt_folder = retrained_model(args, args.model, forget_class, guidance)
         rt_record = json.loads((rt_folder / "run.json").read_text())
         rt_seconds = rt_record["timings"]["train"]
+        run_seconds["rt"] += rt_seconds
         rt = load_adapter(rt_folder)
         rt_samples = sample(rt, f"RT without {forget_class}")
         grids[forget_class] = {"base": base_samples.column(), "RT": rt_samples.column()}
@@ -247,6 +249,7 @@ def run(args) -> None:
                 adapter = load_adapter(folder)
                 samples = sample(adapter, f"{method} without {forget_class}, seed {seed}")
                 seconds = method_seconds(run_record["timings"])
+                run_seconds["test"] += sum(run_record["timings"].values())
                 history = run_record["monitor"]["history"]
                 if seed == args.seed:
                     grids[forget_class][method] = samples.column()
@@ -268,6 +271,7 @@ def run(args) -> None:
         "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES, "nabla_tau": taus,
         "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
         "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
+        "run_seconds": {**run_seconds, "tuning": tuning["run_seconds"] if tuning else 0.0},
         "environment": environment(),
     }
     write_json(args.out / "results.json", results)

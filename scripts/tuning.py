@@ -91,7 +91,7 @@ def tune(args, methods: list[str], classifier, record: dict, resolution: int) ->
     base = load_adapter(args.model)
     base_scores = mean([cached_json(args.out / "tune" / f"base-class-{c}.json", {**score_key, "model": str(args.model)},
                                     lambda c=c: scores(base, c, f"base, class {c}")) for c in dev_classes])
-    sweep, chosen = {}, {}
+    sweep, chosen, compute = {}, {}, 0.0
     for method in methods:
         rows = []
         for index, flags in enumerate(GRIDS[method]):
@@ -104,8 +104,10 @@ def tune(args, methods: list[str], classifier, record: dict, resolution: int) ->
                 result = cached_json(folder / "tune-scores.json", score_key, lambda: scores(
                     load_adapter(folder), dev_class, f"{method} #{index}, class {dev_class}"))
                 per_digit.append({**result, "seconds": method_seconds(run_record["timings"])})
+                compute += sum(run_record["timings"].values())
             rows.append({"config": index, "flags": [str(f) for f in flags], **mean(per_digit)})
         sweep[method] = rows
         chosen[method] = select(rows)
     return {"dev_classes": dev_classes, "per_class": args.tune_per_class, "budget": BUDGET, "fa_max": FA_MAX,
-            "sweep": sweep, "chosen": chosen, "base": base_scores, "best_baseline": best_baseline(chosen)}
+            "sweep": sweep, "chosen": chosen, "base": base_scores, "best_baseline": best_baseline(chosen),
+            "run_seconds": compute}
