@@ -10,7 +10,8 @@ loss scale, image size and reduction.
 tau = by default a fixed multiple (--tau-factor) of the starting forget loss (`relative`); or the current model's mean
 loss on a reference, refreshed every `tau_every` steps without gradient: the forget images under the null condition
 (what an unconditional model makes of them) or held-out remain data. On the shipped digit model the null
-reference sits only 1.15x above the starting loss and erases nothing (FA 95% on digit 5). alpha_0 = 5/3 p, p = |D_f| / (|D_f| + |D_r|), decaying linearly to 0.
+reference sits only 1.15x above the starting loss and erases nothing (FA 95% on digit 5).
+alpha_0 = 5/3 p, p = |D_f| / (|D_f| + |D_r|), decaying linearly to 0.
 """
 
 from __future__ import annotations

@@ -139,15 +139,27 @@ def erased_model(args, data: str, method: str, forget_class: int, settings: list
     return folder, cached_unlearn(folder, flags)
 
 
-def relearning(args, adapter, folder: Path, key: dict, real_images, forget_class: int, classifier) -> list[dict] | None:
-    """FA after the relearning probe's fine-tuning steps (cached in `folder`), or None when --relearn-steps none."""
+def relearn_milestones(text: str) -> list[int] | None:
+    """--relearn-steps as step counts, or None for 'none'."""
+    from erase.errors import UsageError
+
+    if text.strip().lower() == "none":
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise UsageError(f"--relearn-steps: positive step counts like 10,25,50 or 'none', got {text!r}")
+    return [int(part) for part in parts]
+
+
+def relearning(args, milestones: list[int] | None, adapter, folder: Path, key: dict, real_images, forget_class: int,
+               classifier) -> list[dict] | None:
+    """FA after the relearning probe's fine-tuning steps (cached in `folder`), or None when `milestones` is None."""
     from eval.probe import forgetting_probe
     from eval.relearn import relearn_curve
     from scripts.common import cached_json
 
-    if args.relearn_steps.strip().lower() == "none":
+    if milestones is None:
         return None
-    milestones = [int(step) for step in args.relearn_steps.split(",")]
     probe = forgetting_probe(classifier, [forget_class], args.monitor_samples, 25, args.seed)
     key = {**key, "milestones": milestones, "images": RELEARN_IMAGES, "samples": args.monitor_samples, "seed": args.seed}
     return cached_json(folder / "relearn.json", key, lambda: relearn_curve(
@@ -194,9 +206,7 @@ def run(args) -> None:
         raise UsageError("--per-class, --tune-per-class, --sample-steps and --monitor-every must be at least 1")
     if args.extra_seeds < 0:
         raise UsageError(f"--extra-seeds must be 0 or more, got {args.extra_seeds}")
-    if args.relearn_steps.strip().lower() != "none" and not all(
-            part.strip().isdigit() and int(part) > 0 for part in args.relearn_steps.split(",")):
-        raise UsageError(f"--relearn-steps: positive step counts like 10,25,50 or 'none', got {args.relearn_steps!r}")
+    milestones = relearn_milestones(args.relearn_steps)
     forget_classes = parse_class_ids(args.forget_classes)
     started = time.time()
     base = load_adapter(args.model)
@@ -239,8 +249,8 @@ def run(args) -> None:
         rt_key = {"rt": json.loads((rt_folder / "benchmark-flags.json").read_text())}
         rows.append({"class": forget_class, "method": "RT", "seed": args.seed, "steps": rt_record["config"]["steps"],
                      "seconds": rt_seconds, "fraction_of_rt": 1.0, "first_step_fa_below_5pct": None,
-                     "relearn": relearning(args, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key, real_images,
-                                           forget_class, classifier),
+                     "relearn": relearning(args, milestones, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key,
+                                           real_images, forget_class, classifier),
                      **class_scores(rt_samples, [forget_class], classifier, real, None)})
         for method in methods:
             for seed in seeds[method]:
@@ -260,7 +270,7 @@ def run(args) -> None:
                              "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
                              "first_step_fa_below_5pct": first_step_below(history, 0.05),
                              "settings": settings[method], "mask_sparsity": run_record["mask_sparsity"],
-                             "relearn": relearning(args, adapter, folder, {"run": str(folder)}, real_images,
+                             "relearn": relearning(args, milestones, adapter, folder, {"run": str(folder)}, real_images,
                                                    forget_class, classifier) if seed == args.seed else None,
                              **class_scores(samples, [forget_class], classifier, real, rt_samples)})
     results = {
