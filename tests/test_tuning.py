@@ -4,12 +4,19 @@ import pytest
 
 from erase.methods import METHODS
 from scripts.cli import build_parser
-from scripts.tuning import BUDGET, GRIDS, grid, select
+from scripts.tuning import BUDGET, GRIDS, grid, select, star
 
 
 def test_grid_spells_every_combination_as_flags_in_order():
     assert grid(lr=[1, 2], steps=[3]) == [["--lr", 1, "--steps", 3], ["--lr", 2, "--steps", 3]]
     assert len(grid(a=[1, 2], b=[3, 4], c_d=[5, 6])) == 8 and grid(c_d=[5])[0][0] == "--c-d"
+
+
+def test_star_changes_one_flag_at_a_time_from_the_center():
+    assert star({"lr": 1, "w": 2}, {"steps": 9}, lr=[3], w=[4, 5]) == [
+        ["--lr", 1, "--w", 2, "--steps", 9], ["--lr", 3, "--w", 2, "--steps", 9],
+        ["--lr", 1, "--w", 4, "--steps", 9], ["--lr", 1, "--w", 5, "--steps", 9]]
+    assert star({"lr": 1}) == [["--lr", 1]]
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
