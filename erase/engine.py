@@ -22,14 +22,14 @@ from erase.saliency import cycle, mask_sparsity, trainable_parameters
 class Runtime:
     """Where and how a run executes; the same for every method."""
 
-    seed: int = field(default=0, metadata={"help": "seed for weights init, data order, noise and timesteps"})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "seed for weights init, data order, noise and timesteps"})
     mixed_precision: str = field(
         default="no", metadata={"help": "autocast precision: no (fp32), fp16 (GPU) or bf16 (recent GPUs and CPUs); weights stay fp32", "choices": ("no", "fp16", "bf16")}
     )
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimizer step"})
+    grad_accum: int = field(default=1, metadata={"range": "[1, inf)", "help": "micro-batches accumulated per optimizer step"})
     cpu: bool = field(default=False, metadata={"help": "run on the CPU even when a GPU is present"})
     log_every: int = field(
-        default=10, metadata={"help": "steps between progress-bar loss updates and NaN checks (each is a host sync)"}
+        default=10, metadata={"range": "[1, inf)", "help": "steps between progress-bar loss updates and NaN checks (each is a host sync)"}
     )
 
 

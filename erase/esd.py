@@ -19,17 +19,17 @@ TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}
 
 @dataclass
 class ESDConfig:
-    steps: int = field(default=1000, metadata={"help": "iterations (ESD: 1000)"})
-    batch_size: int = field(default=1, metadata={"help": "forget conditions per iteration (ESD: 1)"})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate (ESD: 1e-5)"})
-    eta: float = field(default=1.0, metadata={"help": "negative guidance strength (ESD: 1 to 2)"})
+    steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (ESD: 1000)"})
+    batch_size: int = field(default=1, metadata={"range": "[1, inf)", "help": "forget conditions per iteration (ESD: 1)"})
+    lr: float = field(default=1e-5, metadata={"range": "(0, inf)", "help": "Adam learning rate (ESD: 1e-5)"})
+    eta: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "negative guidance strength (ESD: 1 to 2)"})
     train_method: str = field(
         default="full", metadata={"help": "esd-x (cross-attention), esd-u (all but cross-attention; Stable Diffusion "
                                           "only) or full", "choices": tuple(TRAIN_METHODS)}
     )
-    ddim_steps: int = field(default=50, metadata={"help": "DDIM steps of the sampler that makes x_t (ESD: 50)"})
-    start_guidance: float = field(default=3.0, metadata={"help": "guidance of that sampler (ESD: 3)"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    ddim_steps: int = field(default=50, metadata={"range": "[1, inf)", "help": "DDIM steps of the sampler that makes x_t (ESD: 50)"})
+    start_guidance: float = field(default=3.0, metadata={"range": "[0, inf)", "help": "guidance of that sampler (ESD: 3)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
 
 
 def esd_target(eps_null: torch.Tensor, eps_cond: torch.Tensor, eta: float) -> torch.Tensor:

@@ -11,11 +11,11 @@ from erase.engine import Runtime, remain_label_dropout_field, start_run
 class GAConfig:
     """The plain baseline every unlearning paper reports; settings follow SalUn's DDPM baselines."""
 
-    steps: int = field(default=1000, metadata={"help": "iterations (SalUn DDPM baselines: 1000)"})
-    batch_size: int = field(default=128, metadata={"help": "forget (and remain) batch size (SalUn DDPM: 128)"})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate (SalUn DDPM: 1e-5)"})
-    remain_alpha: float = field(default=0.0, metadata={"help": "weight of remain descent; 0 = pure ascent"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (SalUn DDPM baselines: 1000)"})
+    batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "forget (and remain) batch size (SalUn DDPM: 128)"})
+    lr: float = field(default=1e-5, metadata={"range": "(0, inf)", "help": "Adam learning rate (SalUn DDPM: 1e-5)"})
+    remain_alpha: float = field(default=0.0, metadata={"range": "[0, inf)", "help": "weight of remain descent; 0 = pure ascent"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
     loss_reduction: str = field(
         default="mean", metadata={"help": "per-sample loss over pixels (SalUn DDPM baselines: mean)", "choices": ("sum", "mean")}
     )

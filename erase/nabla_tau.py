@@ -28,18 +28,18 @@ from eval.losses import fixed_draw_loss
 
 @dataclass
 class NablaTauConfig:
-    steps: int = field(default=150, metadata={"help": "iterations (ours; the authors count epochs of classifier training)"})
-    batch_size: int = field(default=128, metadata={"help": "forget and remain batch size"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (authors: 1e-3 for classifiers; 1e-4 suits diffusion)"})
+    steps: int = field(default=150, metadata={"range": "[1, inf)", "help": "iterations (ours; the authors count epochs of classifier training)"})
+    batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "forget and remain batch size"})
+    lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "AdamW learning rate (authors: 1e-3 for classifiers; 1e-4 suits diffusion)"})
     tau_source: str = field(
         default="relative", metadata={"help": "tau from: null (forget images, null condition), heldout (10%% of the remain "
                                            "set kept out of training), value (--tau-value), or relative "
                                            "(--tau-factor x the forget loss under the forget labels at step 0, fixed)",
                                   "choices": ("null", "heldout", "value", "relative")}
     )
-    tau_value: float | None = field(default=None, metadata={"help": "fixed tau for --tau-source value"})
+    tau_value: float | None = field(default=None, metadata={"range": "(0, inf)", "help": "fixed tau for --tau-source value"})
     tau_factor: float = field(
-        default=4.0, metadata={"help": "for --tau-source relative: tau = this x the starting forget loss (on the "
+        default=4.0, metadata={"range": "(1, inf)", "help": "for --tau-source relative: tau = this x the starting forget loss (on the "
                                        "shipped digit model a model retrained without the digit has 1.6-2.4x the "
                                        "base's loss on it, yet raising digit 5's loss to 2x left FA at 65%%, 4x at "
                                        "25%%; the null source, 1.15x, at 95%%)"}
@@ -49,10 +49,10 @@ class NablaTauConfig:
                                               "(absolute: the authors' classifier form, far too weak on pixel-mean "
                                               "denoising losses)", "choices": ("relative", "absolute")}
     )
-    tau_every: int = field(default=10, metadata={"help": "steps between tau refreshes"})
-    tau_samples: int = field(default=256, metadata={"help": "(image, noise, timestep) draws per tau estimate"})
-    alpha: float | None = field(default=None, metadata={"help": "alpha_0 (default: 5/3 |D_f| / (|D_f| + |D_r|), the authors' rule)"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    tau_every: int = field(default=10, metadata={"range": "[1, inf)", "help": "steps between tau refreshes"})
+    tau_samples: int = field(default=256, metadata={"range": "[1, inf)", "help": "(image, noise, timestep) draws per tau estimate"})
+    alpha: float | None = field(default=None, metadata={"range": "(0, 1]", "help": "alpha_0 (default: 5/3 |D_f| / (|D_f| + |D_r|), the authors' rule)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
     remain_label_dropout: float | None = remain_label_dropout_field()
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 

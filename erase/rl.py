@@ -24,14 +24,14 @@ from erase.objectives import default_pseudo_class, pseudo_labels, pseudo_target_
 
 @dataclass
 class RLConfig:
-    steps: int = field(default=1000, metadata={"help": "iterations (SalUn DDPM: 1000)"})
-    batch_size: int = field(default=128, metadata={"help": "forget and remain batch size (SalUn DDPM: 128)"})
-    lr: float = field(default=1e-5, metadata={"help": "Adam learning rate (SalUn DDPM: 1e-5)"})
-    remain_alpha: float = field(default=3.072, metadata={"help": "weight of the remain loss: 3.072 on a pixel-mean remain "
+    steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (SalUn DDPM: 1000)"})
+    batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "forget and remain batch size (SalUn DDPM: 128)"})
+    lr: float = field(default=1e-5, metadata={"range": "(0, inf)", "help": "Adam learning rate (SalUn DDPM: 1e-5)"})
+    remain_alpha: float = field(default=3.072, metadata={"range": "[0, inf)", "help": "weight of the remain loss: 3.072 on a pixel-mean remain "
                                                                    "loss is SalUn DDPM's 1e-3 on a pixel-sum loss at "
                                                                    "3x32x32, its relative weight at any resolution"})
     pseudo_class: int | None = field(
-        default=None, metadata={"help": "target class (default: the next remaining class after the forget class, "
+        default=None, metadata={"range": "[0, inf)", "help": "target class (default: the next remaining class after the forget class, "
                                         "SalUn DDPM's (k + 1) mod 10)"}
     )
     pseudo_random: bool = field(
@@ -47,7 +47,7 @@ class RLConfig:
                                   "choices": ("sum", "mean")}
     )
     remain_label_dropout: float | None = remain_label_dropout_field()
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 

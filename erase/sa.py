@@ -23,20 +23,20 @@ from eval.generate import Job, generate
 
 @dataclass
 class SAConfig:
-    steps: int = field(default=1000, metadata={"help": "iterations (ours, at DDPM scale)"})
-    batch_size: int = field(default=128, metadata={"help": "surrogate and replay batch size"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (SA DDPM: 1e-4)"})
-    ewc_lambda: float = field(default=100.0, metadata={"help": "EWC penalty weight lambda (SA: 100 for DDPM)"})
-    replay_alpha: float = field(default=1.0, metadata={"help": "weight of the generative replay loss"})
+    steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (ours, at DDPM scale)"})
+    batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "surrogate and replay batch size"})
+    lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "Adam learning rate (SA DDPM: 1e-4)"})
+    ewc_lambda: float = field(default=100.0, metadata={"range": "[0, inf)", "help": "EWC penalty weight lambda (SA: 100 for DDPM)"})
+    replay_alpha: float = field(default=1.0, metadata={"range": "[0, inf)", "help": "weight of the generative replay loss"})
     surrogate: str = field(default="noise", metadata={"help": "noise (uniform images, SA for DDPM) or pseudo "
                                                               "(the original model's images of --pseudo-class or the "
                                                               "replacement prompt)", "choices": ("noise", "pseudo")})
-    pseudo_class: int | None = field(default=None, metadata={"help": "surrogate class for --surrogate pseudo"})
-    replay_per_condition: int = field(default=16, metadata={"help": "images the original model generates per remain condition"})
-    replay_steps: int = field(default=50, metadata={"help": "DDIM steps for replay and surrogate images"})
-    fisher_batches: int = field(default=10, metadata={"help": "batches of generated images for the EWC Fisher"})
+    pseudo_class: int | None = field(default=None, metadata={"range": "[0, inf)", "help": "surrogate class for --surrogate pseudo"})
+    replay_per_condition: int = field(default=16, metadata={"range": "[1, inf)", "help": "images the original model generates per remain condition"})
+    replay_steps: int = field(default=50, metadata={"range": "[1, inf)", "help": "DDIM steps for replay and surrogate images"})
+    fisher_batches: int = field(default=10, metadata={"range": "[1, inf)", "help": "batches of generated images for the EWC Fisher"})
     remain_label_dropout: float | None = remain_label_dropout_field()
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
 
 
 def generated_set(adapter, conditions, per_condition: int, seed: int, steps: int, name: str) -> ImageDataset:

@@ -16,8 +16,8 @@ from erase.saliency import gradient_magnitude, top_fraction_mask
 
 @dataclass
 class SalUnConfig(RLConfig):
-    mask_fraction: float = field(default=0.5, metadata={"help": "share of entries the mask keeps (SalUn: 0.5)"})
-    saliency_batches: int = field(default=20, metadata={"help": "forget batches whose gradient sets the mask"})
+    mask_fraction: float = field(default=0.5, metadata={"range": "(0, 1]", "help": "share of entries the mask keeps (SalUn: 0.5)"})
+    saliency_batches: int = field(default=20, metadata={"range": "[1, inf)", "help": "forget batches whose gradient sets the mask"})
 
 
 def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runtime = Runtime(), mask=None,

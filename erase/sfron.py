@@ -35,11 +35,11 @@ from erase.saliency import fisher_diagonal, saliency_mask
 class SFRonConfig:
     """Defaults are the official DDPM CIFAR-10 settings unless a comment says otherwise."""
 
-    steps: int = field(default=150, metadata={"help": "unlearning iterations (official DDPM: 150)"})
-    batch_size: int = field(default=128, metadata={"help": "forget batch and remain batch size, each (official DDPM: 128+128)"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (official DDPM: 1e-4)"})
-    forget_alpha: float = field(default=10.0, metadata={"help": "scale of the forget step (official DDPM: 10)"})
-    remain_alpha: float = field(default=1.0, metadata={"help": "scale of the remain step (official: 1)"})
+    steps: int = field(default=150, metadata={"range": "[1, inf)", "help": "unlearning iterations (official DDPM: 150)"})
+    batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "forget batch and remain batch size, each (official DDPM: 128+128)"})
+    lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "Adam learning rate (official DDPM: 1e-4)"})
+    forget_alpha: float = field(default=10.0, metadata={"range": "(0, inf)", "help": "scale of the forget step (official DDPM: 10)"})
+    remain_alpha: float = field(default=1.0, metadata={"range": "[0, inf)", "help": "scale of the remain step (official: 1)"})
     alpha_placement: str = field(
         default="loss",
         metadata={"help": "where forget_alpha acts: loss (multiplies the forget loss before clipping, the official "
@@ -57,9 +57,9 @@ class SFRonConfig:
         metadata={"help": "adaptive (weighted gradient ascent), ga (plain ascent) or pseudo (map to --pseudo-class)",
                   "choices": ("adaptive", "ga", "pseudo")},
     )
-    temperature: float = field(default=0.5, metadata={"help": "lambda of the adaptive weights; 0 = plain ascent (official DDPM: 0.5)"})
+    temperature: float = field(default=0.5, metadata={"range": "[0, inf)", "help": "lambda of the adaptive weights; 0 = plain ascent (official DDPM: 0.5)"})
     pseudo_class: int | None = field(
-        default=None, metadata={"help": "target class of the pseudo objective (default: the next remaining class after "
+        default=None, metadata={"range": "[0, inf)", "help": "target class of the pseudo objective (default: the next remaining class after "
                                         "the forget class, as SalUn's DDPM code maps k to k + 1)"}
     )
     pseudo_random: bool = field(
@@ -71,27 +71,27 @@ class SFRonConfig:
                                  "choices": ("sum", "mean")}
     )
     remain_label_dropout: float | None = remain_label_dropout_field()
-    gamma: float = field(default=1.0, metadata={"help": "saliency threshold on F_forget / F_remain (official: 1.0)"})
-    fisher_batches: int = field(default=20, metadata={"help": "batches per Fisher estimate (ours; the official code takes a pass)"})
-    fisher_batch_size: int | None = field(default=None, metadata={"help": "Fisher batch size (default: --batch-size)"})
+    gamma: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "saliency threshold on F_forget / F_remain (official: 1.0)"})
+    fisher_batches: int = field(default=20, metadata={"range": "[1, inf)", "help": "batches per Fisher estimate (ours; the official code takes a pass)"})
+    fisher_batch_size: int | None = field(default=None, metadata={"range": "[1, inf)", "help": "Fisher batch size (default: --batch-size)"})
     fisher_guidance: float | None = field(
-        default=3.0, metadata={"help": "evaluate the Fisher loss on the guided eps eps_null + s (eps_c - eps_null) at "
+        default=3.0, metadata={"range": "[0, inf)", "help": "evaluate the Fisher loss on the guided eps eps_null + s (eps_c - eps_null) at "
                                        "this s; unset = conditional (official DDPM: cond_scale 2.0 in (1 + w) eps_c - "
                                        "w eps_null, which is s = 3 here)"}
     )
     fisher_max_grad_norm: float | None = field(
-        default=1.0, metadata={"help": "clip each Fisher batch gradient to this norm before squaring (official DDPM: 1.0)"}
+        default=1.0, metadata={"range": "(0, inf)", "help": "clip each Fisher batch gradient to this norm before squaring (official DDPM: 1.0)"}
     )
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping of both steps (official: 1.0)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping of both steps (official: 1.0)"})
     mask_mode: str = field(
         default="restore", metadata={"help": "restore (mask-0 entries are put back after the forget step, so they never "
                                              "move in it) or gradient (only the gradient is masked, the official form: "
                                              "Adam momentum from remain steps still moves them)",
                                      "choices": ("restore", "gradient")}
     )
-    forget_every: int = field(default=1, metadata={"help": "take a forget step every k-th iteration (official diffusion: 1)"})
+    forget_every: int = field(default=1, metadata={"range": "[1, inf)", "help": "take a forget step every k-th iteration (official diffusion: 1)"})
     forget_dense: int = field(
-        default=0, metadata={"help": "take a forget step on every one of the first N iterations, then every "
+        default=0, metadata={"range": "[0, inf)", "help": "take a forget step on every one of the first N iterations, then every "
                                      "--forget-every-th (ours: erase fast, then let remain steps repair)"}
     )
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})

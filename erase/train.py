@@ -16,14 +16,14 @@ from erase.saliency import trainable_parameters
 class TrainConfig:
     """A small-model recipe sized for CPU; every value is recorded in run.json."""
 
-    steps: int = field(default=4000, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=64, metadata={"help": "images per step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (1e-3 trains the small demo UNet faster than 2e-4 at equal steps)"})
+    steps: int = field(default=4000, metadata={"range": "[1, inf)", "help": "optimizer steps"})
+    batch_size: int = field(default=64, metadata={"range": "[1, inf)", "help": "images per step"})
+    lr: float = field(default=1e-3, metadata={"range": "(0, inf)", "help": "AdamW learning rate (1e-3 trains the small demo UNet faster than 2e-4 at equal steps)"})
     label_dropout: float = field(
-        default=0.1, metadata={"help": "probability of replacing a label by the null label (enables guidance; Ho & Salimans: 0.1)"}
+        default=0.1, metadata={"range": "[0, 1)", "help": "probability of replacing a label by the null label (enables guidance; Ho & Salimans: 0.1)"}
     )
-    ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the saved weights; 0 saves the trained weights"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    ema_decay: float = field(default=0.0, metadata={"range": "[0, 1)", "help": "EMA decay of the saved weights; 0 saves the trained weights"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
 
 
 def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -> dict:
