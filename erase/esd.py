@@ -13,6 +13,7 @@ import torch
 
 from erase.engine import Runtime, frozen_copy, start_run, swapped_denoiser
 from erase.errors import UsageError
+from erase.objectives import require_conditional
 
 TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}
 
@@ -39,6 +40,8 @@ def esd_target(eps_null: torch.Tensor, eps_cond: torch.Tensor, eta: float) -> to
 
 def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
+    require_conditional(adapter, "--method esd", "its negative guidance eps(x_t, c) - eps(x_t, null)",
+                        "use --method ga, or sfron with --forget-objective adaptive or ga")
     choice = TRAIN_METHODS[config.train_method]
     if choice != "full":
         if not hasattr(adapter, "select_trainable"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from erase.errors import UsageError
+
 REDUCTIONS = ("mean", "sum")
 
 
@@ -21,6 +23,14 @@ def reduce_pixels(squared_error: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return flat.sum(1)
     raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def require_conditional(adapter, what: str, zero_term: str, instead: str) -> None:
+    """Refuse `what` on an unconditional model: it ignores the condition, so `zero_term`, a difference between two
+    conditions' predictions, is exactly 0 and the run would train nothing away (a silent no-op)."""
+    if not adapter.conditional:
+        raise UsageError(f"{what} cannot erase anything from this unconditional {adapter.backbone} model: it ignores "
+                         f"the condition, so {zero_term} is exactly 0; {instead}")
 
 
 def drop_conditions(adapter, condition, probability: float):

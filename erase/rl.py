@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from erase.engine import Runtime, remain_label_dropout_field, start_run
-from erase.objectives import default_pseudo_class, pseudo_labels, pseudo_target_losses
+from erase.objectives import default_pseudo_class, pseudo_labels, pseudo_target_losses, require_conditional
+
+RELABEL_ZERO = "its forget loss, the squared gap eps(x_t, c_forget) - eps(x_t, c_pseudo),"
+RELABEL_INSTEAD = "use --method ga, or sfron with --forget-objective adaptive or ga"
 
 
 @dataclass
@@ -83,6 +86,7 @@ def relabel_parts(run, forget_data, remain_data, config):
 
 def rl(adapter, forget_data, remain_data, config: RLConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
+    require_conditional(adapter, "--method rl", RELABEL_ZERO, RELABEL_INSTEAD)
     run = start_relabel_run(adapter, forget_data, remain_data, config, runtime, monitor)
     forget_part, remain_part = relabel_parts(run, forget_data, remain_data, config)
 

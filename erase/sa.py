@@ -16,7 +16,7 @@ import torch
 
 from erase.data import ImageDataset
 from erase.engine import Runtime, endless_batches, remain_label_dropout_field, start_run
-from erase.objectives import denoising_losses
+from erase.objectives import denoising_losses, require_conditional
 from erase.saliency import fisher_diagonal
 from eval.generate import Job, generate
 
@@ -58,6 +58,9 @@ def add_ewc_gradient(params: list, anchor: list, scale: list) -> None:
 
 def sa(adapter, forget_data, remain_data, config: SAConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
+    if config.surrogate == "pseudo":
+        require_conditional(adapter, "--surrogate pseudo", "the gap between its pseudo-class surrogate and the "
+                            "model's own samples", "use --surrogate noise")
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
                     remain_label_dropout=config.remain_label_dropout)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from erase.engine import MaskedUpdate, Runtime, endless_batches
-from erase.rl import RLConfig, relabel_parts, start_relabel_run
+from erase.objectives import require_conditional
+from erase.rl import RELABEL_INSTEAD, RELABEL_ZERO, RLConfig, relabel_parts, start_relabel_run
 from erase.saliency import gradient_magnitude, top_fraction_mask
 
 
@@ -22,6 +23,7 @@ class SalUnConfig(RLConfig):
 
 def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
+    require_conditional(adapter, "--method salun", RELABEL_ZERO, RELABEL_INSTEAD)
     run = start_relabel_run(adapter, forget_data, remain_data, config, runtime, monitor)
     if mask is None:
         with run.timer.phase("mask"):

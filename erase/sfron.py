@@ -27,6 +27,7 @@ from erase.objectives import (
     gradient_ascent_loss,
     pseudo_labels,
     pseudo_target_losses,
+    require_conditional,
 )
 from erase.saliency import fisher_diagonal, saliency_mask
 
@@ -146,6 +147,9 @@ def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, a
 
 def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime, mask=None, monitor=None):
     """Set up the run, compute (or take) the saliency mask, build the forget loss: shared by sfron and joint."""
+    if config.forget_objective == "pseudo":
+        require_conditional(adapter, "--forget-objective pseudo", "its forget loss, the squared gap "
+                            "eps(x_t, c_forget) - eps(x_t, c_pseudo),", "use --forget-objective adaptive or ga")
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
                     forget_reduction=config.loss_reduction, remain_reduction=config.loss_reduction,
