@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -31,6 +38,20 @@ class Runtime:
     log_every: int = field(
         default=10, metadata={"range": "[1, inf)", "help": "steps between progress-bar loss updates and NaN checks (each is a host sync)"}
     )
+    checkpoint_every: int = field(
+        default=0, metadata={"range": "[0, inf)", "help": "save a resumable state (weights, optimizer, step, random "
+                                                        "states, data position, saliency mask) every K steps into "
+                                                        "--checkpoint-dir; 0 = only when stopped by Ctrl-C or SIGTERM"}
+    )
+    checkpoint_dir: str | None = field(
+        default=None, metadata={"help": "folder of resumable states (default: OUT.checkpoint beside --out; removed "
+                                        "once --out is written)"}
+    )
+    resume: str | None = field(
+        default=None, metadata={"help": "continue from a resumable state: a --checkpoint-dir folder (its latest "
+                                        "state) or one of its step-N folders; give the interrupted run's other flags "
+                                        "unchanged"}
+    )
 
 
 def make_accelerator(runtime: Runtime) -> Accelerator:
@@ -39,13 +60,52 @@ def make_accelerator(runtime: Runtime) -> Accelerator:
     return accelerator
 
 
-def endless_batches(dataset, batch_size: int, seed: int, accelerator: Accelerator) -> Iterator:
-    """Shuffled (images, labels) batches forever, sharded across processes, on the accelerator's device."""
+class Batches:
+    """Endless shuffled (images, labels) batches that count how many they handed out.
+
+    A resumed run re-seeds the shuffling and skips as many batches, so it sees the same batches in the same order
+    as an uninterrupted run (`state_dict` / `load_state_dict`, as accelerate's `register_for_checkpointing` wants).
+    """
+
+    def __init__(self, loader, generator: torch.Generator, seed: int, device=None):
+        self.loader, self.generator, self.seed, self.device = loader, generator, seed, device
+        self.drawn = 0
+        self._batches = cycle(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self._batches)
+        self.drawn += 1
+        if self.device is not None:  # an unprepared loader: accelerate does not place its batches
+            batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.manual_seed(self.seed)
+        self._batches = cycle(self.loader)
+        for _ in range(state["drawn"]):
+            next(self._batches)
+        self.drawn = state["drawn"]
+
+
+def endless_batches(dataset, batch_size: int, seed: int, accelerator: Accelerator, shard: bool = True) -> Batches:
+    """Shuffled (images, labels) batches forever on the accelerator's device.
+
+    `shard`: every process draws a disjoint share of each pass (training steps). Without it every process draws
+    the same batches, for statistics that split the work by batch (Fisher, saliency), so they equal one process's.
+    """
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True, generator=generator
     )
-    return cycle(accelerator.prepare(loader))
+    if shard:
+        return Batches(accelerator.prepare(loader), generator, seed)
+    return Batches(loader, generator, seed, accelerator.device)
 
 
 class LossLog:
@@ -78,6 +138,15 @@ class LossLog:
     def as_lists(self) -> dict[str, dict[str, list]]:
         """{name: {"step": [...], "value": [...]}} for run.json."""
         return {name: {"step": list(steps), "value": self._logged(name).tolist()} for name, steps in self.steps.items()}
+
+    def state_dict(self) -> dict:
+        return {"values": {name: v.cpu() for name, v in self.values.items()},
+                "steps": {name: list(steps) for name, steps in self.steps.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, values in state["values"].items():
+            self.values[name].copy_(values)
+            self.steps[name] = list(state["steps"][name])
 
 
 class MaskedUpdate:
@@ -226,6 +295,8 @@ class UnlearnRun:
     steps: int
     conventions: dict  # run_conventions(): pixel reductions, remain label dropout, pseudo class (run.json records it)
     monitor: Monitor | None = None
+    mask: dict | None = None  # the saliency mask, where the method has one: resumable states keep it
+    kept: dict = field(default_factory=dict)  # a method's own state a resumed run must get back (see `keep`)
 
     @property
     def device(self) -> torch.device:
@@ -245,10 +316,16 @@ class UnlearnRun:
                                   reduction=self.conventions[f"{which}_reduction"])
         return losses, labels
 
+    def keep(self, name: str, obj) -> None:
+        """Save `obj` (a torch.Generator, a dict or list changed in place, or anything with state_dict and
+        load_state_dict) with every resumable state and put it back on resume."""
+        self.kept[name] = obj
+
     def loop(self, names: Sequence[str], body: Callable[[int], dict], runtime: Runtime, description: str) -> "LossLog":
         """Run `body(step)` -> {loss name: value} for every step (timed as the "unlearn" phase)."""
+        tracked = {"forget_batches": self.forget_batches, "remain_batches": self.remain_batches, **self.kept}
         return run_steps(names, self.steps, body, runtime, self.accelerator, self.timer, description, "unlearn",
-                         self.monitor, self.adapter)
+                         self.monitor, self.adapter, tracked=tracked, mask=self.mask)
 
     def finish(self, log: "LossLog", mask: dict | None = None, **extra) -> dict:
         """Unwrap the model and return the result every method returns (run.json fields)."""
@@ -261,10 +338,25 @@ class UnlearnRun:
             "device": str(self.accelerator.device),
             "num_processes": self.accelerator.num_processes,
             "is_main_process": self.accelerator.is_main_process,
+            "process_weight_digests": weight_digests(self.accelerator, self.adapter.denoiser),
             "monitor": self.monitor.history if self.monitor is not None else None,
             "conventions": self.conventions,
             **extra,
         }
+
+
+def weight_digests(accelerator: Accelerator, module: torch.nn.Module) -> list[str] | None:
+    """SHA-256 of each process's trained weights (multi-process runs only): equal digests mean the replicas agree
+    bit for bit."""
+    if accelerator.num_processes == 1:
+        return None
+    from accelerate.utils import gather_object
+
+    digest = hashlib.sha256()
+    for name, p in sorted(trainable_parameters(module).items()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return gather_object([digest.hexdigest()])
 
 
 def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: float | None, optimizer: str = "adam",
@@ -280,26 +372,239 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
     return accelerator, PhaseTimer(accelerator.device), opt, stepper
 
 
+STATE_PREFIX = "step-"  # OUT.checkpoint/step-0000120: the state after 120 steps
+RESUME_MUST_MATCH = ("run", "steps", "seed", "num_processes", "grad_accum")  # or the resumed run would differ
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a run at the end of a step, after it saved a resumable state there."""
+
+    def __init__(self, signal_number: int, step: int, steps: int, folder: Path, is_main_process: bool,
+                 num_processes: int):
+        self.signal_number, self.step, self.steps, self.folder = signal_number, step, steps, folder
+        self.is_main_process, self.num_processes = is_main_process, num_processes
+        super().__init__(f"{signal.Signals(signal_number).name} at step {step} of {steps}; state saved to {folder}")
+
+
+def find_state(path: str | Path) -> Path:
+    """The state folder `--resume path` names: `path` itself, or its latest complete step-N folder."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    states = sorted(path.glob(f"{STATE_PREFIX}*/state.json")) if path.is_dir() else []
+    if not states:
+        raise UsageError(f"--resume {str(path)!r} holds no resumable state; pass the OUT.checkpoint folder that an "
+                         "interrupted run (or --checkpoint-every) wrote, or one of its step-N folders")
+    return states[-1].parent
+
+
+def _state_of(obj):
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    return obj.state_dict()
+
+
+def _restore(obj, state) -> None:
+    if isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    elif isinstance(obj, dict):
+        obj.clear()
+        obj.update(state)
+    elif isinstance(obj, list):
+        obj[:] = state
+    else:
+        obj.load_state_dict(state)
+
+
+class LoopState:
+    """What a resumable state holds beside accelerate's own (weights, optimizer, random states): the steps done,
+    the loss log, the monitor's history and each tracked object (batch streams' positions, a method's generator or
+    running values). One custom object for `Accelerator.register_for_checkpointing`."""
+
+    def __init__(self, log: LossLog, tracked: dict, monitor: "Monitor | None"):
+        self.step, self.log, self.tracked, self.monitor = 0, log, tracked, monitor
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "log": self.log.state_dict(),
+                "tracked": {name: _state_of(obj) for name, obj in self.tracked.items()},
+                "monitor": list(self.monitor.history) if self.monitor is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["tracked"]) != set(self.tracked):
+            raise UsageError(f"the resumed state tracks {sorted(state['tracked'])}, this run {sorted(self.tracked)}; "
+                             "resume with the interrupted run's command and method")
+        self.step = state["step"]
+        self.log.load_state_dict(state["log"])
+        for name, obj in self.tracked.items():
+            _restore(obj, state["tracked"][name])
+        if self.monitor is not None and state["monitor"] is not None:
+            self.monitor.history[:] = state["monitor"]
+
+
+class Checkpoints:
+    """Resumable states of one run in `folder`, through accelerate's `save_state` / `load_state`.
+
+    Each state is written whole into `.step-N.partial` and then renamed to `step-N`, so a kill at any moment
+    leaves the previous complete state; older states are removed once a newer one is complete. Every process
+    writes its own random states into the same folder (multi-node runs need a folder all nodes share); the main
+    process writes the rest.
+    """
+
+    def __init__(self, folder: str | Path, accelerator: Accelerator, identity: dict, mask: dict | None = None):
+        self.folder, self.accelerator, self.identity, self.mask = Path(folder), accelerator, identity, mask
+        self.latest: Path | None = None
+
+    def save(self, loop_state: LoopState, step: int) -> Path:
+        accelerator = self.accelerator
+        final = self.folder / f"{STATE_PREFIX}{step:07d}"
+        partial = self.folder / f".{final.name}.partial"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        loop_state.step = step
+        accelerator.save_state(str(partial))
+        if accelerator.is_main_process:
+            if self.mask is not None:
+                self._write_mask(partial / "mask.safetensors")
+            (partial / "state.json").write_text(json.dumps({**self.identity, "step": step, "saved": time.time()},
+                                                           indent=2) + "\n")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if final.exists():  # e.g. a resumed run stopped again at the step it resumed from
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            for old in self.folder.glob(f"{STATE_PREFIX}*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        self.latest = final
+        return final
+
+    def _write_mask(self, path: Path) -> None:
+        previous = self.latest / "mask.safetensors" if self.latest is not None else None
+        if previous is not None and previous.is_file():
+            try:
+                os.link(previous, path)  # the mask never changes during a run: share the file
+                return
+            except OSError:
+                pass
+        from erase.saliency import save_mask
+
+        save_mask(self.mask, path)
+
+    def load(self, path: str | Path, loop_state: LoopState) -> int:
+        """Restore the state `path` names into the prepared model, optimizer and `loop_state`; the steps done."""
+        state = find_state(path)
+        saved = json.loads((state / "state.json").read_text())
+        for key in RESUME_MUST_MATCH:
+            if saved.get(key) != self.identity.get(key):
+                raise UsageError(f"--resume {str(path)!r} was saved by a run with {key} {saved.get(key)!r}, this run "
+                                 f"has {self.identity.get(key)!r}; resume with the interrupted run's flags")
+        self.accelerator.load_state(str(state))
+        self.latest = state
+        return loop_state.step
+
+
+class StopRequest:
+    """Turns Ctrl-C and SIGTERM into a request the loop honours at the end of the current step (a second signal
+    stops at once). Only in the main thread, where Python delivers signals."""
+
+    def __init__(self):
+        self.signal_number: int | None = None
+        self.previous: dict = {}
+
+    def _handle(self, number, frame) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
 def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], runtime: Runtime, accelerator,
               timer: PhaseTimer, description: str, phase: str, monitor: Monitor | None = None,
-              adapter=None) -> LossLog:
+              adapter=None, tracked: dict | None = None, mask: dict | None = None) -> LossLog:
     """`body(step)` -> {loss name: value} for every step, with a progress bar and a NaN check every log_every steps;
-    `monitor` evaluates `adapter` when due, its time booked as the "monitor" phase."""
+    `monitor` evaluates `adapter` when due, its time booked as the "monitor" phase.
+
+    With `runtime.checkpoint_dir`, a resumable state (accelerate's, plus the loss log, `tracked` objects' states
+    and `mask`) is saved every `runtime.checkpoint_every` steps and when Ctrl-C or SIGTERM arrives (then the loop
+    raises Interrupted), and `runtime.resume` continues from one. Without it the loop is as before: nothing is saved.
+    """
     log = LossLog(names, steps, accelerator.device)
-    progress = tqdm(range(steps), desc=description, disable=not accelerator.is_local_main_process)
-    probing = 0.0
-    with timer.phase(phase):
-        for step in progress:
-            for name, value in body(step).items():
-                log.record(name, step, value)
-            if (step + 1) % runtime.log_every == 0 or step + 1 == steps:
-                progress.set_postfix(log.check())
-            if monitor is not None and monitor.due(step, steps):
-                started = time.perf_counter()
-                monitor(adapter, step)
-                probing += time.perf_counter() - started
+    checkpoints, loop_state, start = None, None, 0
+    if runtime.checkpoint_dir is not None or runtime.resume is not None:
+        if runtime.checkpoint_dir is None:
+            raise UsageError("--resume needs --checkpoint-dir (erase unlearn and erase train set it from --out)")
+        loop_state = LoopState(log, dict(tracked or {}), monitor)
+        accelerator.register_for_checkpointing(loop_state)
+        identity = {"run": description, "steps": steps, "seed": runtime.seed, "num_processes": accelerator.num_processes,
+                    "grad_accum": runtime.grad_accum, "mixed_precision": runtime.mixed_precision}
+        checkpoints = Checkpoints(runtime.checkpoint_dir, accelerator, identity, mask)
+        if runtime.resume is not None:
+            start = checkpoints.load(runtime.resume, loop_state)
+    progress = tqdm(range(start, steps), desc=description, disable=not accelerator.is_local_main_process,
+                    initial=start, total=steps)
+    probing = saving = 0.0
+    multi_process = accelerator.num_processes > 1
+    stop_request = StopRequest() if checkpoints is not None else contextlib.nullcontext()
+
+    def save(step_done: int) -> None:
+        nonlocal saving
+        started = time.perf_counter()
+        log.check()  # a state is saved only if every loss so far is finite
+        checkpoints.save(loop_state, step_done)
+        saving += time.perf_counter() - started
+
+    try:
+        with timer.phase(phase), stop_request:
+            for step in progress:
+                for name, value in body(step).items():
+                    log.record(name, step, value)
+                at_log = (step + 1) % runtime.log_every == 0 or step + 1 == steps
+                if at_log:
+                    progress.set_postfix(log.check())
+                if monitor is not None and monitor.due(step, steps):
+                    started = time.perf_counter()
+                    monitor(adapter, step)
+                    probing += time.perf_counter() - started
+                if checkpoints is None:
+                    continue
+                stop = stop_request.signal_number
+                if multi_process:  # every process must stop at the same step: agree when the log syncs anyway
+                    stop = None
+                    if at_log:
+                        flag = torch.tensor([float(stop_request.signal_number or 0)], device=accelerator.device)
+                        stop = int(accelerator.reduce(flag, reduction="sum").item()) or None
+                        stop = stop_request.signal_number or (signal.SIGTERM if stop else None)
+                if stop is not None:
+                    save(step + 1)
+                    raise Interrupted(stop, step + 1, steps, checkpoints.folder, accelerator.is_main_process,
+                                      accelerator.num_processes)
+                if runtime.checkpoint_every > 0 and (step + 1) % runtime.checkpoint_every == 0 and step + 1 < steps:
+                    save(step + 1)
+    except NonFiniteLossError as error:
+        if checkpoints is not None and checkpoints.latest is not None:
+            error.args = (f"{error} The last resumable state, {checkpoints.latest}, predates it and stays valid: "
+                          f"--resume {checkpoints.folder} continues from there.",)
+        raise
     if monitor is not None:
         timer.move(probing, phase, "monitor")
+    if saving:
+        timer.move(saving, phase, "checkpoint")
     return log
 
 

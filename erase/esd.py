@@ -52,6 +52,7 @@ def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime =
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
     frozen.to(run.device)
     generator = torch.Generator().manual_seed(runtime.seed)  # CPU draws: no device sync for the step count
+    run.keep("stop_generator", generator)
 
     def esd_loss():
         _, labels = next(run.forget_batches)

@@ -101,6 +101,8 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
         return value
 
     state = {"tau": refresh_tau(0)}
+    run.keep("tau", state)  # a resumed run continues with the tau refreshed last, and its record
+    run.keep("taus", taus)
 
     def iteration(step: int) -> dict:
         if step > 0 and step % config.tau_every == 0 and config.tau_source in ("null", "heldout"):  # the others: fixed

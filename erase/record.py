@@ -109,3 +109,32 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, out)
+
+
+def checkpoint_folder(out: str | Path, runtime, overwrite: bool) -> Path:
+    """Settle `runtime.checkpoint_dir` (default OUT.checkpoint beside --out, never --out itself) and check
+    --resume before any work: a folder holding an earlier run's state is refused unless resumed or overwritten."""
+    from erase.engine import STATE_PREFIX, find_state
+
+    out = Path(out)
+    folder = Path(runtime.checkpoint_dir) if runtime.checkpoint_dir else out.with_name(out.name + ".checkpoint")
+    if folder.resolve() == out.resolve() or out.resolve() in folder.resolve().parents:
+        raise UsageError(f"--checkpoint-dir {str(folder)!r} is inside --out; put it beside --out")
+    runtime.checkpoint_dir = str(folder)
+    if runtime.resume is not None:
+        find_state(runtime.resume)
+    elif any(folder.glob(f"{STATE_PREFIX}*")) and not overwrite:
+        raise UsageError(f"{str(folder)!r} holds a resumable state of an earlier run; continue it with --resume "
+                         f"{folder}, or pass --overwrite to start over (the new run's first state replaces it)")
+    return folder
+
+
+def discard_checkpoints(folder: str | Path) -> None:
+    """Remove the run's resumable states once --out holds its result (and the folder, if nothing else is in it)."""
+    from erase.engine import STATE_PREFIX
+
+    folder = Path(folder)
+    for state in [*folder.glob(f"{STATE_PREFIX}*"), *folder.glob(f".{STATE_PREFIX}*.partial")]:
+        shutil.rmtree(state, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()

@@ -75,13 +75,15 @@ def sa(adapter, forget_data, remain_data, config: SAConfig, runtime: Runtime = R
                                       config.replay_steps, "surrogate")
     run.remain_batches = endless_batches(replay, config.batch_size, runtime.seed + 1, run.accelerator)
     with run.timer.phase("fisher"):
-        fisher_batches = endless_batches(replay, config.batch_size, runtime.seed + 2, run.accelerator)
+        fisher_batches = endless_batches(replay, config.batch_size, runtime.seed + 2, run.accelerator, shard=False)
         fisher = fisher_diagonal(adapter, fisher_batches, config.fisher_batches, accelerator=run.accelerator,
                                  description="EWC Fisher")
     params = list(run.params().values())
     anchor = [p.detach().clone() for p in params]  # theta*, the original weights
     ewc_scale = [2.0 * config.ewc_lambda * fisher[name] for name in run.params()]
     surrogate_batches = endless_batches(surrogate, config.batch_size, runtime.seed + 3, run.accelerator) if surrogate else None
+    if surrogate_batches is not None:
+        run.keep("surrogate_batches", surrogate_batches)
 
     def surrogate_part():
         _, labels = next(run.forget_batches)

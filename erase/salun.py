@@ -27,9 +27,10 @@ def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runti
     run = start_relabel_run(adapter, forget_data, remain_data, config, runtime, monitor)
     if mask is None:
         with run.timer.phase("mask"):
-            batches = endless_batches(forget_data, config.batch_size, runtime.seed + 2, run.accelerator)
+            batches = endless_batches(forget_data, config.batch_size, runtime.seed + 2, run.accelerator, shard=False)
             magnitude = gradient_magnitude(adapter, batches, config.saliency_batches, run.accelerator)
             mask = top_fraction_mask(magnitude, config.mask_fraction)
+    run.mask = mask
     masked = MaskedUpdate(run.params(), mask)
     forget_part, remain_part = relabel_parts(run, forget_data, remain_data, config)
 

@@ -158,12 +158,13 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
         fisher_size = config.fisher_batch_size or config.batch_size
         mask = compute_mask(
             adapter,
-            endless_batches(forget_data, fisher_size, runtime.seed + 2, run.accelerator),
-            endless_batches(remain_data, fisher_size, runtime.seed + 3, run.accelerator),
+            endless_batches(forget_data, fisher_size, runtime.seed + 2, run.accelerator, shard=False),
+            endless_batches(remain_data, fisher_size, runtime.seed + 3, run.accelerator, shard=False),
             config,
             run.accelerator,
             run.timer,
         )
+    run.mask = mask
     masked = MaskedUpdate(run.params(), mask, restore=config.mask_mode == "restore")
     forget_loss = make_forget_loss(run, forget_data, remain_data, config)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from diffusers.training_utils import EMAModel
 
-from erase.engine import Runtime, endless_batches, prepare_training, run_steps
+from erase.engine import Runtime, endless_batches, prepare_training, run_steps, weight_digests
 from erase.errors import UsageError
 from erase.objectives import denoising_losses, drop_conditions
 from erase.saliency import trainable_parameters
@@ -54,12 +54,15 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
             ema.step(params)
         return {"train": loss}
 
-    log = run_steps(["train"], config.steps, step, runtime, accelerator, timer, "train", "train")
+    tracked = {"batches": batches, **({"ema": ema} if ema is not None else {})}
+    log = run_steps(["train"], config.steps, step, runtime, accelerator, timer, "train", "train", tracked=tracked)
     adapter.denoiser = accelerator.unwrap_model(adapter.denoiser)
+    digests = weight_digests(accelerator, adapter.denoiser)  # the trained weights, before EMA replaces them
     if ema is not None:
         ema.copy_to(params)
     if adapter.conditional:  # erasure methods repeat it in their remain steps
         adapter.info["label_dropout"] = config.label_dropout
     adapter.info["weights"] = f"ema (decay {config.ema_decay})" if ema is not None else "trained (no EMA)"
     return {"losses": log.as_lists(), "timings": timer.seconds, "device": str(accelerator.device),
-            "is_main_process": accelerator.is_main_process}
+            "is_main_process": accelerator.is_main_process, "num_processes": accelerator.num_processes,
+            "process_weight_digests": digests}

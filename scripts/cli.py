@@ -6,7 +6,10 @@ Exit codes: 0 success, 2 bad usage or a fault that left nothing written (the mes
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
+import threading
 
 from erase import __version__
 
@@ -28,19 +31,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: list[str], folder, num_processes: int) -> str:
+    """`argv` with `--resume folder` in place of any earlier --resume, as a shell line."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    launcher = ["erase"] if num_processes == 1 else ["accelerate", "launch", "--num_processes", str(num_processes),
+                                                       "-m", "scripts.cli"]
+    return shlex.join([*launcher, *kept, "--resume", str(folder)])
+
+
+def _terminate(number, frame):
+    raise KeyboardInterrupt  # SIGTERM outside a training loop: the same clean exit as Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
+    from erase.engine import Interrupted
     from erase.errors import UsageError
 
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         args.run(args)
     except UsageError as error:
         print(f"erase {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        if stop.is_main_process:
+            print(f"erase {args.command}: stopped by {signal.Signals(stop.signal_number).name} after step {stop.step} "
+                  f"of {stop.steps}; nothing was written to --out; saved a resumable state to {stop.folder}; "
+                  f"continue with: {resume_command(argv, stop.folder, stop.num_processes)}", file=sys.stderr)
+        return 128 + stop.signal_number
     except KeyboardInterrupt:
         print(f"erase {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 

@@ -36,12 +36,16 @@ def run(args) -> None:
 
     from erase.data import load_dataset, parse_class_ids, split_by_class
     from erase.errors import UsageError
-    from erase.record import atomic_output_dir, check_output_dir, environment, write_json
+    from erase.engine import find_state
+    from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
+                              environment, write_json)
     from erase.train import train
     from pipelines.cfg_unet import CFGUNetAdapter
 
     out = check_output_dir(args.out, args.overwrite)
     config, runtime = dataclass_from_args(TrainConfig, args), dataclass_from_args(Runtime, args)
+    checkpoints = checkpoint_folder(out, runtime, args.overwrite)
+    resumed_from = str(find_state(runtime.resume)) if runtime.resume is not None else None
     try:
         channels = tuple(int(c) for c in args.channels.split(","))
     except ValueError:
@@ -66,8 +70,11 @@ def run(args) -> None:
             "command": "train", "config": config, "runtime": runtime, "data": args.data, "resolution": args.resolution,
             "channels": channels, "attention": args.attention,
             "layers_per_block": args.layers_per_block, "excluded_classes": excluded, "train_images": len(train_data),
-            "device": result["device"], "timings": result["timings"], "losses": result["losses"],
-            "started": started, "environment": environment(),
+            "device": result["device"], "num_processes": result["num_processes"],
+            "process_weight_digests": result["process_weight_digests"],
+            "resumed_from": resumed_from,
+            "timings": result["timings"], "losses": result["losses"], "started": started, "environment": environment(),
         })
+    discard_checkpoints(checkpoints)
     print(f"trained {sum(p.numel() for p in adapter.denoiser.parameters()):,} parameters in "
           f"{result['timings']['train']:.1f} s; saved to {out}")

@@ -179,7 +179,9 @@ def run(args) -> None:
     import torch
 
     from erase.errors import UsageError
-    from erase.record import atomic_output_dir, check_output_dir, environment, write_json
+    from erase.engine import find_state
+    from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
+                              environment, write_json)
     from erase.saliency import load_mask, save_mask
     from pipelines import load_adapter
 
@@ -190,6 +192,8 @@ def run(args) -> None:
     all_fields = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}
     config = method_config_from_args(args.method, config_class, args, all_fields, preset["values"])
     runtime = dataclass_from_args(Runtime, args)
+    checkpoints = checkpoint_folder(out, runtime, args.overwrite)
+    resumed_from = str(find_state(runtime.resume)) if runtime.resume is not None else None
     if args.train_params != "full":
         if not hasattr(adapter, "select_trainable"):
             raise UsageError(f"--train-params {args.train_params} applies to Stable Diffusion; this is a {adapter.backbone} model")
@@ -208,6 +212,8 @@ def run(args) -> None:
             mask = load_mask(args.mask)
         except Exception as error:  # safetensors raises several types for missing or damaged files
             raise UsageError(f"cannot read --mask {args.mask!r} ({error}); pass a mask.safetensors written by erase") from None
+    elif resumed_from is not None and (Path(resumed_from) / "mask.safetensors").is_file():
+        mask = load_mask(Path(resumed_from) / "mask.safetensors")  # the interrupted run's mask: no Fisher again
 
     with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
         forget, remain, data_record = load_data(args, adapter, targets, Path(scratch) / "generated")
@@ -244,12 +250,14 @@ def run(args) -> None:
                 "data": data_record, "forget_images": len(forget), "remain_images": len(remain),
                 "config": config, "preset": preset, "runtime": runtime, "mask_from": args.mask, "mask_sparsity": result["mask_sparsity"],
                 "device": result["device"], "num_processes": result["num_processes"], "timings": result["timings"],
+                "process_weight_digests": result["process_weight_digests"], "resumed_from": resumed_from,
                 "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
                 "gradient_checkpointing": args.gradient_checkpointing, "method_record": result.get("record"),
                 "conventions": result["conventions"],
                 "monitor": monitor_record(args, monitor),
                 "losses": result["losses"], "started": started, "environment": environment(),
             })
+        discard_checkpoints(checkpoints)
     parts = [f"{name} loss {log['value'][0]:.4f} -> {log['value'][-1]:.4f}"
              for name, log in result["losses"].items() if log["value"]]
     if result["mask_sparsity"] is not None:
