@@ -367,7 +367,10 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
     adapter.denoiser.train()
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
     opt = optimizer_class(trainable_parameters(adapter.denoiser).values(), lr=lr, weight_decay=weight_decay)
+    module = adapter.denoiser
     adapter.denoiser, opt = accelerator.prepare(adapter.denoiser, opt)
+    if adapter.denoiser is not module and hasattr(module, "config"):
+        adapter.denoiser.config = module.config  # DistributedDataParallel hides it; the adapters read it per call
     stepper = Stepper(accelerator, adapter.denoiser, opt, max_grad_norm, runtime.grad_accum)
     return accelerator, PhaseTimer(accelerator.device), opt, stepper
 
