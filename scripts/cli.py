@@ -41,8 +41,8 @@ def resume_command(argv: list[str], folder, num_processes: int) -> str:
             skip = True
         elif not arg.startswith("--resume="):
             kept.append(arg)
-    launcher = ["erase"] if num_processes == 1 else ["accelerate", "launch", "--num_processes", str(num_processes),
-                                                       "-m", "scripts.cli"]
+    launcher = ["erase"] if num_processes == 1 else ["accelerate", "launch", "--multi_gpu", "--num_processes",
+                                                       str(num_processes), "-m", "scripts.cli"]  # add your --num_machines etc.
     return shlex.join([*launcher, *kept, "--resume", str(folder)])
 
 
