@@ -89,9 +89,62 @@ def read_model_index(directory: str | Path) -> dict:
             "pass a folder written by `erase train` or `save_pretrained`"
         )
     try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{index} is not valid JSON ({error}); the model folder is damaged") from error
+        contents = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"model folder {str(directory)!r}: model_index.json is not valid JSON ({error}); {REPAIR}") from None
+    if not isinstance(contents, dict):
+        raise UsageError(f"model folder {str(directory)!r}: model_index.json is not a JSON object; {REPAIR}")
+    return contents
+
+
+REPAIR = "re-save the model or point --model at an intact copy"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a whole safetensors file (8-byte header length, JSON header, then exactly the tensor bytes the
+    header's data_offsets cover), or None; reads only the header."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        header_size = int.from_bytes(head, "little") if len(head) == 8 else None
+        if header_size is None or 8 + header_size > size:
+            return f"{size} bytes, too short for its header"
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not safetensors JSON"
+    if 8 + header_size + end != size:
+        return f"{size} bytes where the header describes {8 + header_size + end}"
+    return None
+
+
+def check_model_folder(directory: str | Path, index: dict) -> None:
+    """Refuse a damaged pipeline folder before any weights load, naming the broken file: every component that
+    model_index.json lists must be a folder with a config file, JSON files that parse and whole safetensors files."""
+    from erase.errors import UsageError
+
+    directory = Path(directory)
+    where = f"model folder {str(directory)!r}"
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or not spec or spec[0] is None:
+            continue  # "_class_name", "_erase", ... and optional components saved as [null, null]
+        folder = directory / name
+        if not folder.is_dir():
+            raise UsageError(f"{where}: the {name}/ folder that model_index.json lists is missing; {REPAIR}")
+        if not any(folder.glob("*config.json")):
+            raise UsageError(f"{where}: {name}/ has no config file (config.json or scheduler_config.json); {REPAIR}")
+        for file in sorted(folder.iterdir()):
+            if file.suffix == ".json":
+                try:
+                    json.loads(file.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                    raise UsageError(f"{where}: {name}/{file.name} is not valid JSON ({error}); {REPAIR}") from None
+            elif file.suffix == ".safetensors":
+                problem = safetensors_problem(file)
+                if problem is not None:
+                    raise UsageError(f"{where}: {name}/{file.name} is truncated or not a safetensors file ({problem}); "
+                                     f"{REPAIR}")
 
 
 def write_erase_info(directory: str | Path, info: dict) -> None:

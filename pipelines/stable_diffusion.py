@@ -157,10 +157,24 @@ class StableDiffusionAdapter(AdapterBase):
             raise UsageError(f"{str(directory)!r} is not a Stable Diffusion pipeline folder (missing {', '.join(missing)})")
         unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", **kwargs)
         vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
-        text_encoder = CLIPTextModel.from_pretrained(directory, subfolder="text_encoder", local_files_only=True)
+        text_encoder = quiet_load(CLIPTextModel, directory, subfolder="text_encoder", local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(directory, subfolder="scheduler")
         return cls(unet, vae, text_encoder, tokenizer, scheduler, index.get(ERASE_KEY), directory, train_params)
+
+
+def quiet_load(model_class, directory, **kwargs):
+    """transformers' `from_pretrained` without its per-load progress bar: diffusers loads the UNet and VAE without
+    one, and the bar would stand above a one-line error that follows the load (e.g. a bad --forget-prompts file)."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return model_class.from_pretrained(directory, **kwargs)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def tiny_unet_condition(sample_size: int = 8, in_channels: int = 4, cross_attention_dim: int = 32) -> UNet2DConditionModel:
