@@ -77,24 +77,44 @@ def digits(resolution: int = 8) -> ImageDataset:
 
 
 def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageDataset:
-    """One subfolder per class (sorted names = class ids), images resized to a square `resolution`."""
+    """One subfolder per class (sorted names = class ids), images of one size resized to a square `resolution`.
+
+    Refused, naming the file: a file that is not an image, an image that does not decode, images of mixed sizes
+    (resizing them silently would distort some classes more than others), a class folder without images.
+    Hidden files and folders (.DS_Store, .ipynb_checkpoints) are ignored.
+    """
     root = Path(path)
+    where = f"--data {str(root)!r}"
     if not root.is_dir():
         raise UsageError(f"image folder {str(root)!r} does not exist; pass a folder with one subfolder per class")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise UsageError(f"image folder {str(root)!r} has no class subfolders; put each class's images in its own subfolder")
     mode = {1: "L", 3: "RGB"}[channels]
-    images, labels = [], []
+    images, labels, first_size = [], [], None
     for class_id, class_dir in enumerate(class_dirs):
-        for file in sorted(class_dir.iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
+        files = sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise UsageError(f"{where}: class folder {class_dir.name}/ holds no images; add images or remove the folder")
+        for file in files:
+            name = f"{class_dir.name}/{file.name}"
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                raise UsageError(f"{where}: {name} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                                 "move it out of the class folders")
+            try:
                 with Image.open(file) as image:
+                    image.load()
+                    size = image.size
                     resized = image.convert(mode).resize((resolution, resolution), Image.Resampling.BICUBIC)
-                images.append(np.asarray(resized, dtype=np.uint8).reshape(resolution, resolution, channels))
-                labels.append(class_id)
-    if not images:
-        raise UsageError(f"image folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                raise UsageError(f"{where}: {name} cannot be read as an image ({error}); replace or remove it") from None
+            if first_size is None:
+                first_size = (name, size)
+            elif size != first_size[1]:
+                raise UsageError(f"{where} mixes image sizes: {first_size[0]} is {first_size[1][0]}x{first_size[1][1]} "
+                                 f"but {name} is {size[0]}x{size[1]}; resize every image to one size first")
+            images.append(np.asarray(resized, dtype=np.uint8).reshape(resolution, resolution, channels))
+            labels.append(class_id)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     return ImageDataset(pixels, torch.tensor(labels), [d.name for d in class_dirs], root.name)
 
@@ -106,6 +126,8 @@ def load_dataset(source: str, resolution: int, channels: int = 1) -> ImageDatase
     """`mnist`, `digits`, or a path to an image folder."""
     if source in DATASETS:
         dataset = DATASETS[source](resolution)
+    elif Path(source).is_file():
+        raise UsageError(f"--data {source!r} is a file; pass a folder with one subfolder per class, or 'mnist' or 'digits'")
     elif Path(source).exists():
         dataset = image_folder(source, resolution, channels)
     else:
