@@ -8,6 +8,11 @@ from pathlib import Path
 
 from scripts.common import SHIPPED_BASE, add_scoring_arguments
 
+# scripts/options.py check_ranges: this command's flags and add_scoring_arguments'
+RANGES = {"forget_class": "[0, inf)", "steps": "[1, inf)", "fisher_batches": "[1, inf)", "per_class": "[1, inf)",
+          "sample_steps": "[1, inf)", "monitor_every": "[1, inf)", "monitor_samples": "[1, inf)",
+          "seed": "[0, 4294967295]"}
+
 # Each row is complete on its own (every setting spelled out, so a row means the same if defaults move) and
 # changes one thing against the row above; the defaults row passes no method flag at all: it is
 # `erase unlearn --model M --forget-class K` as users run it (the cfg_unet preset). Side rows change one thing
@@ -81,9 +86,9 @@ def run(args) -> None:
     from pipelines import load_adapter
     from scripts.benchmark import method_seconds
     from scripts.common import cached_unlearn
+    from scripts.options import check_ranges
 
-    if args.per_class < 1 or args.sample_steps < 1 or args.monitor_every < 1:
-        raise UsageError("--per-class, --sample-steps and --monitor-every must be at least 1")
+    check_ranges(vars(args), RANGES)
     started = time.time()
     base = load_adapter(args.model)
     if base.backbone != "cfg_unet":

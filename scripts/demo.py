@@ -6,6 +6,10 @@ from pathlib import Path
 
 from scripts.common import SHIPPED_BASE
 
+# scripts/options.py check_ranges; the forget class is checked against the model once it loads
+RANGES = {"forget_class": "[0, inf)", "steps": "[1, inf)", "per_class": "[1, inf)", "sample_steps": "[1, inf)",
+          "seed": "[0, 4294967295]"}
+
 
 def register(commands) -> None:
     parser = commands.add_parser(
@@ -42,7 +46,9 @@ def run(args) -> None:
     from eval.grid import image_grid
     from pipelines import load_adapter
     from scripts.common import run_command
+    from scripts.options import check_ranges
 
+    check_ranges(vars(args), RANGES)
     if not (args.model / "model_index.json").is_file():
         raise UsageError(f"base model {str(args.model)!r} not found; the shipped one is assets/mnist-cfg-unet "
                          "(restore it from git) or pass --model a folder written by `erase train`")

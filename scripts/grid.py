@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scripts.sample import CONDITION_RANGES
+
+RANGES = {**CONDITION_RANGES, "cell": "[8, inf)"}  # scripts/options.py check_ranges
+
 
 def register(commands) -> None:
     from scripts.sample import add_condition_arguments
@@ -45,14 +49,17 @@ def run(args) -> None:
     from erase.errors import UsageError
     from eval.grid import grid_rows, image_grid
     from pipelines import load_adapter
+    from scripts.options import check_ranges
     from scripts.sample import build_jobs
 
+    check_ranges(vars(args), RANGES)
     if args.out.suffix.lower() != ".png":
         raise UsageError(f"--out {str(args.out)!r} must end in .png")
     if args.out.exists() and not args.overwrite:
         raise UsageError(f"--out {str(args.out)!r} exists; choose another file or pass --overwrite")
-    adapters = {name: load_adapter(directory) for name, directory in parse_models(args.model).items()}
+    models = parse_models(args.model)
     seeds = parse_class_ids(args.seeds)
+    adapters = {name: load_adapter(directory) for name, directory in models.items()}
     for adapter in adapters.values():  # every model must accept the conditions: fail before sampling anything
         columns = build_jobs(args, adapter, seeds[:1])
     first = next(iter(adapters.values()))

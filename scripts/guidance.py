@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+RANGES = {"per_class": "[1, inf)", "steps": "[1, inf)", "seed": "[0, 4294967295]"}  # scripts/options.py check_ranges
+
 
 def register(commands) -> None:
     parser = commands.add_parser(
@@ -32,13 +34,15 @@ def run(args) -> None:
     from eval.guidance import guidance_sweep
     from pipelines import load_adapter
     from pipelines.base import write_erase_info
+    from scripts.options import check_ranges, in_interval
 
+    check_ranges(vars(args), RANGES)
     try:
         scales = [float(s) for s in args.scales.split(",")]
     except ValueError:
         raise UsageError(f"--scales {args.scales!r} is not a comma-separated list of numbers, e.g. '1,1.5,2,3'") from None
-    if args.per_class < 1 or args.steps < 1:
-        raise UsageError("--per-class and --steps must be at least 1")
+    if not scales or not all(in_interval(s, "[0, inf)") for s in scales):
+        raise UsageError(f"--scales {args.scales!r}: every guidance scale must be at least 0, e.g. '1,1.5,2,3'")
     adapter = load_adapter(args.model)
     if not adapter.conditional or adapter.takes_prompts:
         raise UsageError(f"this {adapter.backbone} model is not class-conditional; the sweep draws every class")

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from scripts.common import add_output_arguments
 
+# Allowed values of the numeric flags (scripts/options.py check_ranges), refused before the model loads.
+CONDITION_RANGES = {"limit": "[1, inf)", "steps": "[1, inf)", "guidance_scale": "[0, inf)", "batch_size": "[1, inf)"}
+RANGES = {**CONDITION_RANGES, "n_per_condition": "[1, inf)", "seed": "[0, 4294967295]"}
+
 
 def add_condition_arguments(parser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
@@ -40,8 +44,6 @@ def build_jobs(args, adapter, seeds):
     from eval.generate import class_jobs, prompt_jobs
     from eval.prompts import read_prompts
 
-    if args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
     if args.prompts is not None:
         if getattr(adapter, "takes_prompts", False) is False:
             raise UsageError(f"this {adapter.backbone} model takes class ids, not prompts; use --classes")
@@ -56,15 +58,14 @@ def build_jobs(args, adapter, seeds):
 def run(args) -> None:
     import time
 
-    from erase.errors import UsageError
     from erase.record import atomic_output_dir, check_output_dir, environment
     from eval.generate import generate
     from eval.images import write_images
     from pipelines import load_adapter
+    from scripts.options import check_ranges
 
+    check_ranges(vars(args), RANGES)
     out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))
-    if args.n_per_condition < 1:
-        raise UsageError(f"--n-per-condition must be at least 1, got {args.n_per_condition}")
     adapter = load_adapter(args.model)
     jobs = build_jobs(args, adapter, list(range(args.seed, args.seed + args.n_per_condition)))
     started = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+RANGES = {"threshold": "[0, 1]"}  # scripts/options.py check_ranges
+
 
 def register(commands) -> None:
     parser = commands.add_parser(
@@ -41,7 +43,9 @@ def run(args) -> None:
     from erase.errors import UsageError
     from erase.record import environment, write_json
     from eval.images import INDEX, read_image_folder
+    from scripts.options import check_ranges
 
+    check_ranges(vars(args), RANGES)
     if args.out.exists() and not args.overwrite:
         raise UsageError(f"--out {str(args.out)!r} exists; choose another file or pass --overwrite")
     if not (args.classifier or args.fid_ref or args.nudenet):

@@ -17,10 +17,12 @@ import torch
 
 from erase.data import mnist, split_by_class
 from erase.engine import Runtime
+from erase.errors import UsageError
 from erase.methods import METHODS
 from erase.saliency import trainable_parameters
 from erase.train import TrainConfig, train
 from pipelines.cfg_unet import CFGUNetAdapter
+from scripts.options import check_ranges
 
 
 def main(argv=None) -> None:
@@ -32,6 +34,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant; the median is reported (default: %(default)s)")
     parser.add_argument("--methods", default=",".join(METHODS), help="methods to time (default: all)")
     args = parser.parse_args(argv)
+    try:
+        check_ranges(vars(args), {"resolution": "[8, inf)", "batch_size": "[1, inf)", "steps": "[1, inf)", "repeats": "[1, inf)"})
+    except UsageError as error:
+        parser.error(str(error))
 
     data = mnist(args.resolution)
     forget, remain = split_by_class(data, [7])

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from tqdm.auto import trange
 
 from erase.data import mnist
+from erase.errors import UsageError
 from eval.classifier import DigitClassifier, predict_probabilities
+from scripts.options import check_ranges
 
 
 def held_out_split(labels: torch.Tensor, per_class: int = 100, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +51,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for init, split and order (default: %(default)s)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    try:
+        check_ranges(vars(args), {"resolution": "[8, inf)", "epochs": "[1, inf)", "seed": "[0, 4294967295]"})
+    except UsageError as error:
+        parser.error(str(error))
 
     torch.manual_seed(args.seed)
     data = mnist(args.resolution)
