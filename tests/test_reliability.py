@@ -1,0 +1,363 @@
+"""Bad input a new user tries (issue 12): every case exits 2 with one stderr line naming the problem and the fix,
+no traceback, and nothing at --out, not even a hidden staging folder beside it. docs/reliability.md lists the same
+cases, one row each, with the message each one gets.
+
+A case is (id, command line, how to prepare its inputs, the message it must print). Command lines name their inputs
+by placeholders ({model}: a tiny CFG UNet, or a copy of it, damaged by the case's preparation where it has one;
+{ddpm}: a tiny unconditional DDPM; {sd}: a tiny Stable Diffusion; {data}, {prompts}: what the preparation wrote; {nowhere}: a path that does not
+exist, so a case that names it proves the flag is refused before any model or data loads).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts.cli import main
+
+UNLEARN = ["unlearn", "--model", "{model}", "--data", "digits", "--forget-class", "7", "--steps", "2",
+           "--batch-size", "8", "--fisher-batches", "1"]
+SAMPLE = ["sample", "--model", "{model}", "--classes", "0,1", "--n-per-condition", "1", "--steps", "2"]
+TRAIN = ["train", "--data", "{nowhere}", "--resolution", "8", "--channels", "16,32", "--steps", "2"]
+REPAIR = "re-save the model or point --model at an intact copy"
+
+
+# ---- damage done to a copy of the model folder ------------------------------------------------------------------
+
+def truncate(model: Path) -> None:
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def random_bytes(model: Path) -> None:
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(np.random.default_rng(0).bytes(weights.stat().st_size))
+
+
+def bad_json(name: str):
+    def damage(model: Path) -> None:
+        (model / name).write_text('{"sample_size": 8,')
+    return damage
+
+
+def delete(name: str):
+    def damage(model: Path) -> None:
+        path = model / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return damage
+
+
+def edit_json(name: str, change):
+    def damage(model: Path) -> None:
+        path = model / name
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return damage
+
+
+def foreign_pipeline(index: dict) -> dict:
+    index.pop("_erase")
+    return {**index, "_class_name": "KandinskyV22Pipeline"}
+
+
+def unknown_backbone(index: dict) -> dict:
+    index["_erase"]["backbone"] = "flux"
+    return index
+
+
+def other_widths(config: dict) -> dict:
+    return {**config, "block_out_channels": [24, 48]}  # weights saved for (16, 32) no longer fit
+
+
+# ---- damaged data ---------------------------------------------------------------------------------------------------
+
+def image_folder(tmp_path: Path, sizes=((8, 8), (8, 8)), extra=None) -> Path:
+    """Classes 6 and 7 ('6', '7' sorted: ids 0, 1), two images each of the given sizes; `extra(root)` damages it."""
+    root = tmp_path / "data"
+    for digit, size in zip(("6", "7"), sizes):
+        (root / digit).mkdir(parents=True)
+        for k in range(2):
+            Image.new("L", size, color=40 * k).save(root / digit / f"{k}.png")
+    if extra is not None:
+        extra(root)
+    return root
+
+
+def text_file(root: Path) -> None:
+    (root / "7" / "notes.txt").write_text("labels checked by hand")
+
+
+def corrupt_png(root: Path) -> None:
+    (root / "7" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+
+
+def empty_class(root: Path) -> None:
+    (root / "8").mkdir()
+
+
+def prompt_csv(text: str):
+    def prepare(tmp_path: Path, model: Path) -> dict:
+        path = tmp_path / "prompts.csv"
+        path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+        return {"prompts": path}
+    return prepare
+
+
+def damaged(damage):
+    def prepare(tmp_path: Path, model: Path) -> dict:
+        copy = tmp_path / "model"
+        shutil.copytree(model, copy, symlinks=True)
+        damage(copy)
+        return {"model": copy}
+    return prepare
+
+
+def data(**kwargs):
+    def prepare(tmp_path: Path, model: Path) -> dict:
+        return {"data": image_folder(tmp_path, **kwargs)}
+    return prepare
+
+
+def data_file(tmp_path: Path, model: Path) -> dict:
+    path = tmp_path / "images.npz"
+    path.write_bytes(b"")
+    return {"data": path}
+
+
+def no_class_folders(tmp_path: Path, model: Path) -> dict:
+    (tmp_path / "data" / "loose.png").parent.mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "data" / "loose.png")
+    return {"data": tmp_path / "data"}
+
+
+CLASS_FOLDER = ["unlearn", "--model", "{model}", "--data", "{data}", "--forget-class", "1", "--steps", "2",
+                "--batch-size", "2", "--fisher-batches", "1"]
+PROMPTS = ["sample", "--model", "{sd}", "--prompts", "{prompts}", "--n-per-condition", "1"]
+UNLEARN_PROMPTS = ["unlearn", "--model", "{sd}", "--forget-prompts", "{prompts}", "--retain-prompt", "a dog",
+                   "--steps", "1"]
+DDPM = ["unlearn", "--model", "{ddpm}", "--data", "digits", "--forget-class", "7", "--steps", "2", "--batch-size", "8"]
+GRID = ["grid", "--model", "a={model}", "--classes", "0,1", "--seeds", "0", "--steps", "2"]
+
+# (id, command, preparation(tmp_path, model) -> placeholder values, message).
+CASES = [
+    # damaged model folders
+    ("weights-truncated", UNLEARN, damaged(truncate),
+     r"unet/diffusion_pytorch_model\.safetensors is truncated or not a safetensors file \(\d+ bytes where the header "
+     r"describes \d+\); " + REPAIR),
+    ("weights-random-bytes", SAMPLE, damaged(random_bytes),
+     r"unet/diffusion_pytorch_model\.safetensors is truncated or not a safetensors file \(.*\); " + REPAIR),
+    ("unet-config-invalid-json", UNLEARN, damaged(bad_json("unet/config.json")),
+     r"unet/config\.json is not valid JSON \(.*\); " + REPAIR),
+    ("model-index-invalid-json", SAMPLE, damaged(bad_json("model_index.json")),
+     r"model_index\.json is not valid JSON \(.*\); " + REPAIR),
+    ("unet-config-missing", UNLEARN, damaged(delete("unet/config.json")),
+     r"unet/ has no config file \(config\.json or scheduler_config\.json\); " + REPAIR),
+    ("scheduler-config-missing", SAMPLE, damaged(delete("scheduler/scheduler_config.json")),
+     r"scheduler/ has no config file .*; " + REPAIR),
+    ("model-index-missing", SAMPLE, damaged(delete("model_index.json")),
+     r"is not a diffusers pipeline folder \(no model_index\.json\); pass a folder written by `erase train`"),
+    ("unet-folder-missing", UNLEARN, damaged(delete("unet")),
+     r"the unet/ folder that model_index\.json lists is missing; " + REPAIR),
+    ("scheduler-folder-missing", SAMPLE, damaged(delete("scheduler")),
+     r"the scheduler/ folder that model_index\.json lists is missing; " + REPAIR),
+    ("unsupported-pipeline-class", UNLEARN, damaged(edit_json("model_index.json", foreign_pipeline)),
+     r"holds a 'KandinskyV22Pipeline' pipeline .*; erase supports \['DDPMPipeline', 'DiTPipeline', "
+     r"'StableDiffusionPipeline'\]: pass a model folder of one of those"),
+    ("unsupported-backbone", SAMPLE, damaged(edit_json("model_index.json", unknown_backbone)),
+     r"is a 'flux' model \(model_index\.json _erase\.backbone\); erase supports .*: pass a model folder of one"),
+    ("config-does-not-fit-weights", GRID, damaged(edit_json("unet/config.json", other_widths)),
+     r"cannot be loaded as a cfg_unet model \(.*\); " + REPAIR),
+    ("model-folder-missing", SAMPLE, lambda tmp_path, model: {"model": tmp_path / "nowhere"},
+     r"model folder '.*nowhere' does not exist; pass a diffusers model folder to --model"),
+    # damaged data
+    ("data-text-file", CLASS_FOLDER, data(extra=text_file),
+     r"--data '.*data': 7/notes\.txt is not an image \(.*\); move it out of the class folders"),
+    ("data-corrupt-png", CLASS_FOLDER, data(extra=corrupt_png),
+     r"--data '.*data': 7/2\.png cannot be read as an image \(.*\); replace or remove it"),
+    ("data-mixed-sizes", CLASS_FOLDER, data(sizes=((8, 8), (12, 10))),
+     r"--data '.*data' mixes image sizes: 6/0\.png is 8x8 but 7/0\.png is 12x10; resize every image to one size"),
+    ("data-empty-class-folder", CLASS_FOLDER, data(extra=empty_class),
+     r"--data '.*data': class folder 8/ holds no images; add images or remove the folder"),
+    ("data-no-class-folders", CLASS_FOLDER, no_class_folders,
+     r"has no class subfolders; put each class's images in its own subfolder"),
+    ("data-is-a-file", CLASS_FOLDER, data_file,
+     r"--data '.*images\.npz' is a file; pass a folder with one subfolder per class"),
+    # damaged prompt files, given to a text-to-image model
+    ("prompts-no-prompt-column", PROMPTS, prompt_csv("text,evaluation_seed\na cat,1\n"),
+     r"has no 'prompt' column \(columns: text, evaluation_seed\); name the prompt column 'prompt'"),
+    ("prompts-all-empty", UNLEARN_PROMPTS, prompt_csv("prompt,evaluation_seed\n  ,1\n,2\n"),
+     r"every prompt is empty; write the prompts in its 'prompt' column"),
+    ("prompts-empty-file", PROMPTS, prompt_csv(""),
+     r"prompts\.csv' is empty; give it a 'prompt' header and one prompt per row"),
+    ("prompts-header-only", UNLEARN_PROMPTS, prompt_csv("prompt,case_number\n"),
+     r"holds no prompts; add rows under its 'prompt' header"),
+    ("prompts-bad-seed", PROMPTS, prompt_csv("prompt,evaluation_seed\na cat,seven\n"),
+     r"row 1: invalid literal for int\(\) .*; fix the evaluation_seed or evaluation_guidance value"),
+    ("prompts-not-utf8", PROMPTS, prompt_csv(b"prompt\ncaf\xe9\n"),
+     r"is not UTF-8 text; save it as a UTF-8 CSV"),
+    ("prompts-file-missing", PROMPTS, lambda tmp_path, model: {"prompts": tmp_path / "nope.csv"},
+     r"prompt file '.*nope\.csv' does not exist; pass a CSV with a 'prompt' column"),
+    # methods and objectives that cannot act on an unconditional DDPM (their forget loss is exactly 0)
+    ("ddpm-rl", [*DDPM, "--method", "rl"], None,
+     r"--method rl cannot erase anything from this unconditional ddpm model: .* is exactly 0; use --method ga"),
+    ("ddpm-salun", [*DDPM, "--method", "salun", "--saliency-batches", "1"], None,
+     r"--method salun cannot erase anything from this unconditional ddpm model: .*; use --method ga"),
+    ("ddpm-sfron-pseudo", [*DDPM, "--forget-objective", "pseudo"], None,
+     r"--forget-objective pseudo cannot erase anything .*; use --forget-objective adaptive or ga"),
+    ("ddpm-joint-pseudo", [*DDPM, "--method", "joint", "--forget-objective", "pseudo"], None,
+     r"--forget-objective pseudo cannot erase anything .*; use --forget-objective adaptive or ga"),
+    ("ddpm-esd", [*DDPM, "--method", "esd"], None,
+     r"--method esd cannot erase anything .* negative guidance .* is exactly 0; use --method ga"),
+    ("ddpm-sa-pseudo-surrogate", [*DDPM, "--method", "sa", "--surrogate", "pseudo"], None,
+     r"--surrogate pseudo cannot erase anything .*; use --surrogate noise"),
+]
+
+# Numeric flags outside their range, one row each: (id, command, flag and value, message). Commands that name
+# {nowhere} as their model or data prove the flag is refused before anything loads.
+RANGE_CASES = [
+    ("unlearn", UNLEARN, ["--lr", "0"], "--lr must be greater than 0, got 0.0"),
+    ("unlearn", UNLEARN, ["--lr", "nan"], "--lr must be greater than 0, got nan"),
+    ("unlearn", UNLEARN, ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("unlearn", UNLEARN, ["--steps", "-5"], "--steps must be at least 1, got -5"),
+    ("unlearn", UNLEARN, ["--gamma", "0"], "--gamma must be greater than 0, got 0.0"),
+    ("unlearn", UNLEARN, ["--temperature", "-1"], "--temperature must be at least 0, got -1.0"),
+    ("unlearn", UNLEARN, ["--forget-alpha", "0"], "--forget-alpha must be greater than 0, got 0.0"),
+    ("unlearn", UNLEARN, ["--fisher-guidance", "-2"], "--fisher-guidance must be at least 0, got -2.0"),
+    ("unlearn", UNLEARN, ["--fisher-batches", "0"], "--fisher-batches must be at least 1, got 0"),
+    ("unlearn", UNLEARN, ["--max-grad-norm", "0"], "--max-grad-norm must be greater than 0, got 0.0"),
+    ("unlearn", UNLEARN, ["--forget-every", "0"], "--forget-every must be at least 1, got 0"),
+    ("unlearn", UNLEARN, ["--remain-label-dropout", "1"], r"--remain-label-dropout must be in \[0, 1\), got 1.0"),
+    ("unlearn", UNLEARN, ["--seed", "-1"], r"--seed must be in \[0, 4294967295\], got -1"),
+    ("unlearn", UNLEARN, ["--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
+    ("unlearn", UNLEARN, ["--log-every", "0"], "--log-every must be at least 1, got 0"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "salun"], ["--mask-fraction", "1.5"],
+     r"--mask-fraction must be in \(0, 1\], got 1.5"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "esd"], ["--eta", "0"], "--eta must be greater than 0, got 0.0"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "nabla_tau"], ["--tau-factor", "1"],
+     "--tau-factor must be greater than 1, got 1.0"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "nabla_tau"], ["--alpha", "2"], r"--alpha must be in \(0, 1\], got 2.0"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "sa"], ["--replay-per-condition", "0"],
+     "--replay-per-condition must be at least 1, got 0"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "sa"], ["--ewc-lambda", "-1"], "--ewc-lambda must be at least 0, got -1.0"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "ga"], ["--remain-alpha", "-1"],
+     "--remain-alpha must be at least 0, got -1.0"),
+    ("train", TRAIN, ["--steps", "0"], "--steps must be at least 1, got 0"),
+    ("train", TRAIN, ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("train", TRAIN, ["--lr", "-0.001"], "--lr must be greater than 0, got -0.001"),
+    ("train", TRAIN, ["--label-dropout", "1"], r"--label-dropout must be in \[0, 1\), got 1.0"),
+    ("train", TRAIN, ["--ema-decay", "1"], r"--ema-decay must be in \[0, 1\), got 1.0"),
+    ("train", TRAIN, ["--max-grad-norm", "-1"], "--max-grad-norm must be greater than 0, got -1.0"),
+    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--n-per-condition", "0"],
+     "--n-per-condition must be at least 1, got 0"),
+    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--steps", "0"], "--steps must be at least 1, got 0"),
+    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--guidance-scale", "-1"],
+     "--guidance-scale must be at least 0, got -1.0"),
+    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--limit", "0"], "--limit must be at least 1, got 0"),
+    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--seed", "-3"], r"--seed must be in \[0, 4294967295\], got -3"),
+    ("grid", ["grid", "--model", "a={nowhere}", "--classes", "0"], ["--cell", "0"], "--cell must be at least 8, got 0"),
+    ("grid", ["grid", "--model", "a={nowhere}", "--classes", "0"], ["--steps", "0"], "--steps must be at least 1, got 0"),
+    ("guidance", ["guidance", "--model", "{nowhere}"], ["--per-class", "0"], "--per-class must be at least 1, got 0"),
+    ("guidance", ["guidance", "--model", "{nowhere}"], ["--scales", "1,-2"],
+     r"--scales '1,-2': every guidance scale must be at least 0"),
+    ("score", ["score", "--images", "{nowhere}", "--classifier", "digits"], ["--threshold", "1.5"],
+     r"--threshold must be in \[0, 1\], got 1.5"),
+    ("demo", ["demo", "--model", "{nowhere}"], ["--per-class", "0"], "--per-class must be at least 1, got 0"),
+    ("demo", ["demo", "--model", "{nowhere}"], ["--sample-steps", "0"], "--sample-steps must be at least 1, got 0"),
+    ("demo", ["demo", "--model", "{nowhere}"], ["--forget-class", "-1"], "--forget-class must be at least 0, got -1"),
+    ("ablation", ["ablation", "--model", "{nowhere}"], ["--monitor-every", "0"],
+     "--monitor-every must be at least 1, got 0"),
+    ("ablation", ["ablation", "--model", "{nowhere}"], ["--per-class", "0"], "--per-class must be at least 1, got 0"),
+]
+
+
+def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
+    """`argv` with `flag` set to `value`: replaced where the command already gives it, else appended."""
+    if flag in argv:
+        at = argv.index(flag)
+        return [*argv[: at + 1], value, *argv[at + 2 :]]
+    return [*argv, flag, value]
+
+
+ALL_CASES = CASES + [(f"range-{command}-{flag[2:]}={value}", with_flag(argv, flag, value), None, message)
+                     for command, argv, (flag, value), message in RANGE_CASES]
+
+
+@pytest.fixture(scope="module")
+def cfg_model_dir(tmp_path_factory) -> Path:
+    """An untrained class-conditional 8x8 CFG UNet: every case fails before sampling or training, so weights that
+    took no training serve and cost no time."""
+    from tests.conftest import tiny_adapter
+
+    directory = tmp_path_factory.mktemp("models") / "cfg"
+    tiny_adapter().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def sd_model_dir(tmp_path_factory) -> Path:
+    """An untrained tiny Stable Diffusion folder (CLIP text encoder, VAE, UNet): a model that takes prompts."""
+    from tests.conftest import tiny_stable_diffusion
+
+    directory = tmp_path_factory.mktemp("models")
+    tiny_stable_diffusion(directory).save_pretrained(directory / "sd")
+    return directory / "sd"
+
+
+@pytest.fixture(scope="module")
+def ddpm_model_dir(tmp_path_factory) -> Path:
+    """An untrained unconditional 8x8 DDPM: the conditions it is given change nothing."""
+    import torch
+
+    from pipelines.ddpm import DDPMAdapter
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("models") / "ddpm"
+    DDPMAdapter.create(8, (16, 32), 1).save_pretrained(directory)
+    return directory
+
+
+OUTPUT = {"grid": ("--out", "grid.png"), "score": ("--out", "scores.json"), "guidance": ("--json", "sweep.json")}
+
+
+def output(argv: list[str]) -> tuple[str, str]:
+    """(flag, name) of what the command writes: a file for grid, score and guidance, else a folder."""
+    return OUTPUT.get(argv[0], ("--out", "out"))
+
+
+def run_case(argv, prepare, tmp_path, models: dict, capsys):
+    """(exit code, stderr, --out path) of one case run through `erase` as a user would."""
+    values = {**models, "nowhere": tmp_path / "nowhere"}
+    if prepare is not None:
+        values.update(prepare(tmp_path, models["model"]))
+    flag, name = output(argv)
+    out = tmp_path / name
+    command = [a.format(**values) for a in argv] + [flag, str(out)]
+    capsys.readouterr()  # what fixtures printed (e.g. transformers' import-time warnings) is not the case's
+    code = main(command)
+    return code, capsys.readouterr().err, out
+
+
+@pytest.mark.parametrize("argv, prepare, message", [c[1:] for c in ALL_CASES], ids=[c[0] for c in ALL_CASES])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, prepare, message, tmp_path, cfg_model_dir,
+                                                            ddpm_model_dir, sd_model_dir, capsys):
+    models = {"model": cfg_model_dir, "ddpm": ddpm_model_dir, "sd": sd_model_dir}
+    code, err, out = run_case(argv, prepare, tmp_path, models, capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"erase {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+    assert not out.exists(), "nothing may be written at --out"
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")], "a staging folder was left"
+
+
+def test_every_case_is_a_row_of_docs_reliability_md():
+    """The document lists exactly the cases tested here, one row each."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
+    rows = re.findall(r"^\| `([^`]+)` \|", doc, flags=re.M)
+    assert sorted(rows) == sorted(case[0] for case in ALL_CASES)
