@@ -19,7 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from erase.engine import Runtime
+from erase.methods import METHODS
+from erase.train import TrainConfig
+from scripts import ablation, demo, grid, guidance, sample, score
 from scripts.cli import main
+from scripts.options import field_ranges
 
 UNLEARN = ["unlearn", "--model", "{model}", "--data", "digits", "--forget-class", "7", "--steps", "2",
            "--batch-size", "8", "--fisher-batches", "1"]
@@ -217,62 +222,61 @@ CASES = [
      r"--surrogate pseudo cannot erase anything .*; use --surrogate noise"),
 ]
 
-# Numeric flags outside their range, one row each: (id, command, flag and value, message). Commands that name
-# {nowhere} as their model or data prove the flag is refused before anything loads.
+# Numeric flags outside their range. Every field that declares a "range" (the config of each method, TrainConfig,
+# Runtime) and every plain flag in a command's RANGES dict gets a case, with a value just below its interval, so a
+# flag added later is covered without a new line here. Commands naming {nowhere} as their model, images or data
+# prove the flag is refused before anything loads.
+
+
+def outside(interval: str) -> str:
+    """A value just outside `interval`, below its lower end: '[1, inf)' -> '0', '(0, inf)' -> '0', '[0, 1)' -> '-1'."""
+    bracket, low = interval[0], interval[1:].split(",")[0].strip()
+    return low if bracket == "(" else str(int(low) - 1)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def method_range_cases():
+    """(command, argv, (flag, value)) for each ranged config field of erase unlearn and erase train, once per flag."""
+    seen = set()
+    for method, (_, config_class) in METHODS.items():
+        argv = ["unlearn", "--model", "{model}", "--data", "digits", "--forget-class", "7", "--method", method,
+                "--steps", "1", "--batch-size", "2"]
+        for name, interval in {**field_ranges(config_class), **field_ranges(Runtime)}.items():
+            if name not in seen:
+                seen.add(name)
+                yield "unlearn", argv, (flag(name), outside(interval))
+    for name, interval in {**field_ranges(TrainConfig), **field_ranges(Runtime)}.items():
+        yield "train", TRAIN, (flag(name), outside(interval))
+
+
+PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases extend
+    "sample": (sample.RANGES, ["sample", "--model", "{nowhere}", "--classes", "0"]),
+    "grid": (grid.RANGES, ["grid", "--model", "a={nowhere}", "--classes", "0"]),
+    "guidance": (guidance.RANGES, ["guidance", "--model", "{nowhere}"]),
+    "score": (score.RANGES, ["score", "--images", "{nowhere}", "--classifier", "digits"]),
+    "demo": (demo.RANGES, ["demo", "--model", "{nowhere}"]),
+    "ablation": (ablation.RANGES, ["ablation", "--model", "{nowhere}"]),
+}
 RANGE_CASES = [
-    ("unlearn", UNLEARN, ["--lr", "0"], "--lr must be greater than 0, got 0.0"),
-    ("unlearn", UNLEARN, ["--lr", "nan"], "--lr must be greater than 0, got nan"),
-    ("unlearn", UNLEARN, ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    ("unlearn", UNLEARN, ["--steps", "-5"], "--steps must be at least 1, got -5"),
-    ("unlearn", UNLEARN, ["--gamma", "0"], "--gamma must be greater than 0, got 0.0"),
-    ("unlearn", UNLEARN, ["--temperature", "-1"], "--temperature must be at least 0, got -1.0"),
-    ("unlearn", UNLEARN, ["--forget-alpha", "0"], "--forget-alpha must be greater than 0, got 0.0"),
-    ("unlearn", UNLEARN, ["--fisher-guidance", "-2"], "--fisher-guidance must be at least 0, got -2.0"),
-    ("unlearn", UNLEARN, ["--fisher-batches", "0"], "--fisher-batches must be at least 1, got 0"),
-    ("unlearn", UNLEARN, ["--max-grad-norm", "0"], "--max-grad-norm must be greater than 0, got 0.0"),
-    ("unlearn", UNLEARN, ["--forget-every", "0"], "--forget-every must be at least 1, got 0"),
-    ("unlearn", UNLEARN, ["--remain-label-dropout", "1"], r"--remain-label-dropout must be in \[0, 1\), got 1.0"),
-    ("unlearn", UNLEARN, ["--seed", "-1"], r"--seed must be in \[0, 4294967295\], got -1"),
-    ("unlearn", UNLEARN, ["--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
-    ("unlearn", UNLEARN, ["--log-every", "0"], "--log-every must be at least 1, got 0"),
-    ("unlearn", [*UNLEARN[:-2], "--method", "salun"], ["--mask-fraction", "1.5"],
+    *method_range_cases(),
+    *((command, argv, (flag(name), outside(interval)))
+      for command, (ranges, argv) in PLAIN_FLAG_COMMANDS.items() for name, interval in ranges.items()),
+]
+RANGE_EXTRAS = [  # values the generated cases do not try, and flags checked outside check_ranges
+    ("unlearn", UNLEARN, ("--lr", "nan"), "--lr must be greater than 0, got nan"),
+    ("unlearn", UNLEARN, ("--lr", "inf"), "--lr must be greater than 0, got inf"),
+    ("unlearn", [*UNLEARN[:-2], "--method", "salun"], ("--mask-fraction", "1.5"),
      r"--mask-fraction must be in \(0, 1\], got 1.5"),
-    ("unlearn", [*UNLEARN[:-2], "--method", "esd"], ["--eta", "0"], "--eta must be greater than 0, got 0.0"),
-    ("unlearn", [*UNLEARN[:-2], "--method", "nabla_tau"], ["--tau-factor", "1"],
-     "--tau-factor must be greater than 1, got 1.0"),
-    ("unlearn", [*UNLEARN[:-2], "--method", "nabla_tau"], ["--alpha", "2"], r"--alpha must be in \(0, 1\], got 2.0"),
-    ("unlearn", [*UNLEARN[:-2], "--method", "sa"], ["--replay-per-condition", "0"],
-     "--replay-per-condition must be at least 1, got 0"),
-    ("unlearn", [*UNLEARN[:-2], "--method", "sa"], ["--ewc-lambda", "-1"], "--ewc-lambda must be at least 0, got -1.0"),
-    ("unlearn", [*UNLEARN[:-2], "--method", "ga"], ["--remain-alpha", "-1"],
-     "--remain-alpha must be at least 0, got -1.0"),
-    ("train", TRAIN, ["--steps", "0"], "--steps must be at least 1, got 0"),
-    ("train", TRAIN, ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    ("train", TRAIN, ["--lr", "-0.001"], "--lr must be greater than 0, got -0.001"),
-    ("train", TRAIN, ["--label-dropout", "1"], r"--label-dropout must be in \[0, 1\), got 1.0"),
-    ("train", TRAIN, ["--ema-decay", "1"], r"--ema-decay must be in \[0, 1\), got 1.0"),
-    ("train", TRAIN, ["--max-grad-norm", "-1"], "--max-grad-norm must be greater than 0, got -1.0"),
-    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--n-per-condition", "0"],
-     "--n-per-condition must be at least 1, got 0"),
-    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--steps", "0"], "--steps must be at least 1, got 0"),
-    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--guidance-scale", "-1"],
-     "--guidance-scale must be at least 0, got -1.0"),
-    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--limit", "0"], "--limit must be at least 1, got 0"),
-    ("sample", [*SAMPLE[:2], "{nowhere}", *SAMPLE[3:]], ["--seed", "-3"], r"--seed must be in \[0, 4294967295\], got -3"),
-    ("grid", ["grid", "--model", "a={nowhere}", "--classes", "0"], ["--cell", "0"], "--cell must be at least 8, got 0"),
-    ("grid", ["grid", "--model", "a={nowhere}", "--classes", "0"], ["--steps", "0"], "--steps must be at least 1, got 0"),
-    ("guidance", ["guidance", "--model", "{nowhere}"], ["--per-class", "0"], "--per-class must be at least 1, got 0"),
-    ("guidance", ["guidance", "--model", "{nowhere}"], ["--scales", "1,-2"],
+    ("unlearn", [*UNLEARN[:-2], "--method", "nabla_tau"], ("--alpha", "2"), r"--alpha must be in \(0, 1\], got 2.0"),
+    ("unlearn", UNLEARN, ("--remain-label-dropout", "1"), r"--remain-label-dropout must be in \[0, 1\), got 1.0"),
+    ("train", TRAIN, ("--ema-decay", "1"), r"--ema-decay must be in \[0, 1\), got 1.0"),
+    ("guidance", ["guidance", "--model", "{nowhere}"], ("--scales", "1,-2"),
      r"--scales '1,-2': every guidance scale must be at least 0"),
-    ("score", ["score", "--images", "{nowhere}", "--classifier", "digits"], ["--threshold", "1.5"],
+    ("score", ["score", "--images", "{nowhere}", "--classifier", "digits"], ("--threshold", "1.5"),
      r"--threshold must be in \[0, 1\], got 1.5"),
-    ("demo", ["demo", "--model", "{nowhere}"], ["--per-class", "0"], "--per-class must be at least 1, got 0"),
-    ("demo", ["demo", "--model", "{nowhere}"], ["--sample-steps", "0"], "--sample-steps must be at least 1, got 0"),
-    ("demo", ["demo", "--model", "{nowhere}"], ["--forget-class", "-1"], "--forget-class must be at least 0, got -1"),
-    ("ablation", ["ablation", "--model", "{nowhere}"], ["--monitor-every", "0"],
-     "--monitor-every must be at least 1, got 0"),
-    ("ablation", ["ablation", "--model", "{nowhere}"], ["--per-class", "0"], "--per-class must be at least 1, got 0"),
 ]
 
 
@@ -284,8 +288,13 @@ def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
     return [*argv, flag, value]
 
 
-ALL_CASES = CASES + [(f"range-{command}-{flag[2:]}={value}", with_flag(argv, flag, value), None, message)
-                     for command, argv, (flag, value), message in RANGE_CASES]
+ALL_CASES = [
+    *CASES,
+    *((f"range-{command}-{name[2:]}={value}", with_flag(argv, name, value), None,
+       rf"{name} must be .+, got {re.escape(value)}(\.0)?$") for command, argv, (name, value) in RANGE_CASES),
+    *((f"range-{command}-{name[2:]}={value}", with_flag(argv, name, value), None, message)
+      for command, argv, (name, value), message in RANGE_EXTRAS),
+]
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +360,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, prepare, messa
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith(f"erase {argv[0]}: error: "), err
     assert "Traceback" not in err
-    assert re.search(message, err), err
+    assert re.search(message, err, flags=re.M), err
     assert not out.exists(), "nothing may be written at --out"
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")], "a staging folder was left"
 
@@ -360,4 +369,5 @@ def test_every_case_is_a_row_of_docs_reliability_md():
     """The document lists exactly the cases tested here, one row each."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
     rows = re.findall(r"^\| `([^`]+)` \|", doc, flags=re.M)
-    assert sorted(rows) == sorted(case[0] for case in ALL_CASES)
+    ids = [case[0] for case in ALL_CASES]
+    assert len(set(ids)) == len(ids) and sorted(rows) == sorted(ids)
