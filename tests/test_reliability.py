@@ -35,9 +35,12 @@ REPAIR = "re-save the model or point --model at an intact copy"
 
 # ---- damage done to a copy of the model folder ------------------------------------------------------------------
 
+def truncate_file(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def truncate(model: Path) -> None:
-    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    truncate_file(model / "unet" / "diffusion_pytorch_model.safetensors")
 
 
 def random_bytes(model: Path) -> None:
@@ -106,35 +109,36 @@ def empty_class(root: Path) -> None:
 
 
 def prompt_csv(text: str):
-    def prepare(tmp_path: Path, model: Path) -> dict:
+    def prepare(tmp_path: Path, models: dict) -> dict:
         path = tmp_path / "prompts.csv"
         path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
         return {"prompts": path}
     return prepare
 
 
-def damaged(damage):
-    def prepare(tmp_path: Path, model: Path) -> dict:
+def damaged(damage, which: str = "model"):
+    """A preparation that damages a copy of the `which` model ('model': the CFG UNet, 'sd': Stable Diffusion)."""
+    def prepare(tmp_path: Path, models: dict) -> dict:
         copy = tmp_path / "model"
-        shutil.copytree(model, copy, symlinks=True)
+        shutil.copytree(models[which], copy, symlinks=True)
         damage(copy)
-        return {"model": copy}
+        return {which: copy}
     return prepare
 
 
 def data(**kwargs):
-    def prepare(tmp_path: Path, model: Path) -> dict:
+    def prepare(tmp_path: Path, models: dict) -> dict:
         return {"data": image_folder(tmp_path, **kwargs)}
     return prepare
 
 
-def data_file(tmp_path: Path, model: Path) -> dict:
+def data_file(tmp_path: Path, models: dict) -> dict:
     path = tmp_path / "images.npz"
     path.write_bytes(b"")
     return {"data": path}
 
 
-def no_class_folders(tmp_path: Path, model: Path) -> dict:
+def no_class_folders(tmp_path: Path, models: dict) -> dict:
     (tmp_path / "data" / "loose.png").parent.mkdir()
     Image.new("L", (8, 8)).save(tmp_path / "data" / "loose.png")
     return {"data": tmp_path / "data"}
@@ -143,12 +147,13 @@ def no_class_folders(tmp_path: Path, model: Path) -> dict:
 CLASS_FOLDER = ["unlearn", "--model", "{model}", "--data", "{data}", "--forget-class", "1", "--steps", "2",
                 "--batch-size", "2", "--fisher-batches", "1"]
 PROMPTS = ["sample", "--model", "{sd}", "--prompts", "{prompts}", "--n-per-condition", "1"]
+SD_UNLEARN = ["unlearn", "--model", "{sd}", "--forget-prompt", "a cat", "--retain-prompt", "a dog", "--steps", "1"]
 UNLEARN_PROMPTS = ["unlearn", "--model", "{sd}", "--forget-prompts", "{prompts}", "--retain-prompt", "a dog",
                    "--steps", "1"]
 DDPM = ["unlearn", "--model", "{ddpm}", "--data", "digits", "--forget-class", "7", "--steps", "2", "--batch-size", "8"]
 GRID = ["grid", "--model", "a={model}", "--classes", "0,1", "--seeds", "0", "--steps", "2"]
 
-# (id, command, preparation(tmp_path, model) -> placeholder values, message).
+# (id, command, preparation(tmp_path, {placeholder: model folder}) -> placeholder values, message).
 CASES = [
     # damaged model folders
     ("weights-truncated", UNLEARN, damaged(truncate),
@@ -177,7 +182,14 @@ CASES = [
      r"is a 'flux' model \(model_index\.json _erase\.backbone\); erase supports .*: pass a model folder of one"),
     ("config-does-not-fit-weights", GRID, damaged(edit_json("unet/config.json", other_widths)),
      r"cannot be loaded as a cfg_unet model \(.*\); " + REPAIR),
-    ("model-folder-missing", SAMPLE, lambda tmp_path, model: {"model": tmp_path / "nowhere"},
+    ("sd-vae-folder-missing", SD_UNLEARN, damaged(delete("vae"), "sd"),
+     r"the vae/ folder that model_index\.json lists is missing; " + REPAIR),
+    ("sd-text-encoder-weights-truncated", SD_UNLEARN,
+     damaged(lambda model: truncate_file(model / "text_encoder" / "model.safetensors"), "sd"),
+     r"text_encoder/model\.safetensors is truncated or not a safetensors file \(.*\); " + REPAIR),
+    ("sd-tokenizer-vocab-invalid-json", SD_UNLEARN, damaged(bad_json("tokenizer/vocab.json"), "sd"),
+     r"tokenizer/vocab\.json is not valid JSON \(.*\); " + REPAIR),
+    ("model-folder-missing", SAMPLE, lambda tmp_path, models: {"model": tmp_path / "nowhere"},
      r"model folder '.*nowhere' does not exist; pass a diffusers model folder to --model"),
     # damaged data
     ("data-text-file", CLASS_FOLDER, data(extra=text_file),
@@ -205,7 +217,7 @@ CASES = [
      r"row 1: invalid literal for int\(\) .*; fix the evaluation_seed or evaluation_guidance value"),
     ("prompts-not-utf8", PROMPTS, prompt_csv(b"prompt\ncaf\xe9\n"),
      r"is not UTF-8 text; save it as a UTF-8 CSV"),
-    ("prompts-file-missing", PROMPTS, lambda tmp_path, model: {"prompts": tmp_path / "nope.csv"},
+    ("prompts-file-missing", PROMPTS, lambda tmp_path, models: {"prompts": tmp_path / "nope.csv"},
      r"prompt file '.*nope\.csv' does not exist; pass a CSV with a 'prompt' column"),
     # methods and objectives that cannot act on an unconditional DDPM (their forget loss is exactly 0)
     ("ddpm-rl", [*DDPM, "--method", "rl"], None,
@@ -343,7 +355,7 @@ def run_case(argv, prepare, tmp_path, models: dict, capsys):
     """(exit code, stderr, --out path) of one case run through `erase` as a user would."""
     values = {**models, "nowhere": tmp_path / "nowhere"}
     if prepare is not None:
-        values.update(prepare(tmp_path, models["model"]))
+        values.update(prepare(tmp_path, models))
     flag, name = output(argv)
     out = tmp_path / name
     command = [a.format(**values) for a in argv] + [flag, str(out)]
