@@ -52,9 +52,18 @@ class Runtime:
                                         "state) or one of its step-N folders; give the interrupted run's other flags "
                                         "unchanged"}
     )
+    deterministic: bool = field(
+        default=False, metadata={"help": "deterministic GPU kernels (torch.use_deterministic_algorithms, cuDNN "
+                                         "deterministic; slower), so a GPU run, or a resumed one, repeats bit for "
+                                         "bit; CPU runs repeat without it"}
+    )
 
 
 def make_accelerator(runtime: Runtime) -> Accelerator:
+    if runtime.deterministic:  # process-wide; cuBLAS reads its workspace setting at its first GPU call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     accelerator = Accelerator(mixed_precision=runtime.mixed_precision, cpu=runtime.cpu)
     set_seed(runtime.seed)
     return accelerator
@@ -428,8 +437,8 @@ class LoopState:
     the loss log, the monitor's history and each tracked object (batch streams' positions, a method's generator or
     running values). One custom object for `Accelerator.register_for_checkpointing`."""
 
-    def __init__(self, log: LossLog, tracked: dict, monitor: "Monitor | None"):
-        self.step, self.log, self.tracked, self.monitor = 0, log, tracked, monitor
+    def __init__(self, log: LossLog, tracked: dict, monitor: "Monitor | None", device=None):
+        self.step, self.log, self.tracked, self.monitor, self.device = 0, log, tracked, monitor, device
 
     def state_dict(self) -> dict:
         return {"step": self.step, "log": self.log.state_dict(),
@@ -444,6 +453,8 @@ class LoopState:
         self.log.load_state_dict(state["log"])
         for name, obj in self.tracked.items():
             _restore(obj, state["tracked"][name])
+            if hasattr(obj, "to") and self.device is not None:  # e.g. an EMA model's shadow weights, loaded on the CPU
+                obj.to(device=self.device)
         if self.monitor is not None and state["monitor"] is not None:
             self.monitor.history[:] = state["monitor"]
 
@@ -552,7 +563,7 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     if runtime.checkpoint_dir is not None or runtime.resume is not None:
         if runtime.checkpoint_dir is None:
             raise UsageError("--resume needs --checkpoint-dir (erase unlearn and erase train set it from --out)")
-        loop_state = LoopState(log, dict(tracked or {}), monitor)
+        loop_state = LoopState(log, dict(tracked or {}), monitor, accelerator.device)
         accelerator.register_for_checkpointing(loop_state)
         identity = {"run": description, "steps": steps, "seed": runtime.seed, "num_processes": accelerator.num_processes,
                     "grad_accum": runtime.grad_accum, "mixed_precision": runtime.mixed_precision}

@@ -17,9 +17,21 @@ from scripts.cli import main
 from tests.conftest import tiny_adapter
 
 REPO = Path(__file__).resolve().parent.parent
-UNLEARN = ["unlearn", "--forget-class", "7", "--data", "digits", "--batch-size", "8", "--fisher-batches", "2"]
-TRAIN = ["train", "--data", "digits", "--resolution", "8", "--channels", "16,32", "--batch-size", "16",
-         "--ema-decay", "0.9"]
+# --deterministic: on a GPU two uninterrupted runs differ by ~1e-6 without it (cuDNN's non-deterministic kernels)
+UNLEARN = ["unlearn", "--deterministic", "--forget-class", "7", "--data", "digits", "--batch-size", "8",
+           "--fisher-batches", "2"]
+TRAIN = ["train", "--deterministic", "--data", "digits", "--resolution", "8", "--channels", "16,32", "--batch-size",
+         "16", "--ema-decay", "0.9"]
+
+
+@pytest.fixture(autouse=True)
+def restore_determinism():
+    """--deterministic switches process-wide settings on; other tests in this process run as they would alone."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    yield
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
 @pytest.fixture(scope="module")
