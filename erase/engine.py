@@ -570,7 +570,7 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
         checkpoints = Checkpoints(runtime.checkpoint_dir, accelerator, identity, mask)
         if runtime.resume is not None:
             start = checkpoints.load(runtime.resume, loop_state)
-    progress = tqdm(range(start, steps), desc=description, disable=not accelerator.is_local_main_process,
+    progress = tqdm(range(start, steps), desc=description, disable=not accelerator.is_main_process,
                     initial=start, total=steps)
     probing = saving = 0.0
     multi_process = accelerator.num_processes > 1

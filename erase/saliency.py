@@ -98,7 +98,7 @@ def fisher_diagonal(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     fp16 = accelerator is not None and accelerator.mixed_precision == "fp16"
     fisher = [torch.zeros_like(p, dtype=accumulation_dtype(p.device)) for p in values]  # (same shapes as params)
-    show = accelerator is None or accelerator.is_local_main_process
+    show = accelerator is None or accelerator.is_main_process
     with local_model(adapter, accelerator):
         for index in tqdm(range(num_batches), desc=description, disable=not show, leave=False):
             x0, conditions, noise, timesteps = fixed_draw(adapter, batches)
@@ -171,7 +171,7 @@ def gradient_magnitude(adapter, batches: Iterator, num_batches: int, accelerator
     total = [torch.zeros_like(p, dtype=accumulation_dtype(p.device)) for p in values]
     with local_model(adapter, accelerator):
         for index in tqdm(range(num_batches), desc="SalUn saliency", leave=False,
-                          disable=accelerator is not None and not accelerator.is_local_main_process):
+                          disable=accelerator is not None and not accelerator.is_main_process):
             x0, conditions, noise, timesteps = fixed_draw(adapter, batches)
             if index % world != rank:
                 continue
