@@ -65,6 +65,12 @@ def make_accelerator(runtime: Runtime) -> Accelerator:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     accelerator = Accelerator(mixed_precision=runtime.mixed_precision, cpu=runtime.cpu)
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        # important! masks, the masked update and the Fisher edit whole parameters and their .grad on every process
+        raise UsageError(f"erase runs on one process or under DDP (accelerate launch --multi_gpu), not "
+                         f"{accelerator.distributed_type.name}: its sharded parameters and gradients do not hold the "
+                         "whole tensors the saliency masks and Fisher work on; use DDP with --mixed-precision bf16 and "
+                         "--gradient-checkpointing")
     set_seed(runtime.seed)
     return accelerator
 

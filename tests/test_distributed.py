@@ -131,3 +131,19 @@ def test_two_processes_stop_together_on_sigterm_and_resume_bit_for_bit(tmp_path)
     records = [json.loads((tmp_path / name / "run.json").read_text()) for name in ("out", "reference")]
     assert records[0]["losses"] == records[1]["losses"] and records[0]["resumed_from"] == str(state)
     assert len(set(records[0]["process_weight_digests"])) == 1
+
+
+def test_sharded_launches_are_refused_with_the_supported_alternative(monkeypatch):
+    """FSDP / DeepSpeed shard the parameters the masks and Fisher need whole: a clear error, not a wrong mask."""
+    import types
+
+    import erase.engine as engine
+    from erase.errors import UsageError
+
+    class ShardedAccelerator:
+        def __init__(self, **kwargs):
+            self.distributed_type = types.SimpleNamespace(name="FSDP")
+
+    monkeypatch.setattr(engine, "Accelerator", ShardedAccelerator)
+    with pytest.raises(UsageError, match="not FSDP.*use DDP"):
+        engine.make_accelerator(engine.Runtime())
