@@ -530,6 +530,22 @@ class Checkpoints:
         return loop_state.step
 
 
+class NonFiniteWeightsError(NonFiniteLossError):
+    """A non-finite gradient made the weights non-finite; its loss would only show it a step later."""
+
+    def __init__(self, step: int):
+        self.phase, self.step = "weights", step
+        UsageError.__init__(self, f"the weights became non-finite by step {step} (a non-finite gradient); nothing was "
+                                  "written. Lower --lr or --forget-alpha, or keep --max-grad-norm on.")
+
+
+def check_finite_weights(accelerator: Accelerator, step: int) -> None:
+    """Raise NonFiniteWeightsError if any prepared model's weight is NaN or infinite (one host sync)."""
+    params = [p for model in accelerator._models for p in model.parameters()]
+    if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params, float("inf")))).all()):  # max |w|
+        raise NonFiniteWeightsError(step)
+
+
 class StopRequest:
     """Turns Ctrl-C and SIGTERM into a request the loop honours at the end of the current step (a second signal
     stops at once). Only in the main thread, where Python delivers signals."""
@@ -586,6 +602,7 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
         nonlocal saving
         started = time.perf_counter()
         log.check()  # a state is saved only if every loss so far is finite
+        check_finite_weights(accelerator, step_done)  # and the last update too (its loss comes a step later)
         checkpoints.save(loop_state, step_done)
         saving += time.perf_counter() - started
 

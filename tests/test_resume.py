@@ -2,6 +2,7 @@
 a non-finite loss keeps the last good state (issue 12 A)."""
 
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -131,7 +132,7 @@ def test_non_finite_loss_keeps_the_last_good_state_and_resume_checks_the_setting
             "--steps", "20", "--log-every", "10", "--checkpoint-every", "1", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    step = int(err.split("non-finite at step ")[1].split(";")[0])
+    step = int(re.search(r"non-finite (?:at|by) step (\d+)", err).group(1))  # a loss, or the weights at a save
     states = list((tmp_path / "o.checkpoint").glob("step-*"))
     assert len(states) == 1 and "predates it and stays valid" in err and str(states[0]) in err
     saved = json.loads((states[0] / "state.json").read_text())["step"]
@@ -147,3 +148,24 @@ def test_non_finite_loss_keeps_the_last_good_state_and_resume_checks_the_setting
     assert "was saved by a run with steps 20, this run has 21" in capsys.readouterr().err
     assert main([*argv, "--resume", str(tmp_path / "nowhere")]) == 2
     assert "holds no resumable state" in capsys.readouterr().err
+
+
+def test_a_non_finite_update_is_never_saved_as_a_state(tmp_path):
+    """A NaN gradient's update makes the weights NaN while that step's loss is still finite: the state due after it
+    is refused (the weights are checked before every save) and the previous state is named as the valid one."""
+    from erase.engine import NonFiniteWeightsError, PhaseTimer, Runtime, make_accelerator, run_steps
+
+    runtime = Runtime(checkpoint_every=2, checkpoint_dir=str(tmp_path / "states"), log_every=100)
+    accelerator = make_accelerator(runtime)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+
+    def body(step: int) -> dict:
+        if step == 2:  # as if this step's update came from a NaN gradient
+            with torch.no_grad():
+                model.weight[0, 0] = float("nan")
+        return {"loss": torch.tensor(1.0)}
+
+    with pytest.raises(NonFiniteWeightsError) as raised:
+        run_steps(["loss"], 6, body, runtime, accelerator, PhaseTimer("cpu"), "test", "test")
+    assert "non-finite by step 4" in str(raised.value) and "step-0000002, predates it and stays valid" in str(raised.value)
+    assert [p.name for p in (tmp_path / "states").iterdir()] == ["step-0000002"]
