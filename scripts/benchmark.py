@@ -44,6 +44,10 @@ COLLAPSE_REASONS = {
 # The methods run by default: SFR-on, Nabla-tau and the baselines; SFR-on's joint variant is an ablation
 # (docs/ablation.md) and runs when named in --methods.
 DEFAULT_METHODS = [method for method in SETTINGS if method != "joint"]
+# scripts/options.py check_ranges: this command's numeric flags, refused before any model loads
+RANGES = {"steps": "[1, inf)", "rt_steps": "[1, inf)", "tune_per_class": "[1, inf)", "extra_seeds": "[0, inf)",
+          "per_class": "[1, inf)", "sample_steps": "[1, inf)", "monitor_every": "[1, inf)",
+          "monitor_samples": "[1, inf)", "seed": "[0, 4294967295]"}
 RECIPE_FLAGS = ("steps", "batch_size", "lr", "label_dropout", "ema_decay", "max_grad_norm")
 
 
@@ -55,7 +59,8 @@ def register(commands) -> None:
                     "scripts/benchmark.py SETTINGS) while probing FA every --monitor-every steps, samples every "
                     "model with the same seeds and scores FA, mean RA, FID of the remaining classes vs real digits "
                     "and vs RT samples (classifier features). Writes OUT/results.json, OUT/benchmark.md, grids and "
-                    "an FA-vs-step plot; finished runs are reused when rerun with the same flags.",
+                    "an FA-vs-step plot; finished runs, their scores and samples are reused when rerun with the same "
+                    "flags (OUT/tune, OUT/tuned or OUT/runs, OUT/samples).",
     )
     parser.add_argument("--model", type=Path, default=SHIPPED_BASE,
                         help="base model folder written by `erase train` (default: the shipped assets/mnist-cfg-unet)")
@@ -201,16 +206,15 @@ def run(args) -> None:
     from eval.probe import first_step_below
     from eval.report import write_report
     from pipelines import load_adapter
+    from scripts.common import cached_samples, model_digest
+    from scripts.options import check_ranges
     from scripts.tuning import tune
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise UsageError(f"--methods: unknown {unknown}; choose from {sorted(METHODS)}")
-    if args.per_class < 1 or args.sample_steps < 1 or args.monitor_every < 1 or args.tune_per_class < 1:
-        raise UsageError("--per-class, --tune-per-class, --sample-steps and --monitor-every must be at least 1")
-    if args.extra_seeds < 0:
-        raise UsageError(f"--extra-seeds must be 0 or more, got {args.extra_seeds}")
+    check_ranges(vars(args), RANGES)
     milestones = relearn_milestones(args.relearn_steps)
     forget_classes = parse_class_ids(args.forget_classes)
     started = time.time()
@@ -231,10 +235,14 @@ def run(args) -> None:
             seeds[method] += [args.seed + k for k in range(1, args.extra_seeds + 1)]
     data = load_dataset(record["data"], resolution)
 
-    def sample(adapter, name):
-        return sample_classes(adapter, args.per_class, args.seed, args.sample_steps, description=f"sample {name}")
+    def sample(adapter, folder: Path, name: str, file: str):
+        """The model's scored samples, cached in OUT/samples under the model's digest and the sampling flags."""
+        key = {"model": model_digest(folder), "per_class": args.per_class, "sample_steps": args.sample_steps,
+               "seed": args.seed}
+        return cached_samples(args.out / "samples" / f"{file}.safetensors", key, lambda: sample_classes(
+            adapter, args.per_class, args.seed, args.sample_steps, description=f"sample {name}"))
 
-    base_samples = sample(base, "base")
+    base_samples = sample(base, args.model, "base", "base")
     rows, grids, curves, taus = [], {}, {}, []
     run_seconds = {"rt": 0.0, "test": 0.0}  # recorded in the runs, cached or not: what a run from scratch spends
     for forget_class in forget_classes:
@@ -246,7 +254,7 @@ def run(args) -> None:
         rt_seconds = rt_record["timings"]["train"]
         run_seconds["rt"] += rt_seconds
         rt = load_adapter(rt_folder)
-        rt_samples = sample(rt, f"RT without {forget_class}")
+        rt_samples = sample(rt, rt_folder, f"RT without {forget_class}", f"RT-{forget_class}")
         grids[forget_class] = {"base": base_samples.column(), "RT": rt_samples.column()}
         rows.append({"class": forget_class, "method": "base", "seed": args.seed, "steps": 0, "seconds": 0.0,
                      "fraction_of_rt": 0.0, "first_step_fa_below_5pct": None,
@@ -262,7 +270,8 @@ def run(args) -> None:
                 folder, run_record = erased_model(args, record["data"], method, forget_class,
                                                  settings[method], seed)
                 adapter = load_adapter(folder)
-                samples = sample(adapter, f"{method} without {forget_class}, seed {seed}")
+                samples = sample(adapter, folder, f"{method} without {forget_class}, seed {seed}",
+                                 f"{folder.parent.name}-{folder.name}")
                 seconds = method_seconds(run_record["timings"])
                 run_seconds["test"] += sum(run_record["timings"].values())
                 history = run_record["monitor"]["history"]

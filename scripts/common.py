@@ -98,3 +98,44 @@ def cached_json(path: Path, key: dict, compute) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"key": key, "value": value})
     return value
+
+
+def model_digest(folder: Path) -> str:
+    """SHA-256 of what sampling a model folder depends on: its weight files, model_index.json and component
+    configs (not its run records), so cached samples follow the model, not the folder's name."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = [*folder.glob("**/*.safetensors"), folder / "model_index.json", *folder.glob("*/*config.json")]
+    for file in sorted({f for f in files if f.is_file() and f.name != "mask.safetensors"}):
+        digest.update(str(file.relative_to(folder)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def cached_samples(path: Path, key: dict, compute):
+    """`compute()`'s ClassSamples, stored at `path` (safetensors; `key` in its metadata) and reused while the key
+    is the same; written under a temporary name and renamed, so an interrupted run never leaves a bad file."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from eval.class_scores import ClassSamples
+
+    key_text = json.dumps(key, sort_keys=True, default=str)
+    if path.is_file():
+        with safe_open(str(path), "pt") as stored:
+            meta = stored.metadata() or {}
+        if meta.get("key") == key_text:
+            tensors = load_file(str(path))
+            return ClassSamples(tensors["images"], tensors["conditions"].tolist(), int(meta["per_class"]),
+                                float(meta["seconds"]))
+    samples = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    save_file({"images": samples.images.contiguous(), "conditions": torch.tensor(samples.conditions)}, str(staging),
+              metadata={"key": key_text, "per_class": str(samples.per_class), "seconds": str(samples.seconds)})
+    staging.replace(path)
+    return samples

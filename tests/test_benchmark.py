@@ -147,11 +147,15 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     assert "## Tuning protocol" in report and "## Relearning" in report and "## Seeds" in report
     assert (tmp_path / "out" / "benchmark-pareto.png").is_file()
 
-    calls = []
-    real_run = scripts.common.run_command
+    import eval.class_scores
+
+    calls, sampled = [], []
+    real_run, real_sample = scripts.common.run_command, eval.class_scores.sample_classes
     monkeypatch.setattr(scripts.common, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
+    monkeypatch.setattr(eval.class_scores, "sample_classes", lambda *a, **k: (sampled.append(a), real_sample(*a, **k))[1])
     assert main(argv) == 0
-    assert [c for c in calls if c[0] == "unlearn"] == []  # every tuning and test run reused
+    assert [c for c in calls if c[0] == "unlearn"] == [] and sampled == []  # every run and every sample reused
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]
     again = json.loads((tmp_path / "out" / "results.json").read_text())["tuning"]
     assert again["sweep"] == tuning["sweep"]
 

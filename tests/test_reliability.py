@@ -22,7 +22,7 @@ from PIL import Image
 from erase.engine import Runtime
 from erase.methods import METHODS
 from erase.train import TrainConfig
-from scripts import ablation, demo, grid, guidance, sample, score
+from scripts import ablation, benchmark, demo, grid, guidance, sample, score
 from scripts.cli import main
 from scripts.options import field_ranges
 
@@ -271,6 +271,7 @@ PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases
     "score": (score.RANGES, ["score", "--images", "{nowhere}", "--classifier", "digits"]),
     "demo": (demo.RANGES, ["demo", "--model", "{nowhere}"]),
     "ablation": (ablation.RANGES, ["ablation", "--model", "{nowhere}"]),
+    "benchmark": (benchmark.RANGES, ["benchmark", "--model", "{nowhere}"]),
 }
 RANGE_CASES = [
     *method_range_cases(),
