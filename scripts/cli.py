@@ -16,16 +16,24 @@ from erase import __version__
 SUBCOMMANDS = ("train", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "ablation")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own refusals (a value of the wrong type, an unknown choice or flag) as one line and exit code 2,
+    like every other bad input; --help still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scripts import ablation, benchmark, demo, grid, guidance, sample, score, train, unlearn
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="erase",
         description="Erase a class or concept from a trained diffusion model (SFR-on and baselines), offline.",
         epilog="Run 'erase COMMAND --help' for a command's flags.",
     )
     parser.add_argument("--version", action="version", version=f"erase {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for module in (train, guidance, unlearn, sample, grid, score, demo, benchmark, ablation):
         module.register(commands)
     return parser
@@ -56,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or argparse's one-line refusal (OneLineParser.error)
+        return done.code if isinstance(done.code, int) else 2
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:

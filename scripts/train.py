@@ -31,8 +31,16 @@ def register(commands) -> None:
     parser.set_defaults(run=run)
 
 
+# scripts/options.py check_ranges: plain flags of this command (TrainConfig and Runtime declare their own)
+RANGES = {"resolution": "[8, inf)", "layers_per_block": "[1, inf)", "guidance_scale": "[0, inf)"}
+
+
 def run(args) -> None:
     import torch
+
+    from scripts.options import check_ranges
+
+    check_ranges(vars(args), RANGES)
 
     from erase.data import load_dataset, parse_class_ids, split_by_class
     from erase.errors import UsageError

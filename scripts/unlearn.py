@@ -8,7 +8,12 @@ from pathlib import Path
 from erase.engine import Runtime
 from erase.methods import METHODS
 from scripts.common import add_output_arguments, add_runtime_arguments
-from scripts.options import add_method_arguments, dataclass_from_args, method_config_from_args
+from scripts.options import (add_method_arguments, check_ranges, dataclass_from_args, field_ranges,
+                             method_config_from_args)
+
+# scripts/options.py check_ranges: plain flags of this command (method and runtime fields declare their own)
+RANGES = {"images_per_condition": "[1, inf)", "generation_steps": "[1, inf)", "monitor_every": "[0, inf)",
+          "monitor_samples": "[1, inf)", "monitor_steps": "[1, inf)"}
 
 
 def register(commands) -> None:
@@ -151,8 +156,6 @@ def make_monitor(args, adapter, targets):
 
     if args.monitor_every == 0:
         return None
-    if args.monitor_every < 0 or args.monitor_samples < 1 or args.monitor_steps < 1:
-        raise UsageError("--monitor-every, --monitor-samples and --monitor-steps must be positive")
     if targets.by_prompt or not adapter.conditional:
         raise UsageError("--monitor-every judges class samples with a classifier; it applies to class erasure only")
     from eval.classifier import load_classifier
@@ -187,6 +190,10 @@ def run(args) -> None:
 
     out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))
     method, config_class = METHODS[args.method]
+    check_ranges(vars(args), RANGES)  # plain flags, then the method's and runtime's given values, before the model loads
+    check_ranges({name: getattr(args, name) for name in config_class.__dataclass_fields__ if hasattr(args, name)},
+                 field_ranges(config_class))
+    check_ranges({name: getattr(args, name) for name in Runtime.__dataclass_fields__}, field_ranges(Runtime))
     adapter = load_adapter(args.model)
     preset = choose_preset(args, adapter.backbone)
     all_fields = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}

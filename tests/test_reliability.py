@@ -22,7 +22,7 @@ from PIL import Image
 from erase.engine import Runtime
 from erase.methods import METHODS
 from erase.train import TrainConfig
-from scripts import ablation, benchmark, demo, grid, guidance, sample, score
+from scripts import ablation, benchmark, demo, grid, guidance, sample, score, train, unlearn
 from scripts.cli import main
 from scripts.options import field_ranges
 
@@ -272,6 +272,8 @@ PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases
     "demo": (demo.RANGES, ["demo", "--model", "{nowhere}"]),
     "ablation": (ablation.RANGES, ["ablation", "--model", "{nowhere}"]),
     "benchmark": (benchmark.RANGES, ["benchmark", "--model", "{nowhere}"]),
+    "unlearn": (unlearn.RANGES, ["unlearn", "--model", "{nowhere}", "--forget-class", "1"]),
+    "train": (train.RANGES, ["train", "--data", "{nowhere}"]),
 }
 RANGE_CASES = [
     *method_range_cases(),
@@ -290,6 +292,8 @@ RANGE_EXTRAS = [  # values the generated cases do not try, and flags checked out
      r"--scales '1,-2': every guidance scale must be at least 0"),
     ("score", ["score", "--images", "{nowhere}", "--classifier", "digits"], ("--threshold", "1.5"),
      r"--threshold must be in \[0, 1\], got 1.5"),
+    ("unlearn", UNLEARN, ("--steps", "abc"), r"argument --steps: invalid int value: 'abc'; see 'erase unlearn --help'"),
+    ("unlearn", UNLEARN, ("--method", "nope"), r"argument --method: invalid choice: 'nope' .*; see 'erase unlearn --help'"),
 ]
 
 
