@@ -24,6 +24,9 @@ class ImageDataset(torch.utils.data.Dataset):
     labels: torch.Tensor
     class_names: list[str]
     name: str = "custom"
+    # images of the same distribution the model never trained on, where the source knows them (a classifier's
+    # validation split): Nabla-tau's tau reference. Subsets do not carry it.
+    heldout: "ImageDataset | None" = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -165,3 +168,64 @@ def split_by_class(dataset: ImageDataset, forget_classes: Sequence[int]) -> tupl
     if len(remain) == 0:
         raise UsageError("the remain set is empty: every class is marked to forget; keep at least one class")
     return forget, remain
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def stratified_split(labels: torch.Tensor, seed: int, test_per_class: int, validation_per_class: int) -> dict:
+    """{"train", "validation", "test"} -> sorted index tensors: per class, `test_per_class` random images for the
+    test split, the next `validation_per_class` for validation, the rest for training (seeded, so a model and the
+    one retrained without its forget set see the same splits)."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = {name: [] for name in SPLIT_NAMES}
+    for c in labels.unique().tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        if len(members) <= test_per_class + validation_per_class:
+            raise UsageError(f"class {c} has {len(members)} images, too few for {test_per_class} test and "
+                             f"{validation_per_class} validation images; lower --test-per-class")
+        parts["test"].append(members[:test_per_class])
+        parts["validation"].append(members[test_per_class : test_per_class + validation_per_class])
+        parts["train"].append(members[test_per_class + validation_per_class :])
+    return {name: torch.cat(index).sort().values for name, index in parts.items()}
+
+
+def forget_selection(train_labels: torch.Tensor, seed: int, classes=None, fraction: float | None = None) -> torch.Tensor:
+    """Boolean mask over the training split: the images of `classes`, or a seeded random `fraction` of all of them
+    (one permutation per seed, so a 10% forget set lies inside the 30% one); neither = nothing."""
+    if classes is not None and fraction is not None:
+        raise UsageError("give one forget set: --forget-class or --forget-random, not both")
+    if classes is None and fraction is None:
+        return torch.zeros(len(train_labels), dtype=torch.bool)  # nothing forgotten: the whole split trains
+    if classes is not None:
+        return torch.isin(train_labels, torch.as_tensor(list(classes)))
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"--forget-random must be a share in (0, 1), got {fraction}")
+    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed + 1))
+    chosen = torch.zeros(len(train_labels), dtype=torch.bool)
+    chosen[order[: max(1, round(fraction * len(train_labels)))]] = True
+    return chosen
+
+
+def classifier_data(info: dict, classes=None, fraction: float | None = None) -> dict[str, ImageDataset]:
+    """The data a classifier was trained on (`info["data"]`, as `erase train-classifier` records it) split into
+    {"forget", "remain", "validation", "test"}; "remain" carries the validation split as its `heldout`."""
+    spec = info.get("data")
+    if not spec:
+        raise UsageError("this classifier folder does not record its training data (_erase.data in model_index.json);"
+                         " train it with `erase train-classifier`")
+    dataset = load_dataset(spec["source"], spec["resolution"], spec.get("channels", 1))
+    split = stratified_split(dataset.labels, spec["split_seed"], spec["test_per_class"], spec["validation_per_class"])
+    train = dataset.subset(split["train"], "train")
+    if classes is not None:
+        present = set(train.labels.tolist())
+        unknown = [c for c in classes if c not in present]
+        if unknown:
+            raise UsageError(f"class ids {unknown} have no images in {dataset.name}; classes present: {sorted(present)}")
+    chosen = forget_selection(train.labels, spec["split_seed"], classes, fraction)
+    validation = dataset.subset(split["validation"], "validation")
+    remain = train.subset(~chosen, "remain")
+    remain.heldout = validation
+    return {"forget": train.subset(chosen, "forget"), "remain": remain, "validation": validation,
+            "test": dataset.subset(split["test"], "test")}

@@ -662,6 +662,9 @@ def run_conventions(adapter, forget_reduction: str, remain_reduction: str, remai
         remain_label_dropout = float(adapter.info.get("label_dropout") or 0.0)
     if not 0.0 <= remain_label_dropout < 1.0:
         raise UsageError(f"--remain-label-dropout must be in [0, 1), got {remain_label_dropout}")
+    if remain_label_dropout > 0 and not getattr(adapter, "has_null_condition", True):
+        raise UsageError(f"--remain-label-dropout {remain_label_dropout}: this {adapter.backbone} model has no null "
+                         "label to drop to; leave it at 0")
     return {"forget_reduction": forget_reduction, "remain_reduction": remain_reduction,
             "remain_label_dropout": remain_label_dropout if adapter.conditional else 0.0,
             "base_label_dropout": adapter.info.get("label_dropout")}

@@ -26,4 +26,18 @@ METHODS = {
 
 # Named settings per backbone, applied under flags the user gives (`erase unlearn --preset`, default: the model's
 # backbone). A method without an entry for a backbone runs at its config's defaults.
+# "classifier" (pipelines/classifier.py, cross-entropy losses): Nabla-tau's own rules (tau = the loss on held-out
+# data, the absolute gap the authors tuned on cross-entropy, AdamW 1e-3 decaying linearly to 0.1x, 3 passes over the
+# remain set); RL and SalUn with a random label per forget sample, their classifier form; the rest: docs/classifier-benchmark.md.
+CLASSIFIER_PRESETS = {
+    "sfron": {"batch_size": 128, "steps": 60, "lr": 1e-4, "forget_objective": "adaptive", "forget_alpha": 1.0,
+              "fisher_batches": 10, "fisher_guidance": None},
+    "nabla_tau": {"tau_source": "heldout", "gap": "absolute", "lr": 1e-3, "lr_end_factor": 0.1, "steps": None,
+                  "antithetic": False},
+    "ga": {"steps": 10, "lr": 1e-4, "remain_alpha": 0.0},
+    "rl": {"steps": 60, "lr": 1e-4, "remain_alpha": 1.0, "pseudo_random": True},
+    "salun": {"steps": 60, "lr": 1e-4, "remain_alpha": 1.0, "pseudo_random": True},
+}
 PRESETS = {"sfron": SFRON_PRESETS, "joint": SFRON_PRESETS}
+for _name, _values in CLASSIFIER_PRESETS.items():
+    PRESETS.setdefault(_name, {})["classifier"] = _values

@@ -16,6 +16,7 @@ alpha_0 = 5/3 p, p = |D_f| / (|D_f| + |D_r|), decaying linearly to 0.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,9 +29,13 @@ from eval.losses import fixed_draw_loss
 
 @dataclass
 class NablaTauConfig:
-    steps: int = field(default=150, metadata={"range": "[1, inf)", "help": "iterations (ours; the authors count epochs of classifier training)"})
+    steps: int | None = field(default=150, metadata={"range": "[1, inf)", "help": "iterations (ours; the authors count epochs of classifier training); 'none' = --remain-epochs passes over the remain set"})
     batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "forget and remain batch size"})
     lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "AdamW learning rate (authors: 1e-3 for classifiers; 1e-4 suits diffusion)"})
+    lr_end_factor: float = field(default=1.0, metadata={"range": "(0, 1]", "help": "the learning rate decays linearly to this x --lr by the last step (authors, classifiers: 0.1; 1 = constant)"})
+    remain_epochs: float = field(
+        default=3.0, metadata={"range": "(0, inf)", "help": "with --steps none: steps = ceil(this x |D_r| / batch size), "
+                                                 "passes over the remain set (the authors' classifier rule: 3)"})
     tau_source: str = field(
         default="relative", metadata={"help": "tau from: null (forget images, null condition), heldout (10%% of the remain "
                                            "set kept out of training), value (--tau-value), or relative "
@@ -78,13 +83,18 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
         reference = forget_data
     elif config.tau_source == "null":
         reference = ImageDataset(forget_data.images, adapter.null_condition(len(forget_data)).cpu(), [], "forget, null")
+    elif config.tau_source == "heldout" and getattr(remain_data, "heldout", None) is not None:
+        reference = remain_data.heldout  # data the model never trained on (a classifier's validation split)
     elif config.tau_source == "heldout":
         order = torch.randperm(len(remain_data), generator=torch.Generator().manual_seed(runtime.seed))
         cut = max(1, len(remain_data) // 10)
         reference, remain_data = remain_data.subset(order[:cut], "heldout"), remain_data.subset(order[cut:], "remain")
     p = len(forget_data) / (len(forget_data) + len(remain_data))
     alpha0 = config.alpha if config.alpha is not None else 5.0 / 3.0 * p
-    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
+    steps = config.steps
+    if steps is None:
+        steps = math.ceil(config.remain_epochs * len(remain_data) / min(config.batch_size, len(remain_data)))
+    run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, optimizer="adamw",
                     remain_label_dropout=config.remain_label_dropout)
     taus: list[dict] = []
@@ -107,7 +117,10 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
     def iteration(step: int) -> dict:
         if step > 0 and step % config.tau_every == 0 and config.tau_source in ("null", "heldout"):  # the others: fixed
             state["tau"] = refresh_tau(step)
-        alpha = alpha0 * (1.0 - step / config.steps)
+        alpha = alpha0 * (1.0 - step / steps)
+        if config.lr_end_factor != 1.0:
+            for group in run.optimizer.param_groups:
+                group["lr"] = config.lr * (1.0 - (1.0 - config.lr_end_factor) * step / steps)
 
         def forget_part():
             losses, _ = run.next_losses("forget", config.antithetic)
@@ -121,5 +134,5 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
         return {"forget": forget, "remain": remain}
 
     log = run.loop(["forget", "remain"], iteration, runtime, "Nabla-tau")
-    return run.finish(log, record={"alpha0": alpha0, "p": p, "tau_source": config.tau_source, "gap": config.gap,
+    return run.finish(log, record={"alpha0": alpha0, "p": p, "steps": steps, "tau_source": config.tau_source, "gap": config.gap,
                                          "tau": taus})

@@ -61,7 +61,10 @@ def denoising_losses(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """l_i = || eps - eps_theta(x_t, t, c_i) ||^2 averaged or summed over pixels (`reduction`), (B,); with
-    `guidance_scale`, on the guided eps."""
+    `guidance_scale`, on the guided eps. A classifier adapter (`generative` False) has no noise: l_i is its
+    per-sample cross-entropy of label c_i, and timesteps, noise, guidance and reduction do not apply."""
+    if not getattr(adapter, "generative", True):
+        return adapter.losses(x0, condition)
     noise = torch.randn_like(x0) if noise is None else noise
     if timesteps is None:
         timesteps = sample_timesteps(x0.shape[0], adapter.num_train_timesteps, x0.device, antithetic)
@@ -96,8 +99,11 @@ def pseudo_target_losses(adapter, x0: torch.Tensor, condition, pseudo_condition,
                          reduction: str = "mean") -> torch.Tensor:
     """Per-sample MSE between eps_theta(x_t, t, c_forget) and the detached eps_theta(x_t, t, c_pseudo).
 
-    The random-label / replacement-prompt forget loss (SalUn's, and the SFR-on Stable Diffusion script's).
+    The random-label / replacement-prompt forget loss (SalUn's, and the SFR-on Stable Diffusion script's). On a
+    classifier: the cross-entropy of the pseudo label (SalUn's random-label loss for classifiers).
     """
+    if not getattr(adapter, "generative", True):
+        return adapter.losses(x0, pseudo_condition)
     noise = torch.randn_like(x0)
     timesteps = sample_timesteps(x0.shape[0], adapter.num_train_timesteps, x0.device, antithetic)
     x_t = adapter.add_noise(x0, noise, timesteps)

@@ -1,4 +1,5 @@
-"""Backbone adapters: one file per backbone, one interface (`pipelines.base.DiffusionAdapter`)."""
+"""Backbone adapters: one file per backbone, one interface (`pipelines.base.DiffusionAdapter`; image classifiers,
+`pipelines.classifier`, give per-sample losses instead of noise predictions)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from erase.errors import UsageError
 from pipelines.cfg_unet import CFGUNetAdapter
+from pipelines.classifier import ClassifierAdapter
 from pipelines.base import ERASE_KEY, REPAIR, check_model_folder, read_model_index
 from pipelines.ddpm import DDPMAdapter
 from pipelines.dit import DiTAdapter
@@ -17,6 +19,7 @@ BACKBONES = {
     "cfg_unet": CFGUNetAdapter,
     "dit": DiTAdapter,
     "stable_diffusion": StableDiffusionAdapter,
+    "classifier": ClassifierAdapter,
 }
 PIPELINE_CLASSES = {"DiTPipeline": "dit", "StableDiffusionPipeline": "stable_diffusion"}
 UNET_PIPELINE = "DDPMPipeline"  # unconditional, or class-conditional when the UNet has a class-embedding table

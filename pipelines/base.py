@@ -27,6 +27,8 @@ class DiffusionAdapter(Protocol):
     num_train_timesteps: int
     conditional: bool  # False for unconditional models: conditions are ignored, no guidance
     takes_prompts: bool  # True for text-to-image models: conditions are prompt ids (see register_prompts)
+    generative: bool  # False for image classifiers (pipelines/classifier.py): `losses(x, labels)` replaces the
+    # noise prediction, and erase.objectives uses it; methods are unchanged
     image_shape: tuple[int, int, int]  # (C, H, W) of the images `encode` takes
 
     def to(self, device) -> "DiffusionAdapter":
@@ -175,6 +177,7 @@ class AdapterBase:
     backbone = "base"
     conditional = True
     takes_prompts = False
+    generative = True
 
     def __init__(self, denoiser: torch.nn.Module, scheduler, info: dict | None = None):
         from diffusers import DDPMScheduler

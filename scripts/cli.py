@@ -13,7 +13,7 @@ import threading
 
 from erase import __version__
 
-SUBCOMMANDS = ("train", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "ablation")
+SUBCOMMANDS = ("train", "train-classifier", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "benchmark-classifier", "mia", "ablation")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,7 +25,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scripts import ablation, benchmark, demo, grid, guidance, sample, score, train, unlearn
+    from scripts import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
+                         train, unlearn)
 
     parser = OneLineParser(
         prog="erase",
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"erase {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    for module in (train, guidance, unlearn, sample, grid, score, demo, benchmark, ablation):
+    for module in (train, classifier, guidance, unlearn, sample, grid, score, demo, benchmark, benchmark_classifier, mia,
+                   ablation):
         module.register(commands)
     return parser
 

@@ -23,6 +23,10 @@ def register(commands) -> None:
     parser.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers per UNet block (default: %(default)s)")
     parser.add_argument("--exclude-classes", default=None,
                         help="class ids left out of the training data, e.g. '7' or '1,3' (the model keeps all class ids)")
+    parser.add_argument("--hold-out-per-class", type=int, default=0,
+                        help="keep this many random images per class out of training (seeded by --split-seed), for "
+                             "membership inference (`erase mia`); the model records which (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of --hold-out-per-class's draw (default: %(default)s)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="default guidance scale stored in the model, eps_null + s (eps_c - eps_null) (default: %(default)s)")
     add_dataclass_arguments(parser.add_argument_group("training"), TrainConfig)
@@ -32,7 +36,8 @@ def register(commands) -> None:
 
 
 # scripts/options.py check_ranges: plain flags of this command (TrainConfig and Runtime declare their own)
-RANGES = {"resolution": "[8, inf)", "layers_per_block": "[1, inf)", "guidance_scale": "[0, inf)"}
+RANGES = {"resolution": "[8, inf)", "layers_per_block": "[1, inf)", "guidance_scale": "[0, inf)",
+          "hold_out_per_class": "[0, inf)", "split_seed": "[0, 4294967295]"}
 
 
 def run(args) -> None:
@@ -59,6 +64,14 @@ def run(args) -> None:
     except ValueError:
         raise UsageError(f"--channels {args.channels!r} is not a comma-separated list of widths, e.g. '32,64'") from None
     dataset = load_dataset(args.data, args.resolution)
+    held_out = None
+    if args.hold_out_per_class:
+        from erase.data import stratified_split
+
+        split = stratified_split(dataset.labels, args.split_seed, args.hold_out_per_class, 0)
+        held_out = {"per_class": args.hold_out_per_class, "split_seed": args.split_seed, "data": args.data,
+                    "resolution": args.resolution}
+        dataset = dataset.subset(split["train"], dataset.name)
     excluded = parse_class_ids(args.exclude_classes) if args.exclude_classes else []
     train_data = split_by_class(dataset, excluded)[1] if excluded else dataset
     torch.manual_seed(runtime.seed)
@@ -66,7 +79,7 @@ def run(args) -> None:
         args.resolution, channels, dataset.images.shape[1], num_classes=len(dataset.class_names),
         attention=args.attention, layers_per_block=args.layers_per_block,
         class_names=dataset.class_names, guidance_scale=args.guidance_scale, excluded_classes=excluded,
-        trained_on=dataset.name,
+        trained_on=dataset.name, **({"held_out": held_out} if held_out else {}),
     )
     started = time.time()
     result = train(adapter, train_data, config, runtime)
@@ -78,6 +91,7 @@ def run(args) -> None:
             "command": "train", "config": config, "runtime": runtime, "data": args.data, "resolution": args.resolution,
             "channels": channels, "attention": args.attention,
             "layers_per_block": args.layers_per_block, "excluded_classes": excluded, "train_images": len(train_data),
+            "held_out": held_out,
             "device": result["device"], "num_processes": result["num_processes"],
             "process_weight_digests": result["process_weight_digests"],
             "resumed_from": resumed_from,

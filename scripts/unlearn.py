@@ -12,7 +12,7 @@ from scripts.options import (add_method_arguments, check_ranges, dataclass_from_
                              method_config_from_args)
 
 # scripts/options.py check_ranges: plain flags of this command (method and runtime fields declare their own)
-RANGES = {"images_per_condition": "[1, inf)", "generation_steps": "[1, inf)", "monitor_every": "[0, inf)",
+RANGES = {"forget_random": "(0, 1)", "images_per_condition": "[1, inf)", "generation_steps": "[1, inf)", "monitor_every": "[0, inf)",
           "monitor_samples": "[1, inf)", "monitor_steps": "[1, inf)"}
 
 
@@ -27,6 +27,9 @@ def register(commands) -> None:
     parser.add_argument("--model", required=True, help="input diffusers model folder (read only)")
     what = parser.add_argument_group("what to erase (classes, or prompts for text-to-image models)")
     what.add_argument("--forget-class", help="class id(s) to erase, e.g. '7' or '1,3'")
+    what.add_argument("--forget-random", type=float, default=None,
+                      help="classifiers: forget this share of the training split, drawn with the model's split seed "
+                           "(as `erase train-classifier --forget-random` leaves it out), e.g. 0.1")
     what.add_argument("--remain-classes", help="classes to keep (default: every other class of the data or model)")
     what.add_argument("--forget-prompt", action="append", default=[], help="a prompt to erase (repeatable)")
     what.add_argument("--forget-prompts", type=Path, help="CSV of prompts to erase (I2P layout), e.g. nsfw.csv")
@@ -91,6 +94,13 @@ def read_targets(args, adapter):
     from eval.prompts import PromptRow, read_prompts
 
     prompts_given = bool(args.forget_prompt or args.forget_prompts)
+    if args.forget_random is not None:
+        if getattr(adapter, "generative", True):
+            raise UsageError("--forget-random forgets a share of a classifier's training split; for this "
+                             f"{adapter.backbone} model use --forget-class or --forget-prompt")
+        if prompts_given or args.forget_class:
+            raise UsageError("give one forget set: --forget-random or --forget-class, not both")
+        return Targets([], None)
     if prompts_given == bool(args.forget_class):
         raise UsageError("name what to erase: --forget-class for class models, or --forget-prompt/--forget-prompts")
     if prompts_given:
@@ -119,6 +129,17 @@ def load_data(args, adapter, targets, staging_hint: Path):
     from erase.sources import cached_or_generated, from_indexed_folder
 
     source = args.data
+    if not getattr(adapter, "generative", True):
+        from erase.data import classifier_data
+
+        if source != "auto":
+            raise UsageError(f"--data {source!r}: a classifier unlearns the training split it recorded; leave --data out")
+        if args.remain_classes:
+            raise UsageError("--remain-classes does not apply to a classifier: it keeps every image it does not forget")
+        parts = classifier_data(adapter.info, targets.forget or None, args.forget_random)
+        targets.remain = sorted(set(parts["remain"].labels.tolist()))
+        return parts["forget"], parts["remain"], {"source": "training split", **adapter.info["data"],
+                                                  "forget_random": args.forget_random}
     if source == "auto":
         source = "generated" if adapter.backbone in ("dit", "stable_diffusion") else "mnist"
     if source == "generated":
@@ -139,6 +160,12 @@ def load_data(args, adapter, targets, staging_hint: Path):
         raise UsageError(f"--data {source!r}: prompt erasure needs 'generated' or a folder written by `erase sample --prompts`")
     channels, _, resolution = adapter.image_shape
     dataset = load_dataset(source, resolution, channels)
+    held = adapter.info.get("held_out")
+    if held and held["data"] == source:  # images the model never saw stay unseen (`erase mia` tests them)
+        from erase.data import stratified_split
+
+        dataset = dataset.subset(stratified_split(dataset.labels, held["split_seed"], held["per_class"], 0)["train"],
+                                 dataset.name)
     forget, remain = split_by_class(dataset, targets.forget)
     if targets.remain is not None:
         import torch
@@ -146,7 +173,7 @@ def load_data(args, adapter, targets, staging_hint: Path):
         remain = remain.subset(torch.isin(remain.labels, torch.as_tensor(targets.remain)), "remain")
         if len(remain) == 0:
             raise UsageError(f"--remain-classes {args.remain_classes!r} has no images in {source}")
-    return forget, remain, {"source": source}
+    return forget, remain, {"source": source, "held_out_excluded": bool(held and held["data"] == source)}
 
 
 def make_monitor(args, adapter, targets):
@@ -156,7 +183,7 @@ def make_monitor(args, adapter, targets):
 
     if args.monitor_every == 0:
         return None
-    if targets.by_prompt or not adapter.conditional:
+    if targets.by_prompt or not adapter.conditional or not getattr(adapter, "generative", True):
         raise UsageError("--monitor-every judges class samples with a classifier; it applies to class erasure only")
     from eval.classifier import load_classifier
     from eval.probe import forgetting_probe
@@ -195,6 +222,9 @@ def run(args) -> None:
                  field_ranges(config_class))
     check_ranges({name: getattr(args, name) for name in Runtime.__dataclass_fields__}, field_ranges(Runtime))
     adapter = load_adapter(args.model)
+    if args.method not in getattr(adapter, "methods", METHODS):
+        raise UsageError(f"--method {args.method} does not apply to this {adapter.backbone} model (it needs a "
+                         f"generative model); choose one of {', '.join(adapter.methods)}")
     preset = choose_preset(args, adapter.backbone)
     all_fields = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}
     config = method_config_from_args(args.method, config_class, args, all_fields, preset["values"])
@@ -250,7 +280,7 @@ def run(args) -> None:
                 data_record["folder"] = str(out / "generated")
             write_json(staging / "run.json", {
                 "command": "unlearn", "method": args.method, "model": args.model, "backbone": adapter.backbone,
-                "forget": [getattr(t, "prompt", t) for t in targets.forget],
+                "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": args.forget_random,
                 "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
                 "replacement_prompt": args.replacement_prompt, "train_params": adapter.info.get("train_params"),
                 "prompt_ids": ({p: i for i, p in enumerate(adapter.class_names)} if adapter.takes_prompts else None),

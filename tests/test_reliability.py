@@ -21,8 +21,9 @@ from PIL import Image
 
 from erase.engine import Runtime
 from erase.methods import METHODS
-from erase.train import TrainConfig
-from scripts import ablation, benchmark, demo, grid, guidance, sample, score, train, unlearn
+from erase.train import ClassifierTrainConfig, TrainConfig
+from scripts import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
+                     train, unlearn)
 from scripts.cli import main
 from scripts.options import field_ranges
 
@@ -262,6 +263,8 @@ def method_range_cases():
                 yield "unlearn", argv, (flag(name), outside(interval))
     for name, interval in {**field_ranges(TrainConfig), **field_ranges(Runtime)}.items():
         yield "train", TRAIN, (flag(name), outside(interval))
+    for name, interval in field_ranges(ClassifierTrainConfig).items():
+        yield "train-classifier", ["train-classifier", "--data", "{nowhere}"], (flag(name), outside(interval))
 
 
 PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases extend
@@ -274,6 +277,9 @@ PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases
     "benchmark": (benchmark.RANGES, ["benchmark", "--model", "{nowhere}"]),
     "unlearn": (unlearn.RANGES, ["unlearn", "--model", "{nowhere}", "--forget-class", "1"]),
     "train": (train.RANGES, ["train", "--data", "{nowhere}"]),
+    "train-classifier": (classifier.RANGES, ["train-classifier", "--data", "{nowhere}"]),
+    "benchmark-classifier": (benchmark_classifier.RANGES, ["benchmark-classifier"]),
+    "mia": (mia.RANGES, ["mia", "--models", "{nowhere}", "--forget-class", "1"]),
 }
 RANGE_CASES = [
     *method_range_cases(),
