@@ -191,6 +191,13 @@ def stratified_split(labels: torch.Tensor, seed: int, test_per_class: int, valid
     return {name: torch.cat(index).sort().values for name, index in parts.items()}
 
 
+def split_held_out(dataset: ImageDataset, per_class: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """(training images, held-out images): `per_class` seeded random images of every class held out, as
+    `erase train --hold-out-per-class` records them (so `erase unlearn` and `erase mia` find the same ones)."""
+    split = stratified_split(dataset.labels, seed, per_class, 0)
+    return dataset.subset(split["train"], dataset.name), dataset.subset(split["test"], f"{dataset.name}, held out")
+
+
 def forget_selection(train_labels: torch.Tensor, seed: int, classes=None, fraction: float | None = None) -> torch.Tensor:
     """Boolean mask over the training split: the images of `classes`, or a seeded random `fraction` of all of them
     (one permutation per seed, so a 10% forget set lies inside the 30% one); neither = nothing."""

@@ -138,8 +138,8 @@ def run(args) -> None:
                               lambda: score(folder, scenario, args.seed))
             if record is not None:
                 seconds = method_seconds(record["timings"])
-                row = {**row, "steps": record["method_record"]["steps"] if (record.get("method_record") or {}).get("steps")
-                       else record["config"].get("steps"), "preset": record["preset"]}
+                steps = (record.get("method_record") or {}).get("steps") or record["config"].get("steps")
+                row = {**row, "steps": steps, "preset": record["preset"]}
             rows[name] = {**row, "seconds": seconds, "fraction_of_rt": seconds / rt_seconds if seconds else None}
         for row in rows.values():
             row["gap_to_rt"] = {key: abs(row[key] - rows["RT"][key]) for _, key in METRICS}

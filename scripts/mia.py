@@ -4,6 +4,7 @@ membership-inference attack on diffusion models, for several models (e.g. the ba
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 RANGES = {"seed": "[0, 4294967295]", "batch_size": "[1, inf)"}
@@ -27,6 +28,7 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and the attack's folds (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser.add_argument("--report", type=Path, default=None, help="also write the table as markdown to this file")
     parser.set_defaults(run=run)
 
 
@@ -34,16 +36,15 @@ def membership_sets(info: dict, forget_classes) -> dict:
     """{"forget", "control"} -> (members, non-members) ImageDatasets from the data split `info["held_out"]` records."""
     import torch
 
-    from erase.data import load_dataset, stratified_split
+    from erase.data import load_dataset, split_held_out
     from erase.errors import UsageError
 
     held = info.get("held_out")
     if not held:
         raise UsageError("the first model records no held-out images (_erase.held_out): train the base model with "
                          "`erase train --hold-out-per-class N` so membership can be tested")
-    dataset = load_dataset(held["data"], held["resolution"])
-    split = stratified_split(dataset.labels, held["split_seed"], held["per_class"], 0)
-    members, non_members = dataset.subset(split["train"], "members"), dataset.subset(split["test"], "held out")
+    members, non_members = split_held_out(load_dataset(held["data"], held["resolution"]), held["per_class"],
+                                          held["split_seed"])
     sets = {}
     for name, keep in (("forget", True), ("control", False)):
         def pick(data):
@@ -96,4 +97,44 @@ def run(args) -> None:
     write_json(args.out, {"command": "mia", "forget_classes": forget_classes, "timesteps": timesteps,
                           "seed": args.seed, "held_out": first.info["held_out"], "models": rows,
                           "seconds": time.time() - started, "environment": environment()})
-    print(f"wrote {args.out}")
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text("\n".join(report_lines(rows, args, first.info["held_out"], timesteps)) + "\n")
+    print(f"wrote {args.out}" + (f" and {args.report}" if args.report is not None else ""))
+
+
+def report_lines(rows: dict, args, held: dict, timesteps: list[int]) -> list[str]:
+    import shlex
+    import time
+
+    lines = [
+        f"# Membership inference on diffusion models: class {args.forget_class}",
+        "",
+        f"Written by `erase mia --models {shlex.quote(args.models)} --forget-class {args.forget_class} --timesteps "
+        f"{args.timesteps} --seed {args.seed}` on {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Members: the class's training images; non-members: its {held['per_class']} held-out images (`erase train "
+        f"--hold-out-per-class {held['per_class']} --split-seed {held['split_seed']}`, data {held['data']} at "
+        f"{held['resolution']} px), never seen by any model here. Feature: the per-sample denoising loss (pixel mean) "
+        f"at timesteps {', '.join(map(str, timesteps))}, each at one fixed noise draw shared by every model. Attack: "
+        "logistic regression on those losses, balanced, 10-fold CV; 50% = the attacker cannot tell. Control: the "
+        "same attack on the other classes pooled (their membership should stay as the base model had it).",
+        "",
+        "| model | attack accuracy, forget class | loss members / held out | attack accuracy, other classes | "
+        "loss members / held out |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        forget, control = row["forget"], row["control"]
+        lines.append(f"| {name} | {forget['attack_accuracy']:.1%} | {forget['member_loss']:.4f} / "
+                     f"{forget['non_member_loss']:.4f} | {control['attack_accuracy']:.1%} | "
+                     f"{control['member_loss']:.4f} / {control['non_member_loss']:.4f} |")
+    first = next(iter(rows.values()))
+    pairs = {part: min(first[part]["members"], first[part]["non_members"]) for part in ("forget", "control")}
+    lines += ["", f"Sets: {first['forget']['members']} members and {first['forget']['non_members']} held-out images "
+                  f"of the forget class (the attack balances them to {pairs['forget']} each); "
+                  f"{first['control']['members']} and {first['control']['non_members']} of the other classes. An "
+                  f"attacker with nothing to go on scores 50% give or take {50 / math.sqrt(2 * pairs['forget']):.1f} "
+                  f"points (one binomial standard error) on the forget class, "
+                  f"{50 / math.sqrt(2 * pairs['control']):.1f} on the other classes."]
+    return lines

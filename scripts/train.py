@@ -66,12 +66,11 @@ def run(args) -> None:
     dataset = load_dataset(args.data, args.resolution)
     held_out = None
     if args.hold_out_per_class:
-        from erase.data import stratified_split
+        from erase.data import split_held_out
 
-        split = stratified_split(dataset.labels, args.split_seed, args.hold_out_per_class, 0)
         held_out = {"per_class": args.hold_out_per_class, "split_seed": args.split_seed, "data": args.data,
                     "resolution": args.resolution}
-        dataset = dataset.subset(split["train"], dataset.name)
+        dataset = split_held_out(dataset, args.hold_out_per_class, args.split_seed)[0]
     excluded = parse_class_ids(args.exclude_classes) if args.exclude_classes else []
     train_data = split_by_class(dataset, excluded)[1] if excluded else dataset
     torch.manual_seed(runtime.seed)

@@ -20,7 +20,9 @@ def register(commands) -> None:
     parser = commands.add_parser(
         "unlearn", help="erase classes (class-conditional models) or prompts (text-to-image models)",
         description="Erase classes or prompts from a diffusers model folder (CFG UNet, DDPM, DiT, Stable Diffusion) "
-                    "with SFR-on, its joint variant, Nabla-tau, GA, RL, SalUn, ESD or SA. "
+                    "with SFR-on, its joint variant, Nabla-tau, GA, RL, SalUn, ESD or SA; or classes or a random share "
+                    "of the training set from a classifier written by `erase train-classifier` (every method but ESD "
+                    "and SA). "
                     "Writes the erased model (a plain diffusers folder: only the trained component is new), "
                     "mask.safetensors (saliency mask, where the method has one) and run.json.",
     )
@@ -162,10 +164,9 @@ def load_data(args, adapter, targets, staging_hint: Path):
     dataset = load_dataset(source, resolution, channels)
     held = adapter.info.get("held_out")
     if held and held["data"] == source:  # images the model never saw stay unseen (`erase mia` tests them)
-        from erase.data import stratified_split
+        from erase.data import split_held_out
 
-        dataset = dataset.subset(stratified_split(dataset.labels, held["split_seed"], held["per_class"], 0)["train"],
-                                 dataset.name)
+        dataset = split_held_out(dataset, held["per_class"], held["split_seed"])[0]
     forget, remain = split_by_class(dataset, targets.forget)
     if targets.remain is not None:
         import torch

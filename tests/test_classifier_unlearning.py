@@ -163,7 +163,7 @@ def test_mia_on_a_diffusion_model_uses_only_held_out_images_as_non_members(tmp_p
     ones = int((digits(8).labels == 1).sum())
     assert record["forget_images"] == ones - 40 and record["data"]["held_out_excluded"]
     code, err = run_cli(capsys, "mia", "--models", f"base={base},ga={tmp_path / 'ga'}", "--forget-class", 1,
-                        "--timesteps", "100,500", "--out", tmp_path / "mia.json")
+                        "--timesteps", "100,500", "--out", tmp_path / "mia.json", "--report", tmp_path / "mia.md")
     assert code == 0, err
     result = json.loads((tmp_path / "mia.json").read_text())
     assert set(result["models"]) == {"base", "ga"}
@@ -171,6 +171,8 @@ def test_mia_on_a_diffusion_model_uses_only_held_out_images_as_non_members(tmp_p
     assert forget["members"] == ones - 40 and forget["non_members"] == 40
     assert result["models"]["base"]["control"]["non_members"] == 9 * 40
     assert 0.0 <= forget["attack_accuracy"] <= 1.0
+    report = (tmp_path / "mia.md").read_text()
+    assert report.count("\n| base |") == 1 and report.count("\n| ga |") == 1
 
 
 def test_mia_refuses_a_model_without_held_out_images(trained_model_dir, tmp_path, capsys):
