@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = OneLineParser(
         prog="erase",
-        description="Erase a class or concept from a trained diffusion model (SFR-on and baselines), offline.",
+        description="Erase a class or concept from a trained diffusion model, or classes or training images from an "
+                    "image classifier (SFR-on and baselines), offline.",
         epilog="Run 'erase COMMAND --help' for a command's flags.",
     )
     parser.add_argument("--version", action="version", version=f"erase {__version__}")

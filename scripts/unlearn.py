@@ -18,7 +18,8 @@ RANGES = {"forget_random": "(0, 1)", "images_per_condition": "[1, inf)", "genera
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "unlearn", help="erase classes (class-conditional models) or prompts (text-to-image models)",
+        "unlearn", help="erase classes (class models, classifiers), prompts (text-to-image models) or a share of "
+                        "a classifier's training set",
         description="Erase classes or prompts from a diffusers model folder (CFG UNet, DDPM, DiT, Stable Diffusion) "
                     "with SFR-on, its joint variant, Nabla-tau, GA, RL, SalUn, ESD or SA; or classes or a random share "
                     "of the training set from a classifier written by `erase train-classifier` (every method but ESD "
