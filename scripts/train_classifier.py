@@ -18,29 +18,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import trange
 
-from erase.data import mnist
+from erase.data import mnist, stratified_split
 from erase.errors import UsageError
+from erase.train import random_shift
 from eval.classifier import DigitClassifier, predict_probabilities
 from scripts.options import check_ranges
-
-
-def held_out_split(labels: torch.Tensor, per_class: int = 100, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, held-out indices): `per_class` random images of every class held out."""
-    generator = torch.Generator().manual_seed(seed)
-    held = torch.cat([
-        torch.nonzero(labels == c).flatten()[torch.randperm(int((labels == c).sum()), generator=generator)[:per_class]]
-        for c in labels.unique()
-    ])
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[held] = False
-    return torch.nonzero(keep).flatten(), held.sort().values
-
-
-def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 1 pixel (the only augmentation)."""
-    padded = F.pad(images, (1, 1, 1, 1), value=0.0)
-    dx, dy = torch.randint(0, 3, (2,), generator=generator).tolist()
-    return padded[..., dy : dy + images.shape[-2], dx : dx + images.shape[-1]]
 
 
 def main(argv=None) -> None:
@@ -59,7 +41,8 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     data = mnist(args.resolution)
     images = (data.images + 1) / 2  # the classifier takes [0, 1]
-    train_index, held_index = held_out_split(data.labels, seed=args.seed)
+    split = stratified_split(data.labels, args.seed, test_per_class=100, validation_per_class=0)
+    train_index, held_index = split["train"], split["test"]
     model = DigitClassifier(resolution=args.resolution)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     batch_size = 128
@@ -72,7 +55,7 @@ def main(argv=None) -> None:
         order = train_index[torch.randperm(len(train_index), generator=generator)]
         for step in range(steps_per_epoch):
             batch = order[step * batch_size : (step + 1) * batch_size]
-            loss = F.cross_entropy(model(shift(images[batch], generator)), data.labels[batch])
+            loss = F.cross_entropy(model(random_shift(images[batch], 1, generator, fill=0.0)), data.labels[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

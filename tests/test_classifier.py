@@ -3,16 +3,15 @@ import json
 import pytest
 import torch
 
-from erase.data import mnist
+from erase.data import mnist, stratified_split
 from eval.classifier import SHIPPED, forgetting_metrics, load_classifier, predict_probabilities
-from scripts.train_classifier import held_out_split
 
 
 def test_shipped_classifier_reproduces_its_held_out_accuracy():
     record = json.loads((SHIPPED["digits"] / "training.json").read_text())
     assert record["held_out_accuracy"] >= 0.97
     data = mnist(record["resolution"])
-    _, held = held_out_split(data.labels, seed=record["seed"])
+    held = stratified_split(data.labels, record["seed"], test_per_class=100, validation_per_class=0)["test"]
     images = ((data.images[held] + 1) / 2).clamp(0, 1)
     accuracy = (predict_probabilities(load_classifier("digits"), images).argmax(-1) == data.labels[held]).float().mean()
     assert float(accuracy) == pytest.approx(record["held_out_accuracy"], abs=0.002)
