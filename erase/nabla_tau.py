@@ -37,7 +37,8 @@ class NablaTauConfig:
         default=3.0, metadata={"range": "(0, inf)", "help": "with --steps none: steps = ceil(this x |D_r| / batch size), "
                                                  "passes over the remain set (the authors' classifier rule: 3)"})
     tau_source: str = field(
-        default="relative", metadata={"help": "tau from: null (forget images, null condition), heldout (10%% of the remain "
+        default="relative", metadata={"help": "tau from: null (forget images, null condition), heldout (images the model "
+                                           "never trained on: a classifier's validation split, else 10%% of the remain "
                                            "set kept out of training), value (--tau-value), or relative "
                                            "(--tau-factor x the forget loss under the forget labels at step 0, fixed)",
                                   "choices": ("null", "heldout", "value", "relative")}
@@ -83,7 +84,7 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
         reference = forget_data
     elif config.tau_source == "null":
         reference = ImageDataset(forget_data.images, adapter.null_condition(len(forget_data)).cpu(), [], "forget, null")
-    elif config.tau_source == "heldout" and getattr(remain_data, "heldout", None) is not None:
+    elif config.tau_source == "heldout" and remain_data.heldout is not None:
         reference = remain_data.heldout  # data the model never trained on (a classifier's validation split)
     elif config.tau_source == "heldout":
         order = torch.randperm(len(remain_data), generator=torch.Generator().manual_seed(runtime.seed))

@@ -45,7 +45,6 @@ def run(args) -> None:
 
     from erase.data import classifier_data, parse_class_ids
     from erase.engine import find_state
-    from erase.errors import UsageError
     from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
                               environment, write_json)
     from erase.train import train_classifier
@@ -54,8 +53,6 @@ def run(args) -> None:
     check_ranges(vars(args), RANGES)
     check_ranges({name: getattr(args, name) for name in ClassifierTrainConfig.__dataclass_fields__},
                  field_ranges(ClassifierTrainConfig))
-    if args.forget_class is not None and args.forget_random is not None:
-        raise UsageError("give one forget set: --forget-class or --forget-random, not both")
     out = check_output_dir(args.out, args.overwrite)
     config, runtime = dataclass_from_args(ClassifierTrainConfig, args), dataclass_from_args(Runtime, args)
     checkpoints = checkpoint_folder(out, runtime, args.overwrite)

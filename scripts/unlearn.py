@@ -98,7 +98,7 @@ def read_targets(args, adapter):
 
     prompts_given = bool(args.forget_prompt or args.forget_prompts)
     if args.forget_random is not None:
-        if getattr(adapter, "generative", True):
+        if adapter.generative:
             raise UsageError("--forget-random forgets a share of a classifier's training split; for this "
                              f"{adapter.backbone} model use --forget-class or --forget-prompt")
         if prompts_given or args.forget_class:
@@ -132,7 +132,7 @@ def load_data(args, adapter, targets, staging_hint: Path):
     from erase.sources import cached_or_generated, from_indexed_folder
 
     source = args.data
-    if not getattr(adapter, "generative", True):
+    if not adapter.generative:
         from erase.data import classifier_data
 
         if source != "auto":
@@ -185,7 +185,7 @@ def make_monitor(args, adapter, targets):
 
     if args.monitor_every == 0:
         return None
-    if targets.by_prompt or not adapter.conditional or not getattr(adapter, "generative", True):
+    if targets.by_prompt or not adapter.conditional or not adapter.generative:
         raise UsageError("--monitor-every judges class samples with a classifier; it applies to class erasure only")
     from eval.classifier import load_classifier
     from eval.probe import forgetting_probe
@@ -224,7 +224,7 @@ def run(args) -> None:
                  field_ranges(config_class))
     check_ranges({name: getattr(args, name) for name in Runtime.__dataclass_fields__}, field_ranges(Runtime))
     adapter = load_adapter(args.model)
-    if args.method not in getattr(adapter, "methods", METHODS):
+    if not adapter.generative and args.method not in adapter.methods:
         raise UsageError(f"--method {args.method} does not apply to this {adapter.backbone} model (it needs a "
                          f"generative model); choose one of {', '.join(adapter.methods)}")
     preset = choose_preset(args, adapter.backbone)
