@@ -26,7 +26,7 @@ METHODS = {
 
 # Named settings per backbone, applied under flags the user gives (`erase unlearn --preset`, default: the model's
 # backbone). A method without an entry for a backbone runs at its config's defaults.
-# "classifier" (pipelines/classifier.py, cross-entropy losses): Nabla-tau's own rules (tau = the loss on held-out
+# "classifier" (erase/pipelines/classifier.py, cross-entropy losses): Nabla-tau's own rules (tau = the loss on held-out
 # data, the absolute gap the authors tuned on cross-entropy, AdamW 1e-3 decaying linearly to 0.1x, 3 passes over the
 # remain set); RL and SalUn with a random label per forget sample, their classifier form. SFR-on, GA, RL and SalUn:
 # one setting for every scenario, chosen from a few runs on the default classifier (docs/classifier-benchmark.md),

@@ -24,7 +24,7 @@ import torch
 from erase.data import ImageDataset
 from erase.engine import Runtime, remain_label_dropout_field, start_run
 from erase.errors import UsageError
-from eval.losses import fixed_draw_loss
+from erase.eval.losses import fixed_draw_loss
 
 
 @dataclass

@@ -12,9 +12,9 @@ import torch
 
 from erase.data import ImageDataset
 from erase.errors import UsageError
-from eval.generate import class_jobs, generate, prompt_jobs
-from eval.images import INDEX, read_image_folder, write_images
-from eval.prompts import PromptRow
+from erase.eval.generate import class_jobs, generate, prompt_jobs
+from erase.eval.images import INDEX, read_image_folder, write_images
+from erase.eval.prompts import PromptRow
 
 
 @dataclass

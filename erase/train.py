@@ -73,7 +73,7 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
 
 @dataclass
 class ClassifierTrainConfig:
-    """The digit classifier recipe (pipelines/classifier.py); every value is recorded in run.json."""
+    """The digit classifier recipe (erase/pipelines/classifier.py); every value is recorded in run.json."""
 
     epochs: int = field(default=30, metadata={"range": "[1, inf)", "help": "passes over the training images"})
     batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "images per step"})

@@ -11,7 +11,7 @@ import torch
 from erase.data import digits
 from erase.engine import Runtime
 from erase.train import TrainConfig, train
-from pipelines.cfg_unet import CFGUNetAdapter
+from erase.pipelines.cfg_unet import CFGUNetAdapter
 
 
 def tiny_adapter(seed: int = 0, channels=(16, 32)) -> CFGUNetAdapter:
@@ -65,8 +65,8 @@ def tiny_stable_diffusion(tmp_path: Path, seed: int = 0, pixel_space: bool = Fal
     from diffusers import DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from pipelines.latent import tiny_vae
-    from pipelines.stable_diffusion import StableDiffusionAdapter, tiny_unet_condition
+    from erase.pipelines.latent import tiny_vae
+    from erase.pipelines.stable_diffusion import StableDiffusionAdapter, tiny_unet_condition
 
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer(str(write_tiny_clip_tokenizer(tmp_path / "tok") / "vocab.json"),

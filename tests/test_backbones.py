@@ -13,11 +13,11 @@ from erase.data import ImageDataset
 from erase.engine import Runtime
 from erase.saliency import load_mask, trainable_parameters
 from erase.sfron import SFRonConfig, sfron
-from pipelines import load_adapter
-from pipelines.dit import DiTAdapter, tiny_dit
-from pipelines.latent import tiny_vae
-from pipelines.stable_diffusion import TRAIN_PARAMS
-from scripts.cli import main
+from erase.pipelines import load_adapter
+from erase.pipelines.dit import DiTAdapter, tiny_dit
+from erase.pipelines.latent import tiny_vae
+from erase.pipelines.stable_diffusion import TRAIN_PARAMS
+from erase.cli.main import main
 from tests.conftest import tiny_stable_diffusion
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 from erase.data import split_by_class
 from erase.engine import Monitor, Runtime
 from erase.sfron import SFRonConfig, sfron
-from eval.probe import first_step_below
-from scripts.cli import main
+from erase.eval.probe import first_step_below
+from erase.cli.main import main
 from tests.conftest import tiny_adapter
 
 
@@ -123,11 +123,11 @@ def test_benchmark_refuses_unknown_methods_and_models_without_a_recipe(small_bas
 
 def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only_a_changed_config(
         small_base, tmp_path, capsys, monkeypatch):
-    import scripts.common
-    import scripts.tuning
+    import erase.cli.common
+    import erase.cli.tuning
 
-    monkeypatch.setitem(scripts.tuning.GRIDS, "ga", [["--lr", 1e-4], ["--lr", 1e-3]])
-    monkeypatch.setitem(scripts.tuning.GRIDS, "sfron", [["--forget-alpha", 5]])
+    monkeypatch.setitem(erase.cli.tuning.GRIDS, "ga", [["--lr", 1e-4], ["--lr", 1e-3]])
+    monkeypatch.setitem(erase.cli.tuning.GRIDS, "sfron", [["--forget-alpha", 5]])
     argv = ["benchmark", "--model", str(small_base), "--tune", "--dev-classes", "1", "--forget-classes", "3",
             "--methods", "sfron,ga", "--per-class", "3", "--tune-per-class", "3", "--sample-steps", "3",
             "--monitor-every", "2", "--monitor-samples", "3", "--steps", "4", "--rt-steps", "20",
@@ -136,7 +136,7 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     tuning = results["tuning"]
     assert [row["flags"] for row in tuning["sweep"]["ga"]] == [["--lr", "0.0001"], ["--lr", "0.001"]]
-    assert tuning["chosen"]["ga"] == scripts.tuning.select(tuning["sweep"]["ga"])
+    assert tuning["chosen"]["ga"] == erase.cli.tuning.select(tuning["sweep"]["ga"])
     assert tuning["best_baseline"] == "ga" and results["seeds"] == {"sfron": [0, 1], "ga": [0, 1]}
     assert results["settings"]["ga"] == tuning["chosen"]["ga"]["flags"]
     rows = [(r["method"], r["seed"]) for r in results["rows"]]
@@ -147,19 +147,19 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     assert "## Tuning protocol" in report and "## Relearning" in report and "## Seeds" in report
     assert (tmp_path / "out" / "benchmark-pareto.png").is_file()
 
-    import eval.class_scores
+    import erase.eval.class_scores
 
     calls, sampled = [], []
-    real_run, real_sample = scripts.common.run_command, eval.class_scores.sample_classes
-    monkeypatch.setattr(scripts.common, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
-    monkeypatch.setattr(eval.class_scores, "sample_classes", lambda *a, **k: (sampled.append(a), real_sample(*a, **k))[1])
+    real_run, real_sample = erase.cli.common.run_command, erase.eval.class_scores.sample_classes
+    monkeypatch.setattr(erase.cli.common, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
+    monkeypatch.setattr(erase.eval.class_scores, "sample_classes", lambda *a, **k: (sampled.append(a), real_sample(*a, **k))[1])
     assert main(argv) == 0
     assert [c for c in calls if c[0] == "unlearn"] == [] and sampled == []  # every run and every sample reused
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]
     again = json.loads((tmp_path / "out" / "results.json").read_text())["tuning"]
     assert again["sweep"] == tuning["sweep"]
 
-    monkeypatch.setitem(scripts.tuning.GRIDS, "ga", [["--lr", 1e-4], ["--lr", 3e-4]])  # one configuration changes
+    monkeypatch.setitem(erase.cli.tuning.GRIDS, "ga", [["--lr", 1e-4], ["--lr", 3e-4]])  # one configuration changes
     assert main(argv) == 0
     outs = [str(c[c.index("--out") + 1]) for c in calls if c[0] == "unlearn"]
     assert any(out.endswith("ga-1-class-1") for out in outs) and not any("ga-0-class-1" in out for out in outs)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from erase.data import mnist, stratified_split
-from eval.classifier import SHIPPED, forgetting_metrics, load_classifier, predict_probabilities
+from erase.eval.classifier import SHIPPED, forgetting_metrics, load_classifier, predict_probabilities
 
 
 def test_shipped_classifier_reproduces_its_held_out_accuracy():

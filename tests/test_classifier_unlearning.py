@@ -1,4 +1,4 @@
-"""Classifier unlearning (pipelines/classifier.py): the methods run unchanged on a classifier, the forget set and the
+"""Classifier unlearning (erase/pipelines/classifier.py): the methods run unchanged on a classifier, the forget set and the
 retrained model agree on the split, and the diffusion MIA command tests membership on held-out images."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from erase.data import classifier_data, digits, forget_selection, stratified_split
 from erase.objectives import denoising_losses, pseudo_target_losses
-from pipelines import load_adapter
-from pipelines.classifier import METHODS, ClassifierAdapter
-from scripts.cli import main
+from erase.pipelines import load_adapter
+from erase.pipelines.classifier import METHODS, ClassifierAdapter
+from erase.cli.main import main
 from tests.conftest import tree_digest
 
 # sklearn's 8x8 digits (1797 images): per class 20 test and 10 validation images, the rest (about 1500) trains

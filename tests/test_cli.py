@@ -12,7 +12,7 @@ from diffusers import UNet2DModel
 from erase.engine import Runtime
 from erase.methods import METHODS
 from erase.train import TrainConfig
-from scripts.cli import SUBCOMMANDS, build_parser, main
+from erase.cli.main import SUBCOMMANDS, build_parser, main
 from tests.conftest import tree_digest
 
 UNLEARN = ["unlearn", "--data", "digits", "--steps", "3", "--batch-size", "16", "--fisher-batches", "2"]
@@ -148,7 +148,7 @@ def test_every_flag_is_described_in_help():
 
 
 def test_console_command_reports_usage_errors_with_exit_2(tmp_path):
-    erase = [sys.executable, "-m", "scripts.cli"]
+    erase = [sys.executable, "-m", "erase"]
     assert subprocess.run([*erase, "--help"], capture_output=True).returncode == 0
     bad = subprocess.run([*erase, "unlearn", "--model", str(tmp_path / "nope"), "--forget-class", "7",
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.grid import image_grid
-from scripts.cli import main
+from erase.eval.grid import image_grid
+from erase.cli.main import main
 
 
 def run_cli(capsys, *argv):
@@ -101,7 +101,7 @@ def test_score_with_nothing_to_score_exits_2(tmp_path, capsys):
 
 
 def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_row(tmp_path, capsys):
-    from scripts.ablation import ablation_rows
+    from erase.cli.ablation import ablation_rows
 
     code = main(["ablation", "--out", str(tmp_path / "out"), "--steps", "1", "--fisher-batches", "1", "--per-class",
                  "1", "--sample-steps", "1", "--monitor-every", "1", "--monitor-samples", "1",
@@ -125,7 +125,7 @@ def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_
 
 def test_run_cache_key_moves_with_its_own_methods_preset_only(monkeypatch):
     from erase.sfron import SFRON_PRESETS
-    from scripts.common import method_defaults, unlearn_method
+    from erase.cli.common import method_defaults, unlearn_method
 
     assert unlearn_method(["--model", "m", "--forget-class", 1, "--method", "rl", "--steps", 3]) == "rl"
     assert unlearn_method(["--model", "m", "--forget-class", 1]) == "sfron"  # erase unlearn's default

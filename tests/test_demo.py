@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.grid import image_grid
-from scripts.cli import main
-from scripts.common import SHIPPED_BASE
+from erase.eval.grid import image_grid
+from erase.cli.main import main
+from erase.cli.common import SHIPPED_BASE
 from tests.conftest import tree_digest
 
 
@@ -45,13 +45,13 @@ def test_demo_without_the_base_model_exits_2(tmp_path, capsys):
 def test_shipped_base_model_draws_the_digits_it_is_asked_for():
     from diffusers import UNet2DModel
 
-    from eval.class_scores import sample_classes
-    from eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
-    from pipelines import load_adapter
+    from erase.eval.class_scores import sample_classes
+    from erase.eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
+    from erase.pipelines import load_adapter
 
     assert UNet2DModel.from_pretrained(SHIPPED_BASE).config.num_class_embeds == 11  # plain diffusers loads it
     adapter = load_adapter(SHIPPED_BASE)
-    assert adapter.info["guidance_scale"] == 1.25  # chosen by `erase guidance` (assets/README.md)
+    assert adapter.info["guidance_scale"] == 1.25  # chosen by `erase guidance` (erase/assets/README.md)
     samples = sample_classes(adapter, per_class=10, seed=100, num_inference_steps=25)
     metrics = forgetting_metrics(predict_probabilities(load_classifier("digits"), samples.images), samples.conditions, [])
     assert metrics["remaining_accuracy_mean"] >= 0.9, metrics["remaining_accuracy"]  # 98.0% on 50 per digit

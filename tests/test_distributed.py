@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Every method and `erase train`, a few steps each, in one launch (one process group start instead of nine).
 DRIVER = """
 import sys
-from scripts.cli import main
+from erase.cli.main import main
 
 model, out = sys.argv[1], sys.argv[2]
 base = ["--model", model, "--forget-class", "7", "--data", "digits", "--steps", "4", "--batch-size", "8", "--cpu"]
@@ -104,7 +104,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume_bit_for_bit(tmp_path)
             "--batch-size", "8", "--fisher-batches", "3", "--cpu", "--checkpoint-every", "4", "--log-every", "2"]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-                "-m", "scripts.cli"]
+                "-m", "erase"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([*launcher, *argv, "--out", str(tmp_path / "out")], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -121,7 +121,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume_bit_for_bit(tmp_path)
     assert not (tmp_path / "out").exists()
     resume = shlex.split(messages[0].split("continue with: ", 1)[1])
     assert resume[:5] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
-    resume_argv = resume[resume.index("scripts.cli") + 1:]
+    resume_argv = resume[resume.index("-m") + 2:]
     for args, out in ((resume_argv, "out"), ([*argv, "--out", str(tmp_path / "reference")], "reference")):
         result = subprocess.run([*launcher, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]

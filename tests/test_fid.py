@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from erase.errors import UsageError
-from eval.fid import FID, InceptionFeatures, real_statistics_path
-from eval.images import to_unit_float
+from erase.eval.fid import FID, InceptionFeatures, real_statistics_path
+from erase.eval.images import to_unit_float
 
 
 class Projection(nn.Module):

@@ -18,9 +18,9 @@ from erase.rl import RLConfig, rl
 from erase.sa import SAConfig, add_ewc_gradient, sa
 from erase.saliency import top_fraction_mask, trainable_parameters
 from erase.salun import SalUnConfig, salun
-from eval.losses import fixed_draw_loss
-from pipelines import load_adapter
-from scripts.cli import main
+from erase.eval.losses import fixed_draw_loss
+from erase.pipelines import load_adapter
+from erase.cli.main import main
 from tests.conftest import tiny_stable_diffusion
 
 FAST = {  # a few cheap steps per method

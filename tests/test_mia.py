@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from erase.objectives import denoising_losses
-from eval.mia import attack_accuracy, classifier_features, denoising_loss_features, mia_efficacy
-from pipelines.cfg_unet import CFGUNetAdapter
+from erase.eval.mia import attack_accuracy, classifier_features, denoising_loss_features, mia_efficacy
+from erase.pipelines.cfg_unet import CFGUNetAdapter
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +172,7 @@ def test_denoising_loss_features_refuse_bad_inputs():
         denoising_loss_features(adapter, images, torch.zeros(4, dtype=torch.long), timesteps=(100, 1000))
     with pytest.raises(ValueError, match="4 images but 3 labels"):
         denoising_loss_features(adapter, images, torch.zeros(3, dtype=torch.long))
-    adapter.generative = False  # as a classifier adapter (pipelines/classifier.py) declares
+    adapter.generative = False  # as a classifier adapter (erase/pipelines/classifier.py) declares
     with pytest.raises(ValueError, match="classifier_features"):
         denoising_loss_features(adapter, images, torch.zeros(4, dtype=torch.long))
 

@@ -9,10 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_FILES = [
-    "assets/mnist-cfg-unet/model_index.json", "assets/mnist-cfg-unet/run.json",
-    "assets/mnist-cfg-unet/unet/config.json", "assets/mnist-cfg-unet/unet/diffusion_pytorch_model.safetensors",
-    "assets/mnist-cfg-unet/scheduler/scheduler_config.json",
-    "assets/digit-classifier/config.json", "assets/digit-classifier/model.safetensors",
+    "erase/assets/mnist-cfg-unet/model_index.json", "erase/assets/mnist-cfg-unet/run.json",
+    "erase/assets/mnist-cfg-unet/unet/config.json", "erase/assets/mnist-cfg-unet/unet/diffusion_pytorch_model.safetensors",
+    "erase/assets/mnist-cfg-unet/scheduler/scheduler_config.json",
+    "erase/assets/digit-classifier/config.json", "erase/assets/digit-classifier/model.safetensors",
 ]
 
 
@@ -33,7 +33,16 @@ def test_the_wheel_carries_the_shipped_model_and_classifier_byte_for_byte(wheel)
         for name in SHIPPED_FILES:
             assert name in names, f"{name} is not in {wheel.name}"
             assert archive.read(name) == (ROOT / name).read_bytes(), name
-        assert "scripts/cli.py" in names and "erase/sfron.py" in names
+        assert "erase/cli/main.py" in names and "erase/sfron.py" in names
+
+
+def test_the_wheel_installs_one_top_level_name_erase(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        roots = {name.split("/")[0] for name in archive.namelist()}
+        dist_info = next(root for root in roots if root.endswith(".dist-info"))
+        entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+    assert roots - {dist_info} == {"erase"}, sorted(roots)  # no pipelines/, eval/, scripts/ or assets/ beside it
+    assert "erase = erase.cli.main:main" in entry_points
 
 
 def test_an_installed_copy_loads_its_own_shipped_model_from_another_directory(wheel, tmp_path):
@@ -42,8 +51,8 @@ def test_an_installed_copy_loads_its_own_shipped_model_from_another_directory(wh
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     probe = (
-        "import scripts.common as c, eval.classifier as k\n"
-        "from pipelines import load_adapter\n"
+        "import erase.cli.common as c, eval.classifier as k\n"
+        "from erase.pipelines import load_adapter\n"
         "a = load_adapter(c.SHIPPED_BASE); m = k.load_classifier('digits')\n"
         "print(c.SHIPPED_BASE); print(k.SHIPPED['digits']); print(a.backbone, a.num_classes)\n"
     )

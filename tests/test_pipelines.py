@@ -7,9 +7,9 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from erase.errors import UsageError
-from pipelines import load_adapter
-from pipelines.cfg_unet import CFGUNetAdapter
-from pipelines.ddpm import DDPMAdapter
+from erase.pipelines import load_adapter
+from erase.pipelines.cfg_unet import CFGUNetAdapter
+from erase.pipelines.ddpm import DDPMAdapter
 from tests.conftest import tiny_adapter
 
 

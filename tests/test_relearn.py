@@ -1,4 +1,4 @@
-"""The relearning probe (eval/relearn.py): a digit hidden by a few gradient-ascent steps comes back when the
+"""The relearning probe (erase/eval/relearn.py): a digit hidden by a few gradient-ascent steps comes back when the
 erased model is fine-tuned on real images of it, and the probe leaves the model and the random state as it found
 them. Runs on the shipped 16 px digit model, judged by sampling and classifying (about 30 s on 2 cores)."""
 
@@ -8,11 +8,11 @@ import torch
 from erase.data import load_dataset, split_by_class
 from erase.engine import Runtime
 from erase.ga import GAConfig, ga
-from eval.classifier import load_classifier
-from eval.probe import forgetting_probe
-from eval.relearn import RELEARN_IMAGES, relearn_curve
-from pipelines import load_adapter
-from scripts.common import SHIPPED_BASE
+from erase.eval.classifier import load_classifier
+from erase.eval.probe import forgetting_probe
+from erase.eval.relearn import RELEARN_IMAGES, relearn_curve
+from erase.pipelines import load_adapter
+from erase.cli.common import SHIPPED_BASE
 
 DIGIT = 7
 

@@ -22,10 +22,10 @@ from PIL import Image
 from erase.engine import Runtime
 from erase.methods import METHODS
 from erase.train import ClassifierTrainConfig, TrainConfig
-from scripts import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
+from erase.cli import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
                      train, unlearn)
-from scripts.cli import main
-from scripts.options import field_ranges
+from erase.cli.main import main
+from erase.cli.options import field_ranges
 
 UNLEARN = ["unlearn", "--model", "{model}", "--data", "digits", "--forget-class", "7", "--steps", "2",
            "--batch-size", "8", "--fisher-batches", "1"]
@@ -346,7 +346,7 @@ def ddpm_model_dir(tmp_path_factory) -> Path:
     """An untrained unconditional 8x8 DDPM: the conditions it is given change nothing."""
     import torch
 
-    from pipelines.ddpm import DDPMAdapter
+    from erase.pipelines.ddpm import DDPMAdapter
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("models") / "ddpm"

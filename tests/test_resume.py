@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scripts.cli import main
+from erase.cli.main import main
 from tests.conftest import tiny_adapter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def interrupt_after_first_state(argv: list[str], state_folder: Path) -> subprocess.CompletedProcess:
     """Run `erase ARGV` in a subprocess and SIGTERM it as soon as its first periodic state exists."""
-    process = subprocess.Popen([sys.executable, "-m", "scripts.cli", *argv], cwd=REPO, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "erase", *argv], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list(state_folder.glob("step-*")):

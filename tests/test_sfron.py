@@ -7,8 +7,8 @@ from erase.errors import NonFiniteLossError
 from erase.objectives import denoising_losses
 from erase.saliency import trainable_parameters
 from erase.sfron import SFRonConfig, sfron
-from eval.losses import fixed_draw_loss
-from pipelines import load_adapter
+from erase.eval.losses import fixed_draw_loss
+from erase.pipelines import load_adapter
 from tests.conftest import tiny_adapter
 
 

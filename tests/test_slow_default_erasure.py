@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from eval.class_scores import sample_classes
-from eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
-from pipelines import load_adapter
-from scripts.cli import main
-from scripts.common import SHIPPED_BASE
+from erase.eval.class_scores import sample_classes
+from erase.eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
+from erase.pipelines import load_adapter
+from erase.cli.main import main
+from erase.cli.common import SHIPPED_BASE
 
 
 def scores(folder, forget_class, classifier):

@@ -13,8 +13,8 @@ from erase.data import ImageDataset, mnist, split_by_class
 from erase.engine import Runtime
 from erase.sfron import SFRonConfig, sfron
 from erase.train import TrainConfig, train
-from eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
-from eval.generate import Job, generate
+from erase.eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
+from erase.eval.generate import Job, generate
 from tests.conftest import tiny_stable_diffusion
 
 WORDS = "zero one two three four five six seven eight nine".split()

@@ -1,10 +1,10 @@
-"""The benchmark's tuning grid and selection rule (scripts/tuning.py)."""
+"""The benchmark's tuning grid and selection rule (erase/cli/tuning.py)."""
 
 import pytest
 
 from erase.methods import METHODS
-from scripts.cli import build_parser
-from scripts.tuning import BUDGET, GRIDS, grid, select, star
+from erase.cli.main import build_parser
+from erase.cli.tuning import BUDGET, GRIDS, grid, select, star
 
 
 def test_grid_spells_every_combination_as_flags_in_order():

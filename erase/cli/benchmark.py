@@ -1,0 +1,303 @@
+"""`erase benchmark`: every erasure method on the same base model, forget classes, seeds and sample counts, against
+a model retrained without the forget class (RT, the gold standard); writes results.json and a markdown report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from erase.eval.relearn import RELEARN_IMAGES
+from erase.cli.common import SHIPPED_BASE, add_scoring_arguments, method_seconds
+from erase.cli.tuning import DEV_CLASSES, TUNE_PER_CLASS
+
+# `erase unlearn` flags per method: each paper's setting scaled to the 16 px digit model (docs/benchmark.md says how).
+# Loss weights, temperatures, mask rules and schedules stay at the methods' defaults (the papers' values).
+SETTINGS = {
+    "sfron": [],  # the defaults users get: the cfg_unet preset (official DDPM conventions, docs/ablation.md)
+    "joint": [],
+    "nabla_tau": ["--steps", 150, "--batch-size", 64],
+    "ga": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],  # SalUn DDPM: 1000 at 1e-5 -> 100 at 1e-4
+    "rl": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
+    "salun": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
+    "esd": ["--steps", 100, "--lr", 1e-4],  # ESD: 1000 at 1e-5 -> 100 at 1e-4, one condition per step
+    "sa": ["--steps", 100, "--lr", 1e-3, "--batch-size", 64],  # SA DDPM-scale 1000 at 1e-4 -> 100 at 1e-3
+}
+SCALING_NOTE = (
+    "Iteration counts of 1000 at lr 1e-5 (GA, RL, SalUn, ESD: SalUn's and ESD's settings) and 1000 at 1e-4 (SA) "
+    "become 100 at 10x the learning rate (same lr x steps); SFR-on, its joint variant and Nabla-tau keep the SFR-on "
+    "DDPM setting of lr 1e-4; SFR-on and joint run at `erase unlearn`'s defaults for class UNets (the cfg_unet "
+    "preset), Nabla-tau at 150 iterations. Batches are 64 (the base model's training batch) instead of 128; "
+    "ESD keeps one condition per step. Every other hyperparameter is the method's default (the papers' values, "
+    "under the loss conventions each paper's code used, or converted exactly: RL and SalUn weigh a pixel-mean remain "
+    "term by 3.072, SalUn's 1e-3 on a pixel sum at 3x32x32; see each method's --loss-reduction / --remain-reduction)."
+)
+# Why a method may lose the other classes at its benchmark setting (the report prints this for a method whose mean
+# RA falls below 80%; a collapse without an entry here is reported as unexplained).
+COLLAPSE_REASONS = {
+    "ga": "unbounded gradient ascent on a shared denoiser raises every class's loss: without a remain term "
+          "(remain_alpha 0, SalUn's GA baseline) nothing pulls the other classes back, and with SalUn's remain "
+          "weight either the ascent still wins or nothing is erased (`erase benchmark --tune`'s sweep shows both)",
+    "esd": "ESD trains only on the forget condition, with no remain data; it was designed for text-to-image models "
+           "where other prompts share little with the erased one, not for a 10-class UNet whose classes share all "
+           "weights",
+}
+# The methods run by default: SFR-on, Nabla-tau and the baselines; SFR-on's joint variant is an ablation
+# (docs/ablation.md) and runs when named in --methods.
+DEFAULT_METHODS = [method for method in SETTINGS if method != "joint"]
+# erase/cli/options.py check_ranges: this command's numeric flags, refused before any model loads
+RANGES = {"steps": "[1, inf)", "rt_steps": "[1, inf)", "tune_per_class": "[1, inf)", "extra_seeds": "[0, inf)",
+          "per_class": "[1, inf)", "sample_steps": "[1, inf)", "monitor_every": "[1, inf)",
+          "monitor_samples": "[1, inf)", "seed": "[0, 4294967295]"}
+RECIPE_FLAGS = ("steps", "batch_size", "lr", "label_dropout", "ema_decay", "max_grad_norm")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "benchmark", help="all methods x forget classes vs a retrained-without-class model; table, grids, plot",
+        description="For each forget class: trains (or reuses) a model without that class with the base model's own "
+                    "recipe (RT), erases the class from the base with every method (settings in "
+                    "erase/cli/benchmark.py SETTINGS) while probing FA every --monitor-every steps, samples every "
+                    "model with the same seeds and scores FA, mean RA, FID of the remaining classes vs real digits "
+                    "and vs RT samples (classifier features). Writes OUT/results.json, OUT/benchmark.md, grids and "
+                    "an FA-vs-step plot; finished runs, their scores and samples are reused when rerun with the same "
+                    "flags (OUT/tune, OUT/tuned or OUT/runs, OUT/samples).",
+    )
+    parser.add_argument("--model", type=Path, default=SHIPPED_BASE,
+                        help="base model folder written by `erase train` (default: the shipped erase/assets/mnist-cfg-unet)")
+    parser.add_argument("--forget-classes", default="1,3,7", help="classes erased one at a time (default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated methods; 'joint' (SFR-on's one-update variant) is also available "
+                             "(default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="override every method's steps (quick checks; the report says so) (default: per method)")
+    parser.add_argument("--rt-steps", type=int, default=None,
+                        help="override RT training steps (quick checks; default: the base model's recipe)")
+    parser.add_argument("--rt-cache", type=Path, default=None, help="folder of RT models (default: OUT/rt)")
+    tuning = parser.add_argument_group("tuning protocol (erase/cli/tuning.py)")
+    tuning.add_argument("--tune", action="store_true",
+                        help="tune first: every method's grid (at most 8 configurations) on --dev-classes, the "
+                             "configuration with the best mean RA among those with FA <= 5%% (else the lowest FA) "
+                             "then runs on the test digits; without it every method runs its SETTINGS entry")
+    tuning.add_argument("--dev-classes", default=DEV_CLASSES,
+                        help="development digits the grid is tried on; never test digits (default: %(default)s)")
+    tuning.add_argument("--tune-per-class", type=int, default=TUNE_PER_CLASS,
+                        help="samples per class scoring a tuning run (default: %(default)s)")
+    tuning.add_argument("--extra-seeds", type=int, default=1,
+                        help="with --tune: further run seeds for SFR-on and the best baseline, reported as mean and "
+                             "range (default: %(default)s)")
+    parser.add_argument("--relearn-steps", default="10,25,50",
+                        help="relearning probe: FA after fine-tuning each erased model (and RT) for these many steps "
+                             f"on {RELEARN_IMAGES} real images of the forget digit; 'none' skips it (default: %(default)s)")
+    parser.add_argument("--report-dir", type=Path, default=None,
+                        help="where benchmark.md and its pictures go (default: OUT; the project's is docs/)")
+    add_scoring_arguments(parser)
+    parser.add_argument("--out", type=Path, default=Path("benchmark-out"), help="output folder (default: %(default)s)")
+    parser.set_defaults(run=run)
+
+
+def training_recipe(model: Path) -> tuple[dict, list]:
+    """The base model's `erase train` record and the flags that repeat it."""
+    from erase.errors import UsageError
+
+    record_file = model / "run.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    if record.get("command") != "train":
+        raise UsageError(f"{str(model)!r} has no `erase train` run.json; the benchmark retrains RT with the base "
+                         "model's recipe, so pass a model written by `erase train`")
+    flags = ["--data", record["data"], "--resolution", record["resolution"],
+             "--channels", ",".join(str(c) for c in record["channels"]),
+             "--layers-per-block", record.get("layers_per_block", 1), "--seed", record["runtime"]["seed"]]
+    flags += ["--attention"] if record.get("attention") else []
+    for name in RECIPE_FLAGS:
+        value = record["config"][name]
+        flags += [f"--{name.replace('_', '-')}", value] if value is not None else []
+    return record, flags
+
+
+def retrained_model(args, model: Path, forget_class: int, guidance_scale: float) -> Path:
+    """RT for `forget_class`: reused from the cache when its recorded flags match, else trained now."""
+    from erase.errors import UsageError
+    from erase.cli.common import run_command
+
+    _, flags = training_recipe(model)
+    if args.rt_steps is not None:
+        flags += ["--steps", args.rt_steps]
+    flags = [str(f) for f in flags + ["--exclude-classes", forget_class, "--guidance-scale", guidance_scale]]
+    folder = (args.rt_cache or args.out / "rt") / f"without-{forget_class}"
+    stamp = folder / "benchmark-flags.json"
+    if stamp.is_file():
+        if json.loads(stamp.read_text()) == flags:
+            print(f"using the cached RT model {folder}")
+            return folder
+        raise UsageError(f"{str(folder)!r} was trained with other flags; delete it or pass another --rt-cache")
+    print(f"training RT (without class {forget_class}): erase train {' '.join(flags)}")
+    run_command("train", *flags, "--out", folder, "--overwrite")
+    stamp.write_text(json.dumps(flags) + "\n")
+    return folder
+
+
+def erased_model(args, data: str, method: str, forget_class: int, settings: list, seed: int) -> tuple[Path, dict]:
+    """The method's erased model and its run.json, reused when the same flags produced it before (tuned runs live in
+    OUT/tuned, runs at SETTINGS in OUT/runs)."""
+    from erase.cli.common import cached_unlearn
+
+    flags = ["--model", args.model, "--data", data, "--forget-class", forget_class, "--method", method, *settings,
+             *(["--steps", args.steps] if args.steps else []), "--monitor-every", args.monitor_every,
+             "--monitor-samples", args.monitor_samples, "--seed", seed]
+    name = f"{method}-{forget_class}" + (f"-seed{seed}" if seed != args.seed else "")
+    folder = args.out / ("tuned" if args.tune else "runs") / name
+    return folder, cached_unlearn(folder, flags)
+
+
+def relearn_milestones(text: str) -> list[int] | None:
+    """--relearn-steps as step counts, or None for 'none'."""
+    from erase.errors import UsageError
+
+    if text.strip().lower() == "none":
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise UsageError(f"--relearn-steps: positive step counts like 10,25,50 or 'none', got {text!r}")
+    return [int(part) for part in parts]
+
+
+def relearning(args, milestones: list[int] | None, adapter, folder: Path, key: dict, real_images, forget_class: int,
+               classifier) -> list[dict] | None:
+    """FA after the relearning probe's fine-tuning steps (cached in `folder`), or None when `milestones` is None."""
+    from erase.eval.probe import forgetting_probe
+    from erase.eval.relearn import relearn_curve
+    from erase.cli.common import cached_json
+
+    if milestones is None:
+        return None
+    probe = forgetting_probe(classifier, [forget_class], args.monitor_samples, 25, args.seed)
+    key = {**key, "milestones": milestones, "images": RELEARN_IMAGES, "samples": args.monitor_samples, "seed": args.seed}
+    return cached_json(folder / "relearn.json", key, lambda: relearn_curve(
+        adapter, *real_images, lambda a: {"fa": probe(a)["fa"]}, milestones, seed=args.seed))
+
+
+def tau_reference(base, rt, erased, data, forget_class: int, run_record: dict, seed: int) -> dict:
+    """Nabla-tau's tau against tau*, the loss of a model that never learned the class (RT) on the forget images under
+    their own label, and the base and erased models' losses there; the same fixed draws as Nabla-tau's own estimate."""
+    from erase.data import split_by_class
+    from erase.eval.losses import fixed_draw_loss
+
+    forget, _ = split_by_class(data, [forget_class])
+    samples = run_record["config"]["tau_samples"]
+    record = run_record["method_record"]
+    return {"class": forget_class, "tau_source": record["tau_source"], "gap": record.get("gap", "absolute"),
+            "tau_factor": run_record["config"]["tau_factor"], "tau_start": record["tau"][0]["tau"],
+            "tau_star": fixed_draw_loss(rt, forget, samples, seed=seed),
+            "base_loss": fixed_draw_loss(base, forget, samples, seed=seed),
+            "erased_loss": fixed_draw_loss(erased, forget, samples, seed=seed)}
+
+
+def run(args) -> None:
+    import time
+
+    import torch
+
+    from erase.data import load_dataset, parse_class_ids
+    from erase.errors import UsageError
+    from erase.methods import METHODS
+    from erase.record import environment, write_json
+    from erase.eval.class_scores import class_scores, real_reference, sample_classes
+    from erase.eval.classifier import load_classifier
+    from erase.eval.probe import first_step_below
+    from erase.eval.report import write_report
+    from erase.pipelines import load_adapter
+    from erase.cli.common import cached_samples, model_digest
+    from erase.cli.options import check_ranges
+    from erase.cli.tuning import tune
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise UsageError(f"--methods: unknown {unknown}; choose from {sorted(METHODS)}")
+    check_ranges(vars(args), RANGES)
+    milestones = relearn_milestones(args.relearn_steps)
+    forget_classes = parse_class_ids(args.forget_classes)
+    started = time.time()
+    base = load_adapter(args.model)
+    if base.backbone != "cfg_unet":
+        raise UsageError(f"the benchmark compares class erasure on a CFG UNet written by `erase train`; got {base.backbone}")
+    base.check_class_ids(forget_classes)
+    record, _ = training_recipe(args.model)
+    guidance = base.info.get("guidance_scale", 1.0)
+    classifier = load_classifier("digits")
+    resolution = base.image_shape[-1]
+    args.out.mkdir(parents=True, exist_ok=True)
+    tuning = tune(args, methods, classifier, record, resolution) if args.tune else None
+    settings = {m: tuning["chosen"][m]["flags"] if tuning else SETTINGS[m] for m in methods}
+    seeds = {m: [args.seed] for m in methods}
+    if tuning:
+        for method in {"sfron", tuning["best_baseline"]} & set(methods):
+            seeds[method] += [args.seed + k for k in range(1, args.extra_seeds + 1)]
+    data = load_dataset(record["data"], resolution)
+
+    def sample(adapter, folder: Path, name: str, file: str):
+        """The model's scored samples, cached in OUT/samples under the model's digest and the sampling flags."""
+        key = {"model": model_digest(folder), "per_class": args.per_class, "sample_steps": args.sample_steps,
+               "seed": args.seed}
+        return cached_samples(args.out / "samples" / f"{file}.safetensors", key, lambda: sample_classes(
+            adapter, args.per_class, args.seed, args.sample_steps, description=f"sample {name}"))
+
+    base_samples = sample(base, args.model, "base", "base")
+    rows, grids, curves, taus = [], {}, {}, []
+    run_seconds = {"rt": 0.0, "test": 0.0}  # recorded in the runs, cached or not: what a run from scratch spends
+    for forget_class in forget_classes:
+        real = real_reference(classifier, record["data"], resolution, [forget_class], args.cache_dir)
+        forget_images = data.images[data.labels == forget_class][:RELEARN_IMAGES]
+        real_images = forget_images, torch.full((len(forget_images),), forget_class, dtype=torch.long)
+        rt_folder = retrained_model(args, args.model, forget_class, guidance)
+        rt_record = json.loads((rt_folder / "run.json").read_text())
+        rt_seconds = rt_record["timings"]["train"]
+        run_seconds["rt"] += rt_seconds
+        rt = load_adapter(rt_folder)
+        rt_samples = sample(rt, rt_folder, f"RT without {forget_class}", f"RT-{forget_class}")
+        grids[forget_class] = {"base": base_samples.column(), "RT": rt_samples.column()}
+        rows.append({"class": forget_class, "method": "base", "seed": args.seed, "steps": 0, "seconds": 0.0,
+                     "fraction_of_rt": 0.0, "first_step_fa_below_5pct": None,
+                     **class_scores(base_samples, [forget_class], classifier, real, rt_samples)})
+        rt_key = {"rt": json.loads((rt_folder / "benchmark-flags.json").read_text())}
+        rows.append({"class": forget_class, "method": "RT", "seed": args.seed, "steps": rt_record["config"]["steps"],
+                     "seconds": rt_seconds, "fraction_of_rt": 1.0, "first_step_fa_below_5pct": None,
+                     "relearn": relearning(args, milestones, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key,
+                                           real_images, forget_class, classifier),
+                     **class_scores(rt_samples, [forget_class], classifier, real, None)})
+        for method in methods:
+            for seed in seeds[method]:
+                folder, run_record = erased_model(args, record["data"], method, forget_class,
+                                                 settings[method], seed)
+                adapter = load_adapter(folder)
+                samples = sample(adapter, folder, f"{method} without {forget_class}, seed {seed}",
+                                 f"{folder.parent.name}-{folder.name}")
+                seconds = method_seconds(run_record["timings"])
+                run_seconds["test"] += sum(run_record["timings"].values())
+                history = run_record["monitor"]["history"]
+                if seed == args.seed:
+                    grids[forget_class][method] = samples.column()
+                    curves.setdefault(forget_class, {})[method] = history
+                if method == "nabla_tau" and seed == args.seed:
+                    taus.append(tau_reference(base, rt, adapter, data, forget_class, run_record, args.seed))
+                rows.append({"class": forget_class, "method": method, "seed": seed, "steps": run_record["config"]["steps"],
+                             "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
+                             "first_step_fa_below_5pct": first_step_below(history, 0.05),
+                             "settings": settings[method], "mask_sparsity": run_record["mask_sparsity"],
+                             "relearn": relearning(args, milestones, adapter, folder, {"run": str(folder)}, real_images,
+                                                   forget_class, classifier) if seed == args.seed else None,
+                             **class_scores(samples, [forget_class], classifier, real, rt_samples)})
+    results = {
+        "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
+        "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
+        "seeds": seeds, "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples,
+        "steps_override": args.steps, "rt_steps_override": args.rt_steps, "settings": settings,
+        "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES, "nabla_tau": taus,
+        "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
+        "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
+        "run_seconds": {**run_seconds, "tuning": tuning["run_seconds"] if tuning else 0.0},
+        "environment": environment(),
+    }
+    write_json(args.out / "results.json", results)
+    report = write_report(results, grids, args.report_dir or args.out)
+    print(f"results: {args.out / 'results.json'}   report: {report}")

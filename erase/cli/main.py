@@ -1,0 +1,97 @@
+"""`erase`: erase a class or concept from a diffusion model and prove it did.
+
+Exit codes: 0 success, 2 bad usage or a fault that left nothing written (the message says which and how to fix it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+
+from erase import __version__
+
+SUBCOMMANDS = ("train", "train-classifier", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "benchmark-classifier", "mia", "ablation")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own refusals (a value of the wrong type, an unknown choice or flag) as one line and exit code 2,
+    like every other bad input; --help still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from erase.cli import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
+                         train, unlearn)
+
+    parser = OneLineParser(
+        prog="erase",
+        description="Erase a class or concept from a trained diffusion model, or classes or training images from an "
+                    "image classifier (SFR-on and baselines), offline.",
+        epilog="Run 'erase COMMAND --help' for a command's flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"erase {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    for module in (train, classifier, guidance, unlearn, sample, grid, score, demo, benchmark, benchmark_classifier, mia,
+                   ablation):
+        module.register(commands)
+    return parser
+
+
+def resume_command(argv: list[str], folder, num_processes: int) -> str:
+    """`argv` with `--resume folder` in place of any earlier --resume, as a shell line."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    launcher = ["erase"] if num_processes == 1 else ["accelerate", "launch", "--multi_gpu", "--num_processes",
+                                                       str(num_processes), "-m", "erase"]  # add your --num_machines etc.
+    return shlex.join([*launcher, *kept, "--resume", str(folder)])
+
+
+def _terminate(number, frame):
+    raise KeyboardInterrupt  # SIGTERM outside a training loop: the same clean exit as Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    from erase.engine import Interrupted
+    from erase.errors import UsageError
+
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or argparse's one-line refusal (OneLineParser.error)
+        return done.code if isinstance(done.code, int) else 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        args.run(args)
+    except UsageError as error:
+        print(f"erase {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Interrupted as stop:
+        if stop.is_main_process:
+            print(f"erase {args.command}: stopped by {signal.Signals(stop.signal_number).name} after step {stop.step} "
+                  f"of {stop.steps}; nothing was written to --out; saved a resumable state to {stop.folder}; "
+                  f"continue with: {resume_command(argv, stop.folder, stop.num_processes)}", file=sys.stderr)
+        return 128 + stop.signal_number
+    except KeyboardInterrupt:
+        print(f"erase {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

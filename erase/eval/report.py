@@ -1,0 +1,317 @@
+"""The benchmark's markdown report, grids and FA-vs-step plot, generated from results.json (never edited by hand)."""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+from pathlib import Path
+
+import torch
+
+from erase.eval.grid import image_grid
+
+COLUMNS = (  # (header, row key, format)
+    ("FA", "forgetting_accuracy", "{:.1%}"),
+    ("mean RA", "remaining_accuracy_mean", "{:.1%}"),
+    ("FID real", "fid_real", "{:.2f}"),
+    ("FID vs RT", "fid_reference", "{:.2f}"),
+    ("steps", "steps", "{:d}"),
+    ("wall s", "seconds", "{:.1f}"),
+    ("x RT time", "fraction_of_rt", "{:.3f}"),
+    ("steps to FA<5%", "first_step_fa_below_5pct", "{:d}"),
+)
+COLLAPSE_RA = 0.8  # below this mean RA a method has lost the other classes; the report says why (or that it cannot)
+
+
+def cell(value, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return fmt.format(int(value) if fmt == "{:d}" else value)
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row['method']} | " + " | ".join(cell(row.get(k), f) for _, k, f in COLUMNS) + " |")
+    return lines
+
+
+def mean_rows(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Per method, the mean over forget classes; 'steps to FA<5%' only when every class reached it."""
+    means = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        row = {"method": method}
+        for _, key, _ in COLUMNS:
+            values = [r.get(key) for r in mine]
+            if None in values:
+                row[key] = None
+            else:
+                row[key] = sum(values) / len(values)
+        means.append(row)
+    return means
+
+
+def pareto_plot(tuning: dict, references: dict[str, tuple[float, float]], path: Path, ra_floor: float = 0.8) -> None:
+    """One panel per method: FA (x) against mean RA (y) of every configuration tried on the development digits,
+    FID as colour (log scale, shared), the chosen configuration ringed, and reference points (base, RT). RA below
+    `ra_floor` (a lost model) is drawn as a down-triangle on the floor with its value written, so the axis keeps the
+    resolution where the methods differ."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    sweep = tuning["sweep"]
+    fids = [max(row["fid"], 1e-3) for rows in sweep.values() for row in rows]
+    norm = LogNorm(vmin=min(fids), vmax=max(max(fids), min(fids) * 1.01))
+    columns = min(4, len(sweep))
+    lines = -(-len(sweep) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines + 0.6), sharex=True, sharey=True,
+                                squeeze=False)
+    points = None
+    for axis, (method, rows) in zip(axes.flat, sweep.items()):
+        for row in rows:
+            low = row["ra"] < ra_floor
+            y = ra_floor + 0.004 if low else row["ra"]
+            points = axis.scatter([row["fa"]], [y], c=[max(row["fid"], 1e-3)], norm=norm, cmap="viridis", s=40,
+                                  marker="v" if low else "o", zorder=3)
+            text = f"{row['config']}" + (f" (RA {row['ra']:.0%})" if low else "")
+            axis.annotate(text, (row["fa"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        pick = tuning["chosen"][method]
+        axis.scatter([pick["fa"]], [max(pick["ra"], ra_floor + 0.004)], s=160, facecolors="none", edgecolors="red",
+                     linewidths=1.5, zorder=4)
+        for (label, (fa, ra)), marker in zip(references.items(), ("*", "s")):
+            axis.scatter([fa], [ra], marker=marker, color="black", s=50, zorder=2, label=label)
+        axis.axvline(tuning["fa_max"], color="grey", linestyle="--", linewidth=1)
+        axis.set_title(method, fontsize=10)
+        axis.set_xlim(-0.05, 1.05)
+        axis.set_ylim(ra_floor, 1.005)
+    for axis in axes.flat[len(sweep):]:
+        axis.axis("off")
+    for axis in axes[-1]:
+        axis.set_xlabel("FA")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("mean RA")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    figure.subplots_adjust(bottom=0.22 if lines == 1 else 0.13, right=0.86, hspace=0.3)
+    figure.colorbar(points, ax=axes.ravel().tolist(), label="FID real (remaining classes)", shrink=0.8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def flags_text(flags) -> str:
+    return " ".join(str(f) for f in flags) or "(defaults)"
+
+
+def tuning_section(results: dict, directory: Path) -> list[str]:
+    """The protocol, the whole sweep, the chosen configurations and the Pareto plot."""
+    tuning = results["tuning"]
+    dev = ", ".join(map(str, tuning["dev_classes"]))
+    lines = ["", "## Tuning protocol", "",
+             f"Every method gets the same budget: the configurations in `erase/cli/tuning.py` GRIDS (at most "
+             f"{tuning['budget']} each; the source of each range is written beside it), each run once on development "
+             f"digit(s) {dev}, which are never test digits, scored from {tuning['per_class']} samples per class. "
+             f"Selection rule, fixed before any run: the highest mean RA among configurations with FA <= "
+             f"{tuning['fa_max']:.0%} on the development digits, else the lowest FA. The chosen configuration then "
+             f"runs once per test digit; SFR-on and the best baseline (the same rule over the baselines' chosen "
+             f"configurations: **{tuning['best_baseline']}**) run with seeds "
+             f"{', '.join(map(str, results['seeds'].get('sfron', [results['seed']])))}.",
+             "", "| method | chosen | flags | dev FA | dev mean RA | dev FID |", "|---|---|---|---|---|---|"]
+    for method, pick in tuning["chosen"].items():
+        lines.append(f"| {method} | #{pick['config']} | `{flags_text(pick['flags'])}` | {pick['fa']:.1%} | "
+                     f"{pick['ra']:.1%} | {pick['fid']:.2f} |")
+    rts = [r for r in results["rows"] if r["method"] == "RT"]
+    references = {f"base (digit {dev})": (tuning["base"]["fa"], tuning["base"]["ra"])}
+    if rts:
+        references["RT (test digits)"] = (sum(r["forgetting_accuracy"] for r in rts) / len(rts),
+                                          sum(r["remaining_accuracy_mean"] for r in rts) / len(rts))
+    pareto_plot(tuning, references, directory / "benchmark-pareto.png")
+    lines += ["", "![FA vs mean RA over each method's sweep](benchmark-pareto.png)", "",
+              f"Each point is one configuration on the development digits (number = its row below), colour its FID; "
+              f"a triangle on the floor: mean RA below 80% (value written); ringed: the chosen one; dashed: FA "
+              f"{tuning['fa_max']:.0%}; star: the base model on the development "
+              f"digits ({tuning['base']['fa']:.1%} FA, {tuning['base']['ra']:.1%} RA); square: RT's mean over the "
+              f"test digits (no RT is trained for development digits).", "", "### The whole sweep", "",
+              "| method | # | flags | FA | mean RA | FID | wall s |", "|---|---|---|---|---|---|---|"]
+    for method, rows in tuning["sweep"].items():
+        for row in rows:
+            mark = " (chosen)" if row["config"] == tuning["chosen"][method]["config"] else ""
+            lines.append(f"| {method} | {row['config']}{mark} | `{flags_text(row['flags'])}` | {row['fa']:.1%} | "
+                         f"{row['ra']:.1%} | {row['fid']:.2f} | {row['seconds']:.1f} |")
+    return lines
+
+
+def seeds_section(results: dict) -> list[str]:
+    """Methods run with several seeds: mean over forget classes per seed, reported as mean and range over seeds."""
+    several = {m: seeds for m, seeds in results.get("seeds", {}).items() if len(seeds) > 1}
+    if not several:
+        return []
+    lines = ["", "## Seeds", "", "Mean over forget classes per seed; mean [min, max] over seeds "
+             f"({', '.join(map(str, next(iter(several.values()))))}).", "",
+             "| method | FA | mean RA | FID real | steps to FA<5% |", "|---|---|---|---|---|"]
+    for method, seeds in several.items():
+        cells = []
+        for key, fmt in (("forgetting_accuracy", "{:.1%}"), ("remaining_accuracy_mean", "{:.1%}"),
+                         ("fid_real", "{:.2f}"), ("first_step_fa_below_5pct", "{:.0f}")):
+            per_seed = []
+            for seed in seeds:
+                values = [r.get(key) for r in results["rows"] if r["method"] == method and r["seed"] == seed]
+                per_seed.append(None if None in values or not values else sum(values) / len(values))
+            if None in per_seed:
+                cells.append("-")
+            else:
+                mean = sum(per_seed) / len(per_seed)
+                cells.append(f"{fmt.format(mean)} [{fmt.format(min(per_seed))}, {fmt.format(max(per_seed))}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def relearn_section(results: dict, methods: list[str]) -> list[str]:
+    """FA of each erased model (and RT) after the relearning probe's fine-tuning steps, mean over forget classes."""
+    rows = [r for r in results["rows"] if r.get("relearn")]
+    if not rows:
+        return []
+    steps = [point["step"] for point in rows[0]["relearn"]]
+    lines = ["", "## Relearning", "",
+             f"An erased digit that returns after a few fine-tuning steps was hidden, not removed. Each model (seed "
+             f"{results['seed']}) is fine-tuned on {results.get('relearn_images', 32)} real images of the forget digit "
+             f"with the plain denoising loss (Adam, lr 1e-4, full batch, fixed seed) and FA is probed "
+             f"({results['monitor_samples']} samples) after each step count; RT, which never learned the digit, is "
+             "the reference. Mean over forget classes.", "",
+             "| method | FA erased | " + " | ".join(f"FA after {k}" for k in steps) + " |",
+             "|---" * (len(steps) + 2) + "|"]
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        start = sum(r["forgetting_accuracy"] for r in mine) / len(mine)
+        after = [sum(r["relearn"][i]["fa"] for r in mine) / len(mine) for i in range(len(steps))]
+        lines.append(f"| {method} | {start:.1%} | " + " | ".join(f"{v:.1%}" for v in after) + " |")
+    return lines
+
+
+def tau_section(results: dict) -> list[str]:
+    """Nabla-tau's tau at its chosen setting against tau* (RT's loss on the forget digit)."""
+    taus = results.get("nabla_tau") or []
+    if not taus:
+        return []
+    lines = ["", "## Nabla-tau's tau", "",
+             "tau* is the loss a model that never learned the digit (RT) has on the forget images under their own "
+             "label; Nabla-tau raises the forget loss to its tau estimate. Same fixed draws (image, noise, timestep) "
+             "for every model; pixel-mean losses. FA is the erased model's (seed "
+             f"{results['seed']}).", "",
+             "| digit | base loss | tau* (RT) | tau* / base | tau used (source) | tau used / base | erased loss / base "
+             "| FA |", "|---|---|---|---|---|---|---|---|"]
+    fa = {r["class"]: r["forgetting_accuracy"] for r in results["rows"]
+          if r["method"] == "nabla_tau" and r.get("seed", results["seed"]) == results["seed"]}
+    for row in taus:
+        source = row["tau_source"] + (f" x{row['tau_factor']:g}" if row["tau_source"] == "relative" else "")
+        lines.append(f"| {row['class']} | {row['base_loss']:.4f} | {row['tau_star']:.4f} | "
+                     f"{row['tau_star'] / row['base_loss']:.2f} | {row['tau_start']:.4f} ({source}, gap "
+                     f"{row['gap']}) | {row['tau_start'] / row['base_loss']:.2f} | "
+                     f"{row['erased_loss'] / row['base_loss']:.2f} | {fa[row['class']]:.1%} |")
+    kept = [row for row in taus if fa[row["class"]] > 0.05 and row["erased_loss"] >= row["tau_star"]]
+    if kept:
+        lines += ["", f"On digit(s) {', '.join(str(row['class']) for row in kept)} the erased model's loss on the forget "
+                  "images is above tau* (the loss of a model that never saw the digit), yet the digit is still sampled "
+                  "(FA above 5%): reaching the loss of 'data the model has not learned' does not remove the class "
+                  "from the samples of a class-conditional diffusion model, so Nabla-tau's stopping point is not an "
+                  "erasure criterion here."]
+    return lines
+
+
+def fa_plot(curves: dict, path: Path) -> None:
+    """FA probe vs step, one panel per forget class, one line per method, the 5% line dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = sorted(curves)
+    figure, axes = plt.subplots(1, len(classes), figsize=(4.2 * len(classes), 3.4), sharey=True, squeeze=False)
+    for axis, forget_class in zip(axes[0], classes):
+        for method, history in curves[forget_class].items():
+            axis.plot([h["step"] for h in history], [h["fa"] for h in history], marker=".", label=method)
+        axis.axhline(0.05, color="grey", linestyle="--", linewidth=1)
+        axis.set_title(f"forget class {forget_class}")
+        axis.set_xlabel("step")
+    axes[0][0].set_ylabel("FA (probe)")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], directory: Path) -> Path:
+    """benchmark.md plus benchmark-grid-class-N.png and benchmark-fa.png in `directory`; returns the markdown path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    env = results["environment"]
+    methods = ["base", "RT", *results["methods"]]
+    command = "erase " + shlex.join(env["command"][1:]) if env["command"] else "erase benchmark"
+    lines = [
+        "# Benchmark: erasing one digit from the shipped MNIST model",
+        "",
+        "<!-- generated by `erase benchmark`; do not edit by hand, rerun the command -->",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
+        f"GPU: {env['gpu'] or 'none'}; torch {env['packages']['torch']}, diffusers {env['packages']['diffusers']}  ",
+        f"Date: {datetime.datetime.fromtimestamp(results['started']).strftime('%Y-%m-%d')}; "
+        f"this invocation {results['seconds'] / 60:.1f} min"
+        + ("; the runs it used, cached or new, recorded RT training {rt:.0f} min, tuning {tuning:.0f} min, test "
+           "runs {test:.0f} min (sampling and scoring come on top)".format(**{k: v / 60 for k, v in results["run_seconds"].items()})
+           if "run_seconds" in results else ""),
+        "",
+        f"Model `{results['model']}` at guidance scale {results['guidance_scale']:g}; forget classes "
+        f"{', '.join(map(str, results['forget_classes']))}, erased one at a time. Every model is sampled with the same "
+        f"seeds: {results['per_class']} images per class, DDIM {results['sample_steps']} steps, seed {results['seed']}.",
+        "",
+        "- **FA**: share of forget-class samples the shipped digit classifier assigns to the forget class (lower is "
+        "better; RT shows the floor). **mean RA**: the same accuracy on the other nine classes.",
+        "- **FID real / FID vs RT**: FID of the remaining classes' samples against real MNIST digits of those classes "
+        "/ against RT's samples with the same seeds, in the digit classifier's 128-d feature space (not comparable "
+        "to Inception FID in papers).",
+        "- **wall s**: the method's own time (mask, generation, updates) without the FA probes; **x RT time**: that "
+        "time over RT's training time. **steps to FA<5%**: first probe (every "
+        f"{results['monitor_every']} steps, {results['monitor_samples']} samples, DDIM 25) below 5%; '-' = never.",
+        (f"- Settings: tuned per method on the development digits (Tuning protocol below); each grid lies around the "
+         f"published setting, scaled to this model as follows. {results['scaling']}" if results.get("tuning")
+         else f"- Settings: {results['scaling']}"),
+    ]
+    if results["steps_override"] or results["rt_steps_override"]:
+        lines.append(f"- **Quick run**: steps overridden to {results['steps_override']} (methods) and "
+                     f"{results['rt_steps_override']} (RT); not the benchmark's settings.")
+    first_seed = [r for r in results["rows"] if r.get("seed", results["seed"]) == results["seed"]]
+    lines += ["", "## Mean over forget classes", ""]
+    if results.get("tuning"):
+        lines += ["Every method at its tuned configuration (see Tuning protocol); run seed "
+                  f"{results['seed']}.", ""]
+    means = mean_rows(first_seed, methods)
+    lines += table(means)
+    collapsed = [row["method"] for row in means if row["method"] not in ("base", "RT")
+                 and (row["remaining_accuracy_mean"] or 0.0) < COLLAPSE_RA]
+    if collapsed:
+        reasons = results.get("collapse_reasons", {})
+        lines += ["", f"Below {COLLAPSE_RA:.0%} mean RA (the other classes are not kept):", ""]
+        lines += [f"- {method}: {reasons.get(method, 'no explanation recorded; treat this setting as failed')}"
+                  for method in collapsed]
+    lines += seeds_section(results) + relearn_section(results, methods) + tau_section(results)
+    if results.get("tuning"):
+        lines += tuning_section(results, directory)
+    for forget_class in results["forget_classes"]:
+        rows = [r for r in first_seed if r["class"] == forget_class]
+        lines += ["", f"## Forget class {forget_class}", ""] + table(rows)
+        grid = f"benchmark-grid-class-{forget_class}.png"
+        image_grid(grids[forget_class], [str(c) for c in range(10)]).save(directory / grid)
+        lines += ["", f"![samples without class {forget_class}]({grid})",
+                  "", f"Columns: classes 0-9, first seed; rows: base, RT, each method after erasing {forget_class}."]
+    fa_plot(results["fa_curves"], directory / "benchmark-fa.png")
+    lines += ["", "## FA during erasure", "", "![FA probe vs step](benchmark-fa.png)", "",
+              "Per-method flags (`erase unlearn`" + (", tuned" if results.get("tuning") else "") + "): "]
+    lines += [f"- {method}: `{' '.join(str(f) for f in flags)}`" for method, flags in results["settings"].items()]
+    path = directory / "benchmark.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

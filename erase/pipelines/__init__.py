@@ -1,0 +1,51 @@
+"""Backbone adapters: one file per backbone, one interface (`erase.pipelines.base.DiffusionAdapter`; image classifiers,
+`erase.pipelines.classifier`, give per-sample losses instead of noise predictions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from erase.errors import UsageError
+from erase.pipelines.cfg_unet import CFGUNetAdapter
+from erase.pipelines.classifier import ClassifierAdapter
+from erase.pipelines.base import ERASE_KEY, REPAIR, check_model_folder, read_model_index
+from erase.pipelines.ddpm import DDPMAdapter
+from erase.pipelines.dit import DiTAdapter
+from erase.pipelines.stable_diffusion import StableDiffusionAdapter
+
+BACKBONES = {
+    "ddpm": DDPMAdapter,
+    "cfg_unet": CFGUNetAdapter,
+    "dit": DiTAdapter,
+    "stable_diffusion": StableDiffusionAdapter,
+    "classifier": ClassifierAdapter,
+}
+PIPELINE_CLASSES = {"DiTPipeline": "dit", "StableDiffusionPipeline": "stable_diffusion"}
+UNET_PIPELINE = "DDPMPipeline"  # unconditional, or class-conditional when the UNet has a class-embedding table
+
+
+def load_adapter(directory: str | Path, **kwargs):
+    """Open a model folder with the adapter its `_erase.backbone` names, or infer it from the UNet config."""
+    index = read_model_index(directory)
+    backbone = (index.get(ERASE_KEY) or {}).get("backbone")
+    backbone = backbone or PIPELINE_CLASSES.get(index.get("_class_name"))
+    if backbone is None and index.get("_class_name") != UNET_PIPELINE:
+        raise UsageError(f"model folder {str(directory)!r} holds a {index.get('_class_name')!r} pipeline "
+                         f"(model_index.json _class_name); erase supports {sorted([UNET_PIPELINE, *PIPELINE_CLASSES])}: "
+                         "pass a model folder of one of those")
+    check_model_folder(directory, index)
+    if backbone is None:  # a public DDPM checkpoint: class-conditional iff the UNet has a class-embedding table
+        unet_config = Path(directory) / "unet" / "config.json"
+        has_classes = unet_config.is_file() and json.loads(unet_config.read_text()).get("num_class_embeds")
+        backbone = "cfg_unet" if has_classes else "ddpm"
+    if backbone not in BACKBONES:
+        raise UsageError(f"model folder {str(directory)!r} is a {backbone!r} model (model_index.json _erase.backbone); "
+                         f"erase supports {sorted(BACKBONES)}: pass a model folder of one of those")
+    try:
+        return BACKBONES[backbone].from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # what diffusers and torch raise for
+        # files that parse but do not fit (a config naming other layers, weights of another shape)
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:300]
+        raise UsageError(f"model folder {str(directory)!r} cannot be loaded as a {backbone} model ({detail}); "
+                         f"{REPAIR}") from None
