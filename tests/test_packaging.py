@@ -1,5 +1,6 @@
 """Install anywhere: the wheel carries the shipped model and classifier, and an installed copy finds them."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,9 +22,14 @@ def wheel(tmp_path_factory) -> Path:
     setuptools = pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools in this venv")
     if int(setuptools.__version__.split(".")[0]) < 77:
         pytest.skip(f"pyproject.toml's build needs setuptools>=77, this venv has {setuptools.__version__}")
-    out = tmp_path_factory.mktemp("wheel")
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
+    # a copy of the package sources: setuptools would also pack files left in an old build/ folder of the checkout
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "erase", source / "erase", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, cwd=out, capture_output=True)
+                    str(source)], check=True, cwd=out, capture_output=True)
     return next(out.glob("erase-*.whl"))
 
 
@@ -51,7 +57,7 @@ def test_an_installed_copy_loads_its_own_shipped_model_from_another_directory(wh
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     probe = (
-        "import erase.cli.common as c, eval.classifier as k\n"
+        "import erase.cli.common as c, erase.eval.classifier as k\n"
         "from erase.pipelines import load_adapter\n"
         "a = load_adapter(c.SHIPPED_BASE); m = k.load_classifier('digits')\n"
         "print(c.SHIPPED_BASE); print(k.SHIPPED['digits']); print(a.backbone, a.num_classes)\n"
