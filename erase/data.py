@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from erase.errors import UsageError
+from erase.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -89,20 +89,20 @@ def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageD
     root = Path(path)
     where = f"--data {str(root)!r}"
     if not root.is_dir():
-        raise UsageError(f"image folder {str(root)!r} does not exist; pass a folder with one subfolder per class")
+        raise DataError(f"image folder {str(root)!r} does not exist; pass a folder with one subfolder per class")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
-        raise UsageError(f"image folder {str(root)!r} has no class subfolders; put each class's images in its own subfolder")
+        raise DataError(f"image folder {str(root)!r} has no class subfolders; put each class's images in its own subfolder")
     mode = {1: "L", 3: "RGB"}[channels]
     images, labels, first_size = [], [], None
     for class_id, class_dir in enumerate(class_dirs):
         files = sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
         if not files:
-            raise UsageError(f"{where}: class folder {class_dir.name}/ holds no images; add images or remove the folder")
+            raise DataError(f"{where}: class folder {class_dir.name}/ holds no images; add images or remove the folder")
         for file in files:
             name = f"{class_dir.name}/{file.name}"
             if file.suffix.lower() not in IMAGE_SUFFIXES:
-                raise UsageError(f"{where}: {name} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                raise DataError(f"{where}: {name} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                                  "move it out of the class folders")
             try:
                 with Image.open(file) as image:
@@ -110,11 +110,11 @@ def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageD
                     size = image.size
                     resized = image.convert(mode).resize((resolution, resolution), Image.Resampling.BICUBIC)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-                raise UsageError(f"{where}: {name} cannot be read as an image ({error}); replace or remove it") from None
+                raise DataError(f"{where}: {name} cannot be read as an image ({error}); replace or remove it") from None
             if first_size is None:
                 first_size = (name, size)
             elif size != first_size[1]:
-                raise UsageError(f"{where} mixes image sizes: {first_size[0]} is {first_size[1][0]}x{first_size[1][1]} "
+                raise DataError(f"{where} mixes image sizes: {first_size[0]} is {first_size[1][0]}x{first_size[1][1]} "
                                  f"but {name} is {size[0]}x{size[1]}; resize every image to one size first")
             images.append(np.asarray(resized, dtype=np.uint8).reshape(resolution, resolution, channels))
             labels.append(class_id)
@@ -130,13 +130,13 @@ def load_dataset(source: str, resolution: int, channels: int = 1) -> ImageDatase
     if source in DATASETS:
         dataset = DATASETS[source](resolution)
     elif Path(source).is_file():
-        raise UsageError(f"--data {source!r} is a file; pass a folder with one subfolder per class, or 'mnist' or 'digits'")
+        raise DataError(f"--data {source!r} is a file; pass a folder with one subfolder per class, or 'mnist' or 'digits'")
     elif Path(source).exists():
         dataset = image_folder(source, resolution, channels)
     else:
-        raise UsageError(f"unknown data source {source!r}; use one of {sorted(DATASETS)} or a path to an image folder")
+        raise DataError(f"unknown data source {source!r}; use one of {sorted(DATASETS)} or a path to an image folder")
     if dataset.images.shape[1] != channels:
-        raise UsageError(f"data {source!r} has {dataset.images.shape[1]} channels but the model expects {channels}")
+        raise DataError(f"data {source!r} has {dataset.images.shape[1]} channels but the model expects {channels}")
     return dataset
 
 
@@ -151,7 +151,7 @@ def parse_class_ids(text: str) -> list[int]:
             else:
                 ids.add(int(part))
     except ValueError:
-        raise UsageError(f"cannot read class ids from {text!r}; write them like '7', '1,3' or '0-4'") from None
+        raise DataError(f"cannot read class ids from {text!r}; write them like '7', '1,3' or '0-4'") from None
     return sorted(ids)
 
 
@@ -160,13 +160,13 @@ def split_by_class(dataset: ImageDataset, forget_classes: Sequence[int]) -> tupl
     present = sorted(set(dataset.labels.tolist()))
     unknown = [c for c in forget_classes if c not in present]
     if unknown:
-        raise UsageError(f"class ids {unknown} have no images in {dataset.name}; classes present: {present}")
+        raise DataError(f"class ids {unknown} have no images in {dataset.name}; classes present: {present}")
     in_forget = torch.isin(dataset.labels, torch.as_tensor(list(forget_classes)))
     forget, remain = dataset.subset(in_forget, "forget"), dataset.subset(~in_forget, "remain")
     if len(forget) == 0:
-        raise UsageError("the forget set is empty; pass --forget-class with a class that has images")
+        raise DataError("the forget set is empty; pass --forget-class with a class that has images")
     if len(remain) == 0:
-        raise UsageError("the remain set is empty: every class is marked to forget; keep at least one class")
+        raise DataError("the remain set is empty: every class is marked to forget; keep at least one class")
     return forget, remain
 
 
@@ -183,7 +183,7 @@ def stratified_split(labels: torch.Tensor, seed: int, test_per_class: int, valid
         members = torch.nonzero(labels == c).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
         if len(members) <= test_per_class + validation_per_class:
-            raise UsageError(f"class {c} has {len(members)} images, too few for {test_per_class} test and "
+            raise DataError(f"class {c} has {len(members)} images, too few for {test_per_class} test and "
                              f"{validation_per_class} validation images; lower --test-per-class")
         parts["test"].append(members[:test_per_class])
         parts["validation"].append(members[test_per_class : test_per_class + validation_per_class])
@@ -202,13 +202,13 @@ def forget_selection(train_labels: torch.Tensor, seed: int, classes=None, fracti
     """Boolean mask over the training split: the images of `classes`, or a seeded random `fraction` of all of them
     (one permutation per seed, so a 10% forget set lies inside the 30% one); neither = nothing."""
     if classes is not None and fraction is not None:
-        raise UsageError("give one forget set: --forget-class or --forget-random, not both")
+        raise DataError("give one forget set: --forget-class or --forget-random, not both")
     if classes is None and fraction is None:
         return torch.zeros(len(train_labels), dtype=torch.bool)  # nothing forgotten: the whole split trains
     if classes is not None:
         return torch.isin(train_labels, torch.as_tensor(list(classes)))
     if not 0.0 < fraction < 1.0:
-        raise UsageError(f"--forget-random must be a share in (0, 1), got {fraction}")
+        raise DataError(f"--forget-random must be a share in (0, 1), got {fraction}")
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed + 1))
     chosen = torch.zeros(len(train_labels), dtype=torch.bool)
     chosen[order[: max(1, round(fraction * len(train_labels)))]] = True
@@ -220,7 +220,7 @@ def classifier_data(info: dict, classes=None, fraction: float | None = None) -> 
     {"forget", "remain", "validation", "test"}; "remain" carries the validation split as its `heldout`."""
     spec = info.get("data")
     if not spec:
-        raise UsageError("this classifier folder does not record its training data (_erase.data in model_index.json);"
+        raise DataError("this classifier folder does not record its training data (_erase.data in model_index.json);"
                          " train it with `erase train-classifier`")
     dataset = load_dataset(spec["source"], spec["resolution"], spec.get("channels", 1))
     split = stratified_split(dataset.labels, spec["split_seed"], spec["test_per_class"], spec["validation_per_class"])
@@ -229,7 +229,7 @@ def classifier_data(info: dict, classes=None, fraction: float | None = None) -> 
         present = set(train.labels.tolist())
         unknown = [c for c in classes if c not in present]
         if unknown:
-            raise UsageError(f"class ids {unknown} have no images in {dataset.name}; classes present: {sorted(present)}")
+            raise DataError(f"class ids {unknown} have no images in {dataset.name}; classes present: {sorted(present)}")
     chosen = forget_selection(train.labels, spec["split_seed"], classes, fraction)
     validation = dataset.subset(split["validation"], "validation")
     remain = train.subset(~chosen, "remain")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from erase.errors import UsageError
+from erase.errors import OutputError, option
 
 RECORDED_PACKAGES = ("erase", "torch", "diffusers", "transformers", "accelerate", "torchmetrics", "safetensors", "numpy")
 
@@ -77,11 +77,11 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: tuple[str | Path,
         source = Path(source).resolve()
         target = out.resolve()
         if target == source or source in target.parents or target in source.parents:
-            raise UsageError(f"--out {str(out)!r} overlaps the input {str(source)!r}; write the result to another folder")
+            raise OutputError(f"--out {str(out)!r} overlaps the input {str(source)!r}; write the result to another folder")
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file; pass a folder path")
+        raise OutputError(f"--out {str(out)!r} is a file; pass a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite")
+        raise OutputError(f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite")
     return out
 
 
@@ -102,7 +102,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False):
     if out.exists():
         if any(out.iterdir()) and not overwrite:  # appeared while we worked
             shutil.rmtree(staging, ignore_errors=True)
-            raise UsageError(f"--out {str(out)!r} was filled by someone else during the run; result discarded")
+            raise OutputError(f"--out {str(out)!r} was filled by someone else during the run; result discarded")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "x")
         os.replace(staging, out)
@@ -111,20 +111,25 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False):
         os.replace(staging, out)
 
 
-def checkpoint_folder(out: str | Path, runtime, overwrite: bool) -> Path:
-    """Settle `runtime.checkpoint_dir` (default OUT.checkpoint beside --out, never --out itself) and check
-    --resume before any work: a folder holding an earlier run's state is refused unless resumed or overwritten."""
+def checkpoint_folder(out: str | Path | None, runtime, overwrite: bool) -> Path | None:
+    """Settle `runtime.checkpoint_dir` (default OUT.checkpoint beside --out, never --out itself; without an output
+    folder, only where given) and check --resume before any work: a folder holding an earlier run's state is refused
+    unless resumed or overwritten."""
     from erase.engine import STATE_PREFIX, find_state
 
-    out = Path(out)
-    folder = Path(runtime.checkpoint_dir) if runtime.checkpoint_dir else out.with_name(out.name + ".checkpoint")
-    if folder.resolve() == out.resolve() or out.resolve() in folder.resolve().parents:
-        raise UsageError(f"--checkpoint-dir {str(folder)!r} is inside --out; put it beside --out")
+    if out is None and not runtime.checkpoint_dir:
+        if runtime.checkpoint_every or runtime.resume is not None:
+            raise OutputError(f"{option('--checkpoint-every')} and {option('--resume')} need "
+                              f"{option('--checkpoint-dir')} (or an output folder) for the resumable states")
+        return None
+    folder = Path(runtime.checkpoint_dir) if runtime.checkpoint_dir else Path(out).with_name(Path(out).name + ".checkpoint")
+    if out is not None and (folder.resolve() == Path(out).resolve() or Path(out).resolve() in folder.resolve().parents):
+        raise OutputError(f"--checkpoint-dir {str(folder)!r} is inside --out; put it beside --out")
     runtime.checkpoint_dir = str(folder)
     if runtime.resume is not None:
         find_state(runtime.resume)
     elif any(folder.glob(f"{STATE_PREFIX}*")) and not overwrite:
-        raise UsageError(f"{str(folder)!r} holds a resumable state of an earlier run; continue it with --resume "
+        raise OutputError(f"{str(folder)!r} holds a resumable state of an earlier run; continue it with --resume "
                          f"{folder}, or pass --overwrite to start over (the new run's first state replaces it)")
     return folder
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from erase.data import ImageDataset
-from erase.errors import UsageError
+from erase.errors import DataError
 from erase.eval.generate import class_jobs, generate, prompt_jobs
 from erase.eval.images import INDEX, read_image_folder, write_images
 from erase.eval.prompts import PromptRow
@@ -38,7 +38,7 @@ def from_indexed_folder(adapter, folder: str | Path, targets: Targets) -> tuple[
     """Forget and remain sets from a folder with index.json (its records name each image's condition)."""
     images, records = read_image_folder(folder)
     if not (Path(folder) / INDEX).is_file():
-        raise UsageError(f"{str(folder)!r} has no index.json naming each image's condition; write it with `erase sample`")
+        raise DataError(f"{str(folder)!r} has no index.json naming each image's condition; write it with `erase sample`")
     conditions = [r["condition"] for r in records]
     forget_set, remain_set = targets.condition_sets()
     pixels = images.float().div(127.5).sub(1.0)
@@ -51,7 +51,7 @@ def from_indexed_folder(adapter, folder: str | Path, targets: Targets) -> tuple[
     for wanted, name in ((forget_set, "forget"), (remain_set, "remain")):
         keep = torch.tensor([c in wanted for c in conditions], dtype=torch.bool)
         if not keep.any():
-            raise UsageError(f"{str(folder)!r} has no images for the {name} conditions {sorted(map(str, wanted))[:5]}")
+            raise DataError(f"{str(folder)!r} has no images for the {name} conditions {sorted(map(str, wanted))[:5]}")
         sets.append(ImageDataset(pixels[keep], labels[keep], names, name))
     return sets[0], sets[1]
 

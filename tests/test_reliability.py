@@ -25,7 +25,7 @@ from erase.train import ClassifierTrainConfig, TrainConfig
 from erase.cli import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
                      train, unlearn)
 from erase.cli.main import main
-from erase.cli.options import field_ranges
+from erase.config import field_ranges
 
 UNLEARN = ["unlearn", "--model", "{model}", "--data", "digits", "--forget-class", "7", "--steps", "2",
            "--batch-size", "8", "--fisher-batches", "1"]

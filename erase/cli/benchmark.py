@@ -207,7 +207,7 @@ def run(args) -> None:
     from erase.eval.report import write_report
     from erase.pipelines import load_adapter
     from erase.cli.common import cached_samples, model_digest
-    from erase.cli.options import check_ranges
+    from erase.config import check_ranges
     from erase.cli.tuning import tune
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

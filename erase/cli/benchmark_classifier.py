@@ -110,7 +110,7 @@ def run(args) -> None:
     from erase.record import environment, write_json
     from erase.pipelines.classifier import METHODS as CLASSIFIER_METHODS
     from erase.cli.common import model_digest
-    from erase.cli.options import check_ranges
+    from erase.config import check_ranges
 
     check_ranges(vars(args), RANGES)
     scenarios = [parse_scenario(text) for text in args.scenarios.split(",")]

@@ -8,7 +8,8 @@ import time
 from erase.engine import Runtime
 from erase.train import ClassifierTrainConfig
 from erase.cli.common import add_data_argument, add_output_arguments, add_runtime_arguments
-from erase.cli.options import add_dataclass_arguments, check_ranges, dataclass_from_args, field_ranges
+from erase.cli.options import add_dataclass_arguments, dataclass_from_args
+from erase.config import check_ranges, field_ranges
 
 # erase/cli/options.py check_ranges: plain flags of this command (ClassifierTrainConfig and Runtime declare their own)
 RANGES = {"resolution": "[8, inf)", "split_seed": "[0, 4294967295]", "test_per_class": "[1, inf)",

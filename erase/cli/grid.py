@@ -49,7 +49,7 @@ def run(args) -> None:
     from erase.errors import UsageError
     from erase.eval.grid import grid_rows, image_grid
     from erase.pipelines import load_adapter
-    from erase.cli.options import check_ranges
+    from erase.config import check_ranges
     from erase.cli.sample import build_jobs
 
     check_ranges(vars(args), RANGES)

@@ -34,7 +34,7 @@ def run(args) -> None:
     from erase.eval.guidance import guidance_sweep
     from erase.pipelines import load_adapter
     from erase.pipelines.base import write_erase_info
-    from erase.cli.options import check_ranges, in_interval
+    from erase.config import check_ranges, in_interval
 
     check_ranges(vars(args), RANGES)
     try:

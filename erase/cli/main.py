@@ -63,7 +63,7 @@ def _terminate(number, frame):
 
 def main(argv: list[str] | None = None) -> int:
     from erase.engine import Interrupted
-    from erase.errors import UsageError
+    from erase.errors import UsageError, command_line_spelling
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser()
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        args.run(args)
+        with command_line_spelling():  # messages name options by their flags
+            args.run(args)
     except UsageError as error:
         print(f"erase {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -61,7 +61,7 @@ def run(args) -> None:
     from erase.record import environment, write_json
     from erase.eval.mia import attack_accuracy, denoising_loss_features
     from erase.pipelines import load_adapter
-    from erase.cli.options import check_ranges
+    from erase.config import check_ranges
 
     check_ranges(vars(args), RANGES)
     try:

@@ -4,55 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import re
 import types
 import typing
 
-# A numeric field's allowed values, declared once as an interval in its metadata, e.g.
-# `field(default=1e-4, metadata={"help": ..., "range": "(0, inf)"})`, or for a plain flag in a command's RANGES dict.
-# check_ranges refuses a value outside it with a UsageError naming the flag, before any work starts.
-_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])$")
-
-
-def interval_words(interval: str) -> str:
-    """'[1, inf)' -> 'at least 1'; '(0, inf)' -> 'greater than 0'; '[0, 1)' -> 'in [0, 1)'."""
-    low_bracket, low, high, _ = _INTERVAL.match(interval).groups()
-    if high == "inf":
-        return f"at least {low}" if low_bracket == "[" else f"greater than {low}"
-    return f"in {interval}"
-
-
-def in_interval(value: float, interval: str) -> bool:
-    match = _INTERVAL.match(interval)
-    if match is None:
-        raise ValueError(f"range {interval!r} is not an interval like '[0, 1)' or '(0, inf)'")
-    low_bracket, low, high, high_bracket = match.groups()
-    low, high = float(low), float(high)
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    above = value >= low if low_bracket == "[" else value > low
-    below = value <= high if high_bracket == "]" else value < high
-    return above and below
-
-
-def check_ranges(values: dict, ranges: dict[str, str]) -> None:
-    """Refuse the first value outside its interval (None = unset, allowed): `--flag must be at least 1, got 0`."""
-    from erase.errors import UsageError
-
-    for name, interval in ranges.items():
-        value = values.get(name)
-        if value is not None and not in_interval(value, interval):
-            raise UsageError(f"--{name.replace('_', '-')} must be {interval_words(interval)}, got {value}")
-
-
-def range_help(f: dataclasses.Field) -> str:
-    return f"; must be {interval_words(f.metadata['range'])}" if "range" in f.metadata else ""
-
-
-def field_ranges(cls: type) -> dict[str, str]:
-    """{field name: interval} of a config dataclass's fields that declare a "range"."""
-    return {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}
+from erase.config import check_ranges, field_ranges, range_help
 
 
 def _parse_optional(base: type):
@@ -119,20 +74,3 @@ def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tup
         group.add_argument(flag, type=parse, default=argparse.SUPPRESS, choices=choices,
                            metavar=None if choices else field_name.upper(),
                            help=help_text + ("; 'none' unsets it" if optional else ""))
-
-
-def method_config_from_args(method: str, cls: type, args: argparse.Namespace, all_fields: set[str],
-                            preset: dict | None = None):
-    """The method's config: its defaults, then `preset`'s values, then the flags given; a flag of another method is
-    an error."""
-    from erase.errors import UsageError
-
-    own = {f.name for f in dataclasses.fields(cls)}
-    foreign = sorted(name for name in all_fields - own if hasattr(args, name))
-    if foreign:
-        flags = ", ".join("--" + n.replace("_", "-") for n in foreign)
-        raise UsageError(f"{flags} {'is not an option' if len(foreign) == 1 else 'are not options'} of --method {method}; "
-                         f"see 'erase unlearn --help' for which flags each method takes")
-    values = {**(preset or {}), **{name: getattr(args, name) for name in own if hasattr(args, name)}}
-    check_ranges(values, field_ranges(cls))
-    return cls(**values)

@@ -62,7 +62,7 @@ def run(args) -> None:
     from erase.eval.generate import generate
     from erase.eval.images import write_images
     from erase.pipelines import load_adapter
-    from erase.cli.options import check_ranges
+    from erase.config import check_ranges
 
     check_ranges(vars(args), RANGES)
     out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))

@@ -43,7 +43,7 @@ def run(args) -> None:
     from erase.errors import UsageError
     from erase.record import environment, write_json
     from erase.eval.images import INDEX, read_image_folder
-    from erase.cli.options import check_ranges
+    from erase.config import check_ranges
 
     check_ranges(vars(args), RANGES)
     if args.out.exists() and not args.overwrite:

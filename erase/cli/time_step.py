@@ -22,7 +22,7 @@ from erase.methods import METHODS
 from erase.saliency import trainable_parameters
 from erase.train import TrainConfig, train
 from erase.pipelines.cfg_unet import CFGUNetAdapter
-from erase.cli.options import check_ranges
+from erase.config import check_ranges
 
 
 def main(argv=None) -> None:

@@ -43,7 +43,7 @@ RANGES = {"resolution": "[8, inf)", "layers_per_block": "[1, inf)", "guidance_sc
 def run(args) -> None:
     import torch
 
-    from erase.cli.options import check_ranges
+    from erase.config import check_ranges
 
     check_ranges(vars(args), RANGES)
 

@@ -22,7 +22,7 @@ from erase.data import mnist, stratified_split
 from erase.errors import UsageError
 from erase.train import random_shift
 from erase.eval.classifier import DigitClassifier, predict_probabilities
-from erase.cli.options import check_ranges
+from erase.config import check_ranges
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from erase.errors import UsageError
+from erase.errors import DataError
 
 INDEX = "index.json"
 
@@ -23,15 +23,15 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return images.float() / 255.0
     if not images.is_floating_point():
-        raise UsageError(f"images must be uint8 or floats in [0, 1], got {images.dtype}")
+        raise DataError(f"images must be uint8 or floats in [0, 1], got {images.dtype}")
     low, high = float(images.min()), float(images.max())
     if low < 0.0:
-        raise UsageError(
+        raise DataError(
             f"float images must lie in [0, 1] but the minimum is {low:.3f}: they look like [-1, 1] model outputs; "
             "pass (images + 1) / 2"
         )
     if high > 1.0:
-        raise UsageError(f"float images must lie in [0, 1] but the maximum is {high:.3f}; pass uint8 or divide by 255")
+        raise DataError(f"float images must lie in [0, 1] but the maximum is {high:.3f}; pass uint8 or divide by 255")
     return images.float()
 
 
@@ -53,7 +53,7 @@ def read_image_folder(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
     """uint8 (N, C, H, W) images and their records: from `index.json` when present, else every PNG/JPEG, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"image folder {str(folder)!r} does not exist; pass a folder written by `erase sample`")
+        raise DataError(f"image folder {str(folder)!r} does not exist; pass a folder written by `erase sample`")
     index = folder / INDEX
     if index.is_file():
         records = json.loads(index.read_text())["images"]
@@ -61,14 +61,14 @@ def read_image_folder(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         records = [{"file": str(p.relative_to(folder))} for p in files]
     if not records:
-        raise UsageError(f"{str(folder)!r} holds no images")
+        raise DataError(f"{str(folder)!r} holds no images")
     arrays = []
     for record in records:
         with Image.open(folder / record["file"]) as image:
             arrays.append(np.asarray(image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise UsageError(f"images in {str(folder)!r} differ in size or channels ({sorted(shapes)}); score one set at a time")
+        raise DataError(f"images in {str(folder)!r} differ in size or channels ({sorted(shapes)}); score one set at a time")
     stacked = torch.from_numpy(np.stack(arrays))
     stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)
     return stacked, records

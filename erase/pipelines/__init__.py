@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from erase.errors import UsageError
+from erase.errors import ModelError
 from erase.pipelines.cfg_unet import CFGUNetAdapter
 from erase.pipelines.classifier import ClassifierAdapter
 from erase.pipelines.base import ERASE_KEY, REPAIR, check_model_folder, read_model_index
@@ -31,7 +31,7 @@ def load_adapter(directory: str | Path, **kwargs):
     backbone = (index.get(ERASE_KEY) or {}).get("backbone")
     backbone = backbone or PIPELINE_CLASSES.get(index.get("_class_name"))
     if backbone is None and index.get("_class_name") != UNET_PIPELINE:
-        raise UsageError(f"model folder {str(directory)!r} holds a {index.get('_class_name')!r} pipeline "
+        raise ModelError(f"model folder {str(directory)!r} holds a {index.get('_class_name')!r} pipeline "
                          f"(model_index.json _class_name); erase supports {sorted([UNET_PIPELINE, *PIPELINE_CLASSES])}: "
                          "pass a model folder of one of those")
     check_model_folder(directory, index)
@@ -40,12 +40,12 @@ def load_adapter(directory: str | Path, **kwargs):
         has_classes = unet_config.is_file() and json.loads(unet_config.read_text()).get("num_class_embeds")
         backbone = "cfg_unet" if has_classes else "ddpm"
     if backbone not in BACKBONES:
-        raise UsageError(f"model folder {str(directory)!r} is a {backbone!r} model (model_index.json _erase.backbone); "
+        raise ModelError(f"model folder {str(directory)!r} is a {backbone!r} model (model_index.json _erase.backbone); "
                          f"erase supports {sorted(BACKBONES)}: pass a model folder of one of those")
     try:
         return BACKBONES[backbone].from_pretrained(directory, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # what diffusers and torch raise for
         # files that parse but do not fit (a config naming other layers, weights of another shape)
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:300]
-        raise UsageError(f"model folder {str(directory)!r} cannot be loaded as a {backbone} model ({detail}); "
+        raise ModelError(f"model folder {str(directory)!r} cannot be loaded as a {backbone} model ({detail}); "
                          f"{REPAIR}") from None

@@ -79,23 +79,23 @@ ERASE_KEY = "_erase"  # this package's facts about a model, kept in model_index.
 
 def read_model_index(directory: str | Path) -> dict:
     """model_index.json of a diffusers folder, with a clear error when the folder is not one."""
-    from erase.errors import UsageError
+    from erase.errors import ModelError
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise UsageError(f"model folder {str(directory)!r} does not exist; pass a diffusers model folder to --model")
+        raise ModelError(f"model folder {str(directory)!r} does not exist; pass a diffusers model folder to --model")
     index = directory / "model_index.json"
     if not index.is_file():
-        raise UsageError(
+        raise ModelError(
             f"{str(directory)!r} is not a diffusers pipeline folder (no model_index.json); "
             "pass a folder written by `erase train` or `save_pretrained`"
         )
     try:
         contents = json.loads(index.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"model folder {str(directory)!r}: model_index.json is not valid JSON ({error}); {REPAIR}") from None
+        raise ModelError(f"model folder {str(directory)!r}: model_index.json is not valid JSON ({error}); {REPAIR}") from None
     if not isinstance(contents, dict):
-        raise UsageError(f"model folder {str(directory)!r}: model_index.json is not a JSON object; {REPAIR}")
+        raise ModelError(f"model folder {str(directory)!r}: model_index.json is not a JSON object; {REPAIR}")
     return contents
 
 
@@ -124,7 +124,7 @@ def safetensors_problem(path: Path) -> str | None:
 def check_model_folder(directory: str | Path, index: dict) -> None:
     """Refuse a damaged pipeline folder before any weights load, naming the broken file: every component that
     model_index.json lists must be a folder with a config file, JSON files that parse and whole safetensors files."""
-    from erase.errors import UsageError
+    from erase.errors import ModelError
 
     directory = Path(directory)
     where = f"model folder {str(directory)!r}"
@@ -133,19 +133,19 @@ def check_model_folder(directory: str | Path, index: dict) -> None:
             continue  # "_class_name", "_erase", ... and optional components saved as [null, null]
         folder = directory / name
         if not folder.is_dir():
-            raise UsageError(f"{where}: the {name}/ folder that model_index.json lists is missing; {REPAIR}")
+            raise ModelError(f"{where}: the {name}/ folder that model_index.json lists is missing; {REPAIR}")
         if not any(folder.glob("*config.json")):
-            raise UsageError(f"{where}: {name}/ has no config file (config.json or scheduler_config.json); {REPAIR}")
+            raise ModelError(f"{where}: {name}/ has no config file (config.json or scheduler_config.json); {REPAIR}")
         for file in sorted(folder.iterdir()):
             if file.suffix == ".json":
                 try:
                     json.loads(file.read_text())
                 except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                    raise UsageError(f"{where}: {name}/{file.name} is not valid JSON ({error}); {REPAIR}") from None
+                    raise ModelError(f"{where}: {name}/{file.name} is not valid JSON ({error}); {REPAIR}") from None
             elif file.suffix == ".safetensors":
                 problem = safetensors_problem(file)
                 if problem is not None:
-                    raise UsageError(f"{where}: {name}/{file.name} is truncated or not a safetensors file ({problem}); "
+                    raise ModelError(f"{where}: {name}/{file.name} is truncated or not a safetensors file ({problem}); "
                                      f"{REPAIR}")
 
 

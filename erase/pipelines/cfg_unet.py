@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from erase.errors import UsageError
+from erase.errors import ModelError, OptionError
 from erase.pipelines.ddpm import DDPMAdapter, tiny_unet_config
 
 GUIDANCE_CONVENTION = "eps_null + s * (eps_c - eps_null)"
@@ -44,7 +44,7 @@ class ClassConditioning:
         top = self.num_classes if allow_null else self.num_classes - 1
         bad = sorted({int(c) for c in ids if not 0 <= int(c) <= top})
         if bad:
-            raise UsageError(f"class ids {bad} do not exist; this model has classes 0-{self.num_classes - 1}")
+            raise OptionError(f"class ids {bad} do not exist; this model has classes 0-{self.num_classes - 1}")
 
     def condition_batch(self, conditions, device) -> torch.Tensor:
         labels = torch.as_tensor(conditions, dtype=torch.long, device=device)
@@ -60,7 +60,7 @@ class CFGUNetAdapter(ClassConditioning, DDPMAdapter):
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, info: dict | None = None):
         if not unet.config.num_class_embeds:
-            raise UsageError("this UNet has no class embedding (num_class_embeds is unset); load it as a 'ddpm' model")
+            raise ModelError("this UNet has no class embedding (num_class_embeds is unset); load it as a 'ddpm' model")
         super().__init__(unet, scheduler, info)
         self.init_class_info()
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from erase.errors import UsageError
+from erase.errors import ModelError
 from erase.pipelines.base import ERASE_KEY
 
 COMPONENT = "classifier"
@@ -54,7 +54,7 @@ class SmallCNN(nn.Module, PyTorchModelHubMixin):
 
 
 def no_generation(*args, **kwargs):
-    raise UsageError("this model is an image classifier: it does not generate images; sample from a diffusion "
+    raise ModelError("this model is an image classifier: it does not generate images; sample from a diffusion "
                      "model, or score the classifier with `erase benchmark-classifier`")
 
 
@@ -129,10 +129,10 @@ class ClassifierAdapter:
     def check_class_ids(self, ids, allow_null: bool = False) -> None:
         bad = sorted({int(c) for c in ids if not 0 <= int(c) < self.num_classes})
         if bad:
-            raise UsageError(f"class ids {bad} do not exist; this classifier has classes 0-{self.num_classes - 1}")
+            raise ModelError(f"class ids {bad} do not exist; this classifier has classes 0-{self.num_classes - 1}")
 
     def null_condition(self, batch_size: int):
-        raise UsageError("a classifier has no null label; leave --remain-label-dropout at 0")
+        raise ModelError("a classifier has no null label; leave --remain-label-dropout at 0")
 
     predict_noise = guided_noise = sample = sample_latents = staticmethod(no_generation)
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from erase.errors import UsageError
+from erase.errors import ModelError
 from erase.pipelines.base import ERASE_KEY, AdapterBase, read_model_index, write_erase_info
 
 
@@ -83,7 +83,7 @@ class DDPMAdapter(AdapterBase):
         index = read_model_index(directory)
         directory = Path(directory)
         if not (directory / "unet").is_dir():
-            raise UsageError(f"{str(directory)!r} has no unet/ subfolder; it is not a UNet diffusion model folder")
+            raise ModelError(f"{str(directory)!r} has no unet/ subfolder; it is not a UNet diffusion model folder")
         unet = UNet2DModel.from_pretrained(directory, subfolder="unet", **kwargs)
         scheduler = DDPMScheduler.from_pretrained(directory, subfolder="scheduler")
         return cls(unet, scheduler, index.get(ERASE_KEY))

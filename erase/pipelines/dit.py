@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, DiTPipeline, DiTTransformer2DModel
 
-from erase.errors import UsageError
+from erase.errors import ModelError
 from erase.pipelines.base import ERASE_KEY, AdapterBase, copy_components, read_model_index, write_erase_info
 from erase.pipelines.cfg_unet import ClassConditioning
 from erase.pipelines.latent import FrozenVAE
@@ -81,7 +81,7 @@ class DiTAdapter(ClassConditioning, AdapterBase):
         index = read_model_index(directory)
         directory = Path(directory)
         if not (directory / "transformer").is_dir() or not (directory / "vae").is_dir():
-            raise UsageError(f"{str(directory)!r} is not a DiT pipeline folder (needs transformer/ and vae/)")
+            raise ModelError(f"{str(directory)!r} is not a DiT pipeline folder (needs transformer/ and vae/)")
         from diffusers import AutoencoderKL
 
         transformer = DiTTransformer2DModel.from_pretrained(directory, subfolder="transformer", **kwargs)

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from erase.errors import UsageError
+from erase.errors import ModelError, OptionError, option
 from erase.pipelines.base import ERASE_KEY, AdapterBase, copy_components, read_model_index, write_erase_info
 from erase.pipelines.cfg_unet import GUIDANCE_CONVENTION
 from erase.pipelines.latent import FrozenVAE
@@ -53,7 +53,7 @@ class StableDiffusionAdapter(AdapterBase):
     def select_trainable(self, choice: str) -> None:
         """Freeze every UNet parameter outside `choice` (full | xattn | noxattn)."""
         if choice not in TRAIN_PARAMS:
-            raise UsageError(f"--train-params {choice!r} is not one of {sorted(TRAIN_PARAMS)}")
+            raise OptionError(f"{option('--train-params')} {choice!r} is not one of {sorted(TRAIN_PARAMS)}")
         for name, parameter in self.denoiser.named_parameters():
             parameter.requires_grad_(TRAIN_PARAMS[choice](name))
         self.info["train_params"] = choice
@@ -142,7 +142,7 @@ class StableDiffusionAdapter(AdapterBase):
                 scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             ).save_pretrained(directory)
         else:
-            raise UsageError("a pixel-space text model has no StableDiffusionPipeline layout to save")
+            raise ModelError("a pixel-space text model has no StableDiffusionPipeline layout to save")
         write_erase_info(directory, self.info)
 
     @classmethod
@@ -154,7 +154,7 @@ class StableDiffusionAdapter(AdapterBase):
         directory = Path(directory)
         missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (directory / c).is_dir()]
         if missing:
-            raise UsageError(f"{str(directory)!r} is not a Stable Diffusion pipeline folder (missing {', '.join(missing)})")
+            raise ModelError(f"{str(directory)!r} is not a Stable Diffusion pipeline folder (missing {', '.join(missing)})")
         unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", **kwargs)
         vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
         text_encoder = quiet_load(CLIPTextModel, directory, subfolder="text_encoder", local_files_only=True)

@@ -1,0 +1,392 @@
+"""The Python API: `erase.unlearn`, `erase.sample`, `erase.grid`, `erase.score`.
+
+The `erase` command's unlearn, sample, grid and score subcommands parse their flags and call these functions, so a
+run's record is the same dict from either side: `erase unlearn`'s run.json is `json.dumps` of what `erase.unlearn`
+returns, `erase sample`'s index.json of what `erase.sample` returns, `erase score`'s JSON of what `erase.score`
+returns. A model is a folder path or an in-memory diffusers object (erase/models.py); bad input raises a
+subclass of `erase.errors.UsageError` (the command prints it and exits 2), never `SystemExit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from erase.errors import OptionError, UsageError, option
+
+# Allowed values of the plain (non-config) options, refused before any model loads (erase/config.py check_ranges).
+UNLEARN_RANGES = {"forget_random": "(0, 1)", "images_per_condition": "[1, inf)", "generation_steps": "[1, inf)",
+                  "monitor_every": "[0, inf)", "monitor_samples": "[1, inf)", "monitor_steps": "[1, inf)"}
+CONDITION_RANGES = {"limit": "[1, inf)", "steps": "[1, inf)", "guidance_scale": "[0, inf)", "batch_size": "[1, inf)"}
+SAMPLE_RANGES = {**CONDITION_RANGES, "n_per_condition": "[1, inf)", "seed": "[0, 4294967295]"}
+GRID_RANGES = {**CONDITION_RANGES, "cell": "[8, inf)"}
+SCORE_RANGES = {"threshold": "[0, 1]"}
+DEFAULT_CACHE = Path.home() / ".cache" / "erase"
+
+
+def _jsonable(record: dict) -> dict:
+    """The record exactly as its JSON file holds it (dataclasses as dicts, paths as strings)."""
+    from erase.record import to_jsonable
+
+    return json.loads(json.dumps(record, default=to_jsonable))
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike, int)):
+        return [value]
+    return list(value)
+
+
+def _class_ids(items: list, what: str) -> list[int]:
+    """Class ids from ints or 'a-b,c' strings."""
+    from erase.data import parse_class_ids
+
+    ids: set[int] = set()
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise OptionError(f"{what}: {item!r} is not a class id")
+        ids.update(parse_class_ids(item) if isinstance(item, str) else [int(item)])
+    return sorted(ids)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# unlearn
+
+
+def choose_preset(method: str, preset: str | None, backbone: str) -> dict:
+    """{"name", "values"} of `preset` for `method` (values {} where the method has none for that backbone)."""
+    from erase.methods import PRESETS
+
+    presets = PRESETS.get(method, {})
+    if preset in (None, "none"):
+        return {"name": None, "values": {}}
+    name = backbone if preset == "auto" else preset
+    if preset != "auto" and name not in presets:
+        raise OptionError(f"{option('--preset')} {preset!r} does not exist for {option('--method')} {method}; choose "
+                          f"'auto', 'none'{''.join(', ' + repr(n) for n in presets)}")
+    return {"name": name if name in presets else None, "values": dict(presets.get(name, {}))}
+
+
+def split_options(method: str, options: dict) -> tuple[dict, dict]:
+    """(method config values, runtime values) of flat keyword options; another method's option, or an unknown
+    one, is an OptionError naming it."""
+    from erase.config import unknown_option
+    from erase.engine import Runtime
+    from erase.methods import METHODS
+
+    own = set(METHODS[method][1].__dataclass_fields__)
+    runtime_fields = set(Runtime.__dataclass_fields__)
+    every = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}
+    foreign = sorted(name for name in options if name in every - own - runtime_fields)
+    if foreign:
+        names = ", ".join(option("--" + n.replace("_", "-")) for n in foreign)
+        raise OptionError(f"{names} {'is not an option' if len(foreign) == 1 else 'are not options'} of "
+                          f"{option('--method', 'method')} {method}; see 'erase unlearn --help' or "
+                          f"help(erase.methods.{METHODS[method][1].__name__}) for which options each method takes")
+    unknown = sorted(set(options) - every - runtime_fields)
+    if unknown:
+        raise unknown_option(unknown[0], own | runtime_fields, f"erase.unlearn (method {method})")
+    return ({k: v for k, v in options.items() if k in own}, {k: v for k, v in options.items() if k in runtime_fields})
+
+
+def read_targets(adapter, forget, retain, forget_random):
+    """The forget and remain conditions, checked against what the model takes: class ids (ints, or strings like
+    '1,3' for class models), prompts (strings) or prompt CSV files (paths) for text-to-image models."""
+    from erase.eval.prompts import PromptRow, read_prompts
+    from erase.sources import Targets
+
+    forget_items, retain_items = _as_list(forget), _as_list(retain)
+    if forget_random is not None:
+        if adapter.generative:
+            raise OptionError(f"{option('--forget-random')} forgets a share of a classifier's training split; for this "
+                              f"{adapter.backbone} model use {option('--forget-class', 'forget=[class ids]')} or "
+                              f"{option('--forget-prompt', 'forget=[prompts]')}")
+        if forget_items:
+            raise OptionError(f"give one forget set: {option('--forget-random')} or "
+                              f"{option('--forget-class', 'forget')}, not both")
+        return Targets([], None)
+    prompts_given = bool(forget_items) and all(isinstance(x, (os.PathLike, PromptRow)) or
+                                               (isinstance(x, str) and adapter.takes_prompts) for x in forget_items)
+    if not forget_items:
+        raise OptionError(f"name what to erase: {option('--forget-class', 'forget=[class ids]')} for class models, "
+                          f"or {option('--forget-prompt/--forget-prompts', 'forget=[prompts or prompt CSV paths]')}")
+    if prompts_given or any(isinstance(x, os.PathLike) for x in forget_items):
+        if not adapter.takes_prompts:
+            raise OptionError(f"this {adapter.backbone} model takes class ids, not prompts; use "
+                              f"{option('--forget-class', 'forget=[class ids]')}")
+
+        def rows(items):
+            out = []
+            for item in items:
+                if isinstance(item, os.PathLike):
+                    out += read_prompts(item)
+                elif isinstance(item, PromptRow):
+                    out.append(item)
+                elif isinstance(item, str):
+                    out.append(PromptRow(item, None, None, str(len(out))))
+                else:
+                    raise OptionError(f"{item!r} is not a prompt; pass strings or prompt CSV paths")
+            return out
+
+        forget_rows = rows([x for x in forget_items if not isinstance(x, os.PathLike)]) + \
+            rows([x for x in forget_items if isinstance(x, os.PathLike)])  # the command line's order: flags, then CSV
+        remain_rows = rows([x for x in retain_items if not isinstance(x, os.PathLike)]) + \
+            rows([x for x in retain_items if isinstance(x, os.PathLike)])
+        if not remain_rows:
+            raise OptionError(f"give prompts to keep ({option('--retain-prompt or --retain-prompts', 'retain=[prompts]')}): "
+                              "the remain step needs them")
+        return Targets(forget_rows, remain_rows)
+    if adapter.takes_prompts:
+        raise OptionError("this text-to-image model erases prompts; use "
+                          f"{option('--forget-prompt or --forget-prompts', 'forget=[prompts]')}")
+    forget_ids = _class_ids(forget_items, option("--forget-class", "forget"))
+    if adapter.conditional:
+        adapter.check_class_ids(forget_ids)
+    remain_ids = _class_ids(retain_items, option("--remain-classes", "retain")) if retain_items else None
+    return Targets(forget_ids, remain_ids)
+
+
+def load_data(adapter, targets, *, data, forget_random, retain_given: bool, data_cache, images_per_condition: int,
+              generation_steps: int, seed: int, staging_hint: Path):
+    """(forget set, remain set, record of where they came from)."""
+    from erase.data import load_dataset, split_by_class
+    from erase.errors import DataError
+    from erase.sources import cached_or_generated, from_indexed_folder
+
+    source = str(data)
+    if not adapter.generative:
+        from erase.data import classifier_data
+
+        if source != "auto":
+            raise OptionError(f"{option('--data')} {source!r}: a classifier unlearns the training split it recorded; "
+                              f"leave {option('--data')} out")
+        if retain_given:
+            raise OptionError(f"{option('--remain-classes', 'retain')} does not apply to a classifier: it keeps every "
+                              "image it does not forget")
+        parts = classifier_data(adapter.info, targets.forget or None, forget_random)
+        targets.remain = sorted(set(parts["remain"].labels.tolist()))
+        return parts["forget"], parts["remain"], {"source": "training split", **adapter.info["data"],
+                                                  "forget_random": forget_random}
+    if source == "auto":
+        source = "generated" if adapter.backbone in ("dit", "stable_diffusion") else "mnist"
+    if source == "generated":
+        if targets.remain is None:
+            if not adapter.conditional:
+                raise DataError("an unconditional model cannot generate per-class data; pass "
+                                f"{option('--data')} with real images")
+            targets.remain = [c for c in range(adapter.num_classes) if c not in targets.forget]
+        folder = Path(data_cache) if data_cache is not None else staging_hint
+        forget, remain, reused = cached_or_generated(adapter, targets, folder, images_per_condition, seed,
+                                                     generation_steps)
+        return forget, remain, {"source": "generated", "folder": str(folder), "reused_cache": reused}
+    if Path(source).is_dir() and (Path(source) / "index.json").is_file():
+        if targets.remain is None:
+            targets.remain = [c for c in range(adapter.num_classes) if c not in targets.forget]
+        forget, remain = from_indexed_folder(adapter, source, targets)
+        return forget, remain, {"source": str(source)}
+    if targets.by_prompt:
+        raise DataError(f"{option('--data')} {source!r}: prompt erasure needs 'generated' or a folder written by "
+                        "`erase sample --prompts`")
+    channels, _, resolution = adapter.image_shape
+    dataset = load_dataset(source, resolution, channels)
+    held = adapter.info.get("held_out")
+    if held and held["data"] == source:  # images the model never saw stay unseen (`erase mia` tests them)
+        from erase.data import split_held_out
+
+        dataset = split_held_out(dataset, held["per_class"], held["split_seed"])[0]
+    forget, remain = split_by_class(dataset, targets.forget)
+    if targets.remain is not None:
+        import torch
+
+        remain = remain.subset(torch.isin(remain.labels, torch.as_tensor(targets.remain)), "remain")
+        if len(remain) == 0:
+            raise DataError(f"{option('--remain-classes', 'retain')} {targets.remain} has no images in {source}")
+    return forget, remain, {"source": source, "held_out_excluded": bool(held and held["data"] == source)}
+
+
+def make_monitor(adapter, targets, every: int, samples: int, steps: int, classifier: str, seed: int):
+    """The forgetting-accuracy probe of `monitor_every`, or None."""
+    from erase.engine import Monitor
+
+    if every == 0:
+        return None
+    if targets.by_prompt or not adapter.conditional or not adapter.generative:
+        raise OptionError(f"{option('--monitor-every')} judges class samples with a classifier; it applies to class "
+                          "erasure only")
+    from erase.eval.classifier import load_classifier
+    from erase.eval.probe import forgetting_probe
+
+    return Monitor(every, forgetting_probe(load_classifier(classifier), targets.forget, samples, steps, seed))
+
+
+def unlearn(
+    model,
+    forget=None,
+    retain=None,
+    method: str = "sfron",
+    *,
+    forget_random: float | None = None,
+    replacement_prompt: str | None = None,
+    data: str | os.PathLike = "auto",
+    images_per_condition: int = 8,
+    generation_steps: int = 50,
+    data_cache: str | os.PathLike | None = None,
+    preset: str | None = "auto",
+    mask: str | os.PathLike | None = None,
+    train_params: str = "full",
+    gradient_checkpointing: bool = False,
+    monitor_every: int = 0,
+    monitor_samples: int = 40,
+    monitor_steps: int = 25,
+    monitor_classifier: str = "digits",
+    config=None,
+    runtime=None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    inplace: bool = False,
+    **options,
+) -> tuple[Any, dict]:
+    """Erase `forget` from `model` with `method`; returns (erased model, record).
+
+    model: a diffusers folder (never modified) or an in-memory `DDPMPipeline`, `(UNet2DModel, scheduler)` pair,
+        `DiTPipeline` or `StableDiffusionPipeline`. The erased model comes back as the same kind of object (for a
+        folder: the pipeline `DiffusionPipeline.from_pretrained` gives for it), ready to sample or save_pretrained.
+        An object's denoiser is copied first unless `inplace=True`; frozen parts (VAE, text encoder) are shared.
+    forget / retain: class ids (`7`, `[1, 3]`, `"0-4"`) for class models; prompts (strings) or prompt CSV files
+        (`pathlib.Path`) for text-to-image models. `retain` defaults to every other class; prompts need it.
+    method: one of erase.methods.METHODS ("sfron", "joint", "nabla_tau", "ga", "rl", "salun", "esd", "sa").
+    **options: the method's config fields (`lr=1e-5`, `steps=100`; see help(erase.methods.SFRonConfig)) and runtime
+        fields (`seed`, `mixed_precision`, `cpu`, ...; erase.engine.Runtime), the flags of `erase unlearn`.
+        `config=` / `runtime=` pass whole config objects instead (keyword options still override their fields).
+        `preset`: named settings under the options ("auto" = the backbone's; "none" = plain defaults).
+    out: also write the folder `erase unlearn --out` writes (model, mask.safetensors, run.json).
+    The record is the run.json dict: method, config, preset, runtime, data, losses, timings, device, environment.
+    """
+    import tempfile
+
+    import torch
+
+    from erase.config import build_config, check_ranges, field_ranges
+    from erase.engine import Runtime, find_state
+    from erase.methods import METHODS
+    from erase.models import open_model, to_diffusers
+    from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
+                              environment, write_json)
+    from erase.saliency import load_mask, save_mask
+
+    if method not in METHODS:
+        raise OptionError(f"{option('--method', 'method')} {method!r} is not one of {', '.join(sorted(METHODS))}")
+    folder_input = isinstance(model, (str, os.PathLike))
+    if out is not None:
+        out = check_output_dir(out, overwrite, inputs=(model,) if folder_input else ())
+    run_fn, config_class = METHODS[method]
+    check_ranges({"forget_random": forget_random, "images_per_condition": images_per_condition,
+                  "generation_steps": generation_steps, "monitor_every": monitor_every,
+                  "monitor_samples": monitor_samples, "monitor_steps": monitor_steps}, UNLEARN_RANGES)
+    method_values, runtime_values = split_options(method, options)
+    check_ranges(method_values, field_ranges(config_class))  # the given values, before the model loads
+    if config is not None and not isinstance(config, config_class):
+        raise OptionError(f"config is a {type(config).__name__}; method {method} takes a {config_class.__name__}")
+    runtime = build_config(Runtime, {**(dataclasses.asdict(runtime) if runtime is not None else {}), **runtime_values})
+
+    opened = open_model(model, copy_weights=not inplace and not folder_input)
+    adapter = opened.adapter
+    if not adapter.generative and method not in adapter.methods:
+        raise OptionError(f"{option('--method', 'method')} {method} does not apply to this {adapter.backbone} model "
+                          f"(it needs a generative model); choose one of {', '.join(adapter.methods)}")
+    chosen = choose_preset(method, preset, adapter.backbone) if config is None else {"name": None, "values": {}}
+    base = dataclasses.asdict(config) if config is not None else {}
+    config = build_config(config_class, {**base, **method_values}, chosen["values"])
+    checkpoints = checkpoint_folder(out, runtime, overwrite)
+    resumed_from = str(find_state(runtime.resume)) if runtime.resume is not None else None
+    if train_params != "full":
+        if not hasattr(adapter, "select_trainable"):
+            raise OptionError(f"{option('--train-params')} {train_params} applies to Stable Diffusion; this is a "
+                              f"{adapter.backbone} model")
+        adapter.select_trainable(train_params)
+    if gradient_checkpointing:
+        adapter.denoiser.enable_gradient_checkpointing()
+    targets = read_targets(adapter, forget, retain, forget_random)
+    if replacement_prompt is not None:
+        if getattr(config, "forget_objective", "pseudo") != "pseudo":
+            pseudo_objective = option("--forget-objective pseudo", "forget_objective='pseudo'")
+            raise OptionError(f"{option('--replacement-prompt')} is the target of {pseudo_objective}; pass both")
+        config.pseudo_class = int(adapter.register_prompts([replacement_prompt])[0])
+    monitor = make_monitor(adapter, targets, monitor_every, monitor_samples, monitor_steps, monitor_classifier,
+                           runtime.seed)
+    saliency = None
+    if mask is not None:
+        try:
+            saliency = load_mask(mask)
+        except Exception as error:  # safetensors raises several types for missing or damaged files
+            raise OptionError(f"cannot read {option('--mask')} {str(mask)!r} ({error}); pass a mask.safetensors "
+                              "written by erase") from None
+    elif resumed_from is not None and (Path(resumed_from) / "mask.safetensors").is_file():
+        saliency = load_mask(Path(resumed_from) / "mask.safetensors")  # the interrupted run's mask: no Fisher again
+
+    with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
+        forget_set, remain_set, data_record = load_data(
+            adapter, targets, data=data, forget_random=forget_random, retain_given=bool(_as_list(retain)),
+            data_cache=data_cache, images_per_condition=images_per_condition, generation_steps=generation_steps,
+            seed=runtime.seed, staging_hint=Path(scratch) / "generated")
+        pseudo = getattr(config, "pseudo_class", None)
+        if pseudo is not None and replacement_prompt is None and pseudo not in set(remain_set.labels.tolist()):
+            raise OptionError(f"{option('--pseudo-class')} {pseudo} is not a remaining class; pick one of "
+                              f"{sorted(set(remain_set.labels.tolist()))}")
+        started = time.time()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            result = run_fn(adapter, forget_set, remain_set, config, runtime, mask=saliency, monitor=monitor)
+        except ValueError as error:  # a mask that does not fit this model
+            raise OptionError(f"{error}; compute a new mask by leaving out {option('--mask')}") from None
+        adapter.info["erased"] = {"method": method, "source": opened.description,
+                                  **({"forget_prompts": sorted(targets.condition_sets()[0])} if targets.by_prompt
+                                     else {"forget_classes": list(targets.forget)})}
+        if data_record["source"] == "generated" and data_cache is None:
+            data_record["folder"] = str(out / "generated") if out is not None else None  # kept only with out
+        record = _jsonable({
+            "command": "unlearn", "method": method, "model": opened.description, "backbone": adapter.backbone,
+            "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": forget_random,
+            "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
+            "replacement_prompt": replacement_prompt, "train_params": adapter.info.get("train_params"),
+            "prompt_ids": ({p: i for i, p in enumerate(adapter.class_names)} if adapter.takes_prompts else None),
+            "data": data_record, "forget_images": len(forget_set), "remain_images": len(remain_set),
+            "config": config, "preset": chosen, "runtime": runtime, "mask_from": None if mask is None else str(mask),
+            "mask_sparsity": result["mask_sparsity"], "device": result["device"],
+            "num_processes": result["num_processes"], "timings": result["timings"],
+            "process_weight_digests": result["process_weight_digests"], "resumed_from": resumed_from,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+            "gradient_checkpointing": gradient_checkpointing, "method_record": result.get("record"),
+            "conventions": result["conventions"], "monitor": monitor_record(monitor, monitor_samples, monitor_steps,
+                                                                            monitor_classifier),
+            "losses": result["losses"], "started": started, "environment": environment(),
+        })
+        if out is not None and result["is_main_process"]:
+            with atomic_output_dir(out, overwrite) as staging:
+                adapter.save_pretrained(staging)
+                if result["mask"] is not None:
+                    save_mask(result["mask"], staging / "mask.safetensors", {"method": method})
+                if data_record["source"] == "generated" and data_cache is None:
+                    import shutil
+
+                    shutil.copytree(Path(scratch) / "generated", staging / "generated")  # the run's D_f and D_r
+                write_json(staging / "run.json", record)
+        if checkpoints is not None and result["is_main_process"]:
+            discard_checkpoints(checkpoints)
+    return to_diffusers(opened), record
+
+
+def monitor_record(monitor, samples: int, steps: int, classifier: str) -> dict | None:
+    from erase.eval.probe import first_step_below
+
+    if monitor is None:
+        return None
+    return {"every": monitor.every, "samples": samples, "num_inference_steps": steps, "classifier": classifier,
+            "history": monitor.history, "first_step_fa_below_5pct": first_step_below(monitor.history, 0.05)}
