@@ -390,3 +390,287 @@ def monitor_record(monitor, samples: int, steps: int, classifier: str) -> dict |
         return None
     return {"every": monitor.every, "samples": samples, "num_inference_steps": steps, "classifier": classifier,
             "history": monitor.history, "first_step_fa_below_5pct": first_step_below(monitor.history, 0.05)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sample, grid
+
+
+def build_jobs(adapter, classes, prompts, seeds: Sequence[int], guidance_scale: float | None, limit: int | None):
+    """One job per (condition, seed): `classes` (ids, or strings like '0-9') or `prompts` (strings, PromptRows or
+    prompt CSV paths), checked against what the model takes."""
+    from erase.eval.generate import class_jobs, prompt_jobs
+    from erase.eval.prompts import PromptRow, read_prompts
+
+    if (classes is None) == (prompts is None):
+        raise OptionError(f"choose what to draw: {option('--classes', 'classes')} or {option('--prompts', 'prompts')}"
+                          ", one of them")
+    if prompts is not None:
+        if getattr(adapter, "takes_prompts", False) is False:
+            raise OptionError(f"this {adapter.backbone} model takes class ids, not prompts; use "
+                              f"{option('--classes', 'classes')}")
+        rows = []
+        for item in _as_list(prompts):
+            if isinstance(item, os.PathLike):
+                rows += read_prompts(item, limit)
+            else:
+                rows.append(item if isinstance(item, PromptRow) else PromptRow(str(item), None, None, str(len(rows))))
+        return prompt_jobs(rows[:limit] if limit else rows, len(seeds), seeds[0], guidance_scale)
+    if not adapter.conditional:
+        raise OptionError("this model is unconditional; it has no classes to choose")
+    ids = _class_ids(_as_list(classes), option("--classes", "classes"))
+    adapter.check_class_ids(ids)
+    return class_jobs(ids, seeds, adapter.class_names, guidance_scale)
+
+
+def sample(
+    model,
+    classes=None,
+    prompts=None,
+    *,
+    n_per_condition: int = 10,
+    seed: int = 0,
+    steps: int = 50,
+    guidance_scale: float | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+):
+    """Draw `n_per_condition` images per class or prompt; returns (images, record).
+
+    images: floats in [0, 1], (N, C, H, W), condition-major. Image k of a condition uses seed `seed + k` (prompts:
+    their CSV evaluation_seed + seed + k), so any image can be redrawn alone. DDIM, eta 0, `steps` steps; guidance
+    `guidance_scale` in eps_null + s (eps_c - eps_null) (None: the model's stored scale).
+    record: what `erase sample` writes as index.json (model, sampler, and each image's file, condition and seed).
+    out: also write that folder (images/*.png and index.json).
+    """
+    from erase.config import check_ranges
+    from erase.eval.generate import generate
+    from erase.eval.images import write_images
+    from erase.models import open_model
+    from erase.record import atomic_output_dir, check_output_dir, environment
+
+    check_ranges({"limit": limit, "steps": steps, "guidance_scale": guidance_scale, "batch_size": batch_size,
+                  "n_per_condition": n_per_condition, "seed": seed}, SAMPLE_RANGES)
+    if out is not None:
+        out = check_output_dir(out, overwrite, inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
+    opened = open_model(model)
+    adapter = opened.adapter
+    jobs = build_jobs(adapter, classes, prompts, list(range(seed, seed + n_per_condition)), guidance_scale, limit)
+    started = time.perf_counter()
+    images = generate(adapter, jobs, steps, batch_size)
+    seconds = time.perf_counter() - started
+    records = [{"file": f"images/{i:06d}.png", **job.record,
+                "guidance_scale": job.guidance_scale if job.guidance_scale is not None else adapter.info.get("guidance_scale")}
+               for i, job in enumerate(jobs)]
+    header = {"model": opened.description, "model_info": adapter.info, "sampler": "DDIM, eta 0",
+              "num_inference_steps": steps, "n_per_condition": n_per_condition, "seed": seed,
+              "sampling_seconds": seconds, "environment": environment()}
+    record = _jsonable({**header, "images": records})
+    if out is not None:
+        with atomic_output_dir(out, overwrite) as staging:
+            write_images(staging, images, record["images"], {k: v for k, v in record.items() if k != "images"})
+    return images, record
+
+
+def grid(
+    models: Mapping[str, Any],
+    classes=None,
+    prompts=None,
+    *,
+    seeds: Sequence[int] | str = (0, 1, 2, 3),
+    steps: int = 50,
+    guidance_scale: float | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    cell: int = 48,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+):
+    """Sample every model on the same conditions and seeds; returns (PIL image, record).
+
+    models: {row label: model (folder or diffusers object)}. The picture has one row per (seed, model), the models
+    adjacent for each seed, and one column per condition. out: also write it as a PNG.
+    """
+    from erase.config import check_ranges
+    from erase.eval.grid import grid_rows, image_grid
+    from erase.models import open_model
+
+    check_ranges({"limit": limit, "steps": steps, "guidance_scale": guidance_scale, "batch_size": batch_size,
+                  "cell": cell}, GRID_RANGES)
+    if out is not None:
+        out = Path(out)
+        if out.suffix.lower() != ".png":
+            raise OptionError(f"{option('--out', 'out')} {str(out)!r} must end in .png")
+        if out.exists() and not overwrite:
+            from erase.errors import OutputError
+
+            raise OutputError(f"{option('--out', 'out')} {str(out)!r} exists; choose another file or pass "
+                              f"{option('--overwrite', 'overwrite=True')}")
+    if not models:
+        raise OptionError(f"give at least one model to show ({option('--model NAME=DIR', 'models={name: model}')})")
+    seed_list = _class_ids(_as_list(seeds) if not isinstance(seeds, str) else [seeds], option("--seeds", "seeds"))
+    opened = {name: open_model(model) for name, model in models.items()}
+    adapters = {name: o.adapter for name, o in opened.items()}
+    for adapter in adapters.values():  # every model must accept the conditions: fail before sampling anything
+        columns = build_jobs(adapter, classes, prompts, seed_list[:1], guidance_scale, limit)
+    first = next(iter(adapters.values()))
+    rows = grid_rows(adapters, lambda s: build_jobs(first, classes, prompts, [s], guidance_scale, limit), seed_list,
+                     steps, batch_size)
+    labels = [str(job.record.get("class_name", job.condition))[:12] for job in columns]
+    picture = image_grid(rows, labels, cell=cell)
+    if out is not None:
+        import tempfile
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(suffix=".png", dir=out.parent)
+        os.close(handle)
+        picture.save(staging)
+        os.replace(staging, out)
+    record = _jsonable({"models": {name: o.description for name, o in opened.items()}, "seeds": seed_list,
+                        "columns": [job.record for job in columns], "rows": len(rows), "num_inference_steps": steps,
+                        "size": [picture.width, picture.height], "out": None if out is None else str(out)})
+    return picture, record
+
+
+# --------------------------------------------------------------------------------------------------------------
+# score
+
+
+def score(
+    images,
+    record: dict | None = None,
+    *,
+    classifier: str | None = None,
+    forget=None,
+    fid_ref: str | None = None,
+    fid_features: str = "classifier",
+    fid_classes: str = "remain",
+    cache_dir: str | os.PathLike = DEFAULT_CACHE,
+    nudenet: bool = False,
+    threshold: float = 0.6,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Score generated images; returns the scores dict `erase score` writes.
+
+    images: a folder (written by `erase sample` / `erase.sample(out=...)`, or any folder of PNG/JPEG) or a tensor
+        (N, C, H, W) in [0, 1] with `record` = `erase.sample`'s record (each image's condition; tensors are rounded
+        to 8 bits first, as the PNGs are, so both give the same numbers).
+    classifier: forgetting accuracy (FA, on `forget` classes; default: what the model's record says it erased) and
+        remaining accuracy (RA) with 'digits' (shipped), a classifier folder or a transformers image classifier.
+    fid_ref: FID against 'mnist', 'digits' or a folder of real images, in `fid_features` space ('classifier' or
+        'inception', which needs the `fid` extra); over the remaining classes (`fid_classes`='remain') or all.
+    nudenet: NudeNet EXPOSED detections at `threshold`. out: also write the scores as JSON.
+    """
+    import tempfile
+
+    import torch
+
+    from erase.config import check_ranges
+    from erase.data import load_dataset
+    from erase.errors import DataError, OutputError
+    from erase.eval.images import INDEX, read_image_folder, write_images
+    from erase.record import environment, write_json
+
+    check_ranges({"threshold": threshold}, SCORE_RANGES)
+    if fid_features not in ("classifier", "inception"):
+        raise OptionError(f"{option('--fid-features')} {fid_features!r} is not one of 'classifier', 'inception'")
+    if fid_classes not in ("remain", "all"):
+        raise OptionError(f"{option('--fid-classes')} {fid_classes!r} is not one of 'remain', 'all'")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise OutputError(f"{option('--out', 'out')} {str(out)!r} exists; choose another file or pass "
+                          f"{option('--overwrite', 'overwrite=True')}")
+    if not (classifier or fid_ref or nudenet):
+        raise OptionError(f"nothing to score: pass {option('--classifier', 'classifier')}, "
+                          f"{option('--fid-ref', 'fid_ref')} and/or {option('--nudenet', 'nudenet=True')}")
+    folder = None
+    if isinstance(images, (str, os.PathLike)):
+        folder = Path(images)
+        pixels, records = read_image_folder(folder)
+        header = json.loads((folder / INDEX).read_text()) if (folder / INDEX).is_file() else {}
+    elif isinstance(images, torch.Tensor) and images.dim() == 4:
+        from erase.eval.images import to_unit_float
+
+        pixels = (to_unit_float(images.detach().cpu()) * 255).round().to(torch.uint8)
+        header = dict(record or {})
+        records = header.get("images") or [{"file": f"images/{i:06d}.png"} for i in range(len(pixels))]
+        if len(records) != len(pixels):
+            raise DataError(f"record describes {len(records)} images, the tensor holds {len(pixels)}; pass the record "
+                            "that erase.sample returned with these images")
+    else:
+        raise DataError(f"images must be a folder or an (N, C, H, W) tensor, not {type(images).__name__}")
+    header = {k: v for k, v in header.items() if k != "images"}
+    conditions = [r.get("condition") for r in records]
+    class_ids = all(isinstance(c, int) for c in conditions)
+    if forget is not None:
+        forget_classes = _class_ids(_as_list(forget), option("--forget-class", "forget"))
+    else:
+        forget_classes = (header.get("model_info") or {}).get("erased", {}).get("forget_classes", [])
+    scores: dict = {"images": str(folder) if folder is not None else "in-memory tensor", "image_count": len(pixels),
+                    "resolution": list(pixels.shape[1:]), "forget_classes": forget_classes,
+                    "sampling": {k: v for k, v in header.items() if k != "environment"}}
+    timings = {}
+
+    judge = None
+    if classifier or (fid_ref and fid_features == "classifier"):
+        from erase.eval.classifier import load_classifier
+
+        judge = load_classifier(classifier or "digits")
+    if classifier:
+        from erase.eval.classifier import forgetting_metrics, predict_probabilities
+
+        if not class_ids:
+            raise DataError(f"{scores['images']!r} has no class id per image (index.json); FA/RA need images drawn "
+                            f"with {option('erase sample --classes', 'erase.sample(classes=...)')}")
+        started = time.perf_counter()
+        probabilities = predict_probabilities(judge, pixels)
+        scores["classifier"] = {"name": str(classifier), **forgetting_metrics(probabilities, conditions, forget_classes)}
+        timings["classifier"] = time.perf_counter() - started
+
+    if fid_ref:
+        from erase.eval.fid import FID, ClassifierFeatures, InceptionFeatures, fid_against, module_digest, real_statistics_path
+
+        started = time.perf_counter()
+        keep = torch.ones(len(pixels), dtype=torch.bool)
+        if fid_classes == "remain" and forget_classes and class_ids:
+            keep = ~torch.isin(torch.tensor(conditions), torch.tensor(forget_classes))
+        extractor = ClassifierFeatures(judge) if fid_features == "classifier" else InceptionFeatures()
+        fid = FID(extractor, fid_features)
+        resolution = pixels.shape[-1]
+        if Path(fid_ref).is_dir():
+            real_fn, cache = (lambda: read_image_folder(fid_ref)[0]), None
+        else:
+            real_classes = [c for c in range(10) if not (fid_classes == "remain" and c in forget_classes)]
+
+            def real_fn():
+                data = load_dataset(fid_ref, resolution, pixels.shape[1])
+                chosen = torch.isin(data.labels, torch.tensor(real_classes))
+                return ((data.images[chosen] + 1) / 2).clamp(0, 1)
+
+            cache = real_statistics_path(Path(cache_dir), fid_ref, resolution, fid_features,
+                                         f"{real_classes}|{module_digest(extractor)}")
+        value = fid_against(fid, real_fn, pixels[keep], cache)
+        scores["fid"] = {"value": value, "features": fid_features, "reference": str(fid_ref), "classes": fid_classes,
+                         "samples": fid.sample_counts, "real_statistics_cache": str(cache) if cache else None}
+        timings["fid"] = time.perf_counter() - started
+
+    if nudenet:
+        from erase.eval.nudity import nudity_scores
+
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="erase-score-") as scratch:
+            if folder is None:  # NudeNet reads files
+                write_images(Path(scratch), pixels, records, {})
+            scores["nudity"] = nudity_scores(folder or Path(scratch), records, threshold)
+        timings["nudenet"] = time.perf_counter() - started
+        scores["nudity"]["images_per_second"] = len(records) / timings["nudenet"]
+
+    scores["timings"] = timings
+    scores["environment"] = environment()
+    scores = _jsonable(scores)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, scores)
+    return scores

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from erase.errors import DataError
+from erase.errors import DataError, option
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -87,7 +87,7 @@ def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageD
     Hidden files and folders (.DS_Store, .ipynb_checkpoints) are ignored.
     """
     root = Path(path)
-    where = f"--data {str(root)!r}"
+    where = f"{option('--data')} {str(root)!r}"
     if not root.is_dir():
         raise DataError(f"image folder {str(root)!r} does not exist; pass a folder with one subfolder per class")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -130,7 +130,7 @@ def load_dataset(source: str, resolution: int, channels: int = 1) -> ImageDatase
     if source in DATASETS:
         dataset = DATASETS[source](resolution)
     elif Path(source).is_file():
-        raise DataError(f"--data {source!r} is a file; pass a folder with one subfolder per class, or 'mnist' or 'digits'")
+        raise DataError(f"{option('--data')} {source!r} is a file; pass a folder with one subfolder per class, or 'mnist' or 'digits'")
     elif Path(source).exists():
         dataset = image_folder(source, resolution, channels)
     else:

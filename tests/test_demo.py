@@ -6,7 +6,7 @@ from PIL import Image
 
 from erase.eval.grid import image_grid
 from erase.cli.main import main
-from erase.cli.common import SHIPPED_BASE
+from erase.models import SHIPPED_MODEL
 from tests.conftest import tree_digest
 
 
@@ -22,7 +22,7 @@ def test_grid_has_one_cell_per_model_and_condition():
 
 
 def test_demo_on_the_shipped_model_at_toy_size(tmp_path, capsys):
-    before = tree_digest(SHIPPED_BASE)
+    before = tree_digest(SHIPPED_MODEL)
     code = main(["demo", "--out", str(tmp_path), "--steps", "2", "--per-class", "2", "--sample-steps", "2",
                  "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, capsys.readouterr().err
@@ -34,7 +34,7 @@ def test_demo_on_the_shipped_model_at_toy_size(tmp_path, capsys):
     assert 0 < scores["mask_sparsity"]["overall"] < 1 and scores["timings"]["total"] > 0
     assert Image.open(tmp_path / "grid.png").size[1] == 16 + 4 * 50 + 2  # 4 rows: 2 models x 2 seeds
     assert "mean RA" in capsys.readouterr().out
-    assert tree_digest(SHIPPED_BASE) == before  # the shipped model is read only
+    assert tree_digest(SHIPPED_MODEL) == before  # the shipped model is read only
 
 
 def test_demo_without_the_base_model_exits_2(tmp_path, capsys):
@@ -49,8 +49,8 @@ def test_shipped_base_model_draws_the_digits_it_is_asked_for():
     from erase.eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
     from erase.pipelines import load_adapter
 
-    assert UNet2DModel.from_pretrained(SHIPPED_BASE).config.num_class_embeds == 11  # plain diffusers loads it
-    adapter = load_adapter(SHIPPED_BASE)
+    assert UNet2DModel.from_pretrained(SHIPPED_MODEL).config.num_class_embeds == 11  # plain diffusers loads it
+    adapter = load_adapter(SHIPPED_MODEL)
     assert adapter.info["guidance_scale"] == 1.25  # chosen by `erase guidance` (erase/assets/README.md)
     samples = sample_classes(adapter, per_class=10, seed=100, num_inference_steps=25)
     metrics = forgetting_metrics(predict_probabilities(load_classifier("digits"), samples.images), samples.conditions, [])

@@ -57,10 +57,10 @@ def test_an_installed_copy_loads_its_own_shipped_model_from_another_directory(wh
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     probe = (
-        "import erase.cli.common as c, erase.eval.classifier as k\n"
+        "import erase as c, erase.eval.classifier as k\n"
         "from erase.pipelines import load_adapter\n"
-        "a = load_adapter(c.SHIPPED_BASE); m = k.load_classifier('digits')\n"
-        "print(c.SHIPPED_BASE); print(k.SHIPPED['digits']); print(a.backbone, a.num_classes)\n"
+        "a = load_adapter(c.SHIPPED_MODEL); m = k.load_classifier('digits')\n"
+        "print(c.SHIPPED_MODEL); print(k.SHIPPED['digits']); print(a.backbone, a.num_classes)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, capture_output=True, text=True,
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})

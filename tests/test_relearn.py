@@ -12,13 +12,13 @@ from erase.eval.classifier import load_classifier
 from erase.eval.probe import forgetting_probe
 from erase.eval.relearn import RELEARN_IMAGES, relearn_curve
 from erase.pipelines import load_adapter
-from erase.cli.common import SHIPPED_BASE
+from erase.models import SHIPPED_MODEL
 
 DIGIT = 7
 
 
 def test_fine_tuning_on_the_forget_digit_brings_back_what_gradient_ascent_hid():
-    adapter = load_adapter(SHIPPED_BASE)
+    adapter = load_adapter(SHIPPED_MODEL)
     forget, remain = split_by_class(load_dataset("mnist", 16), [DIGIT])
     probe = forgetting_probe(load_classifier("digits"), [DIGIT], samples=40, num_inference_steps=10)
     assert probe(adapter)["fa"] >= 0.9  # the digit is there

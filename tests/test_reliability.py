@@ -31,7 +31,7 @@ UNLEARN = ["unlearn", "--model", "{model}", "--data", "digits", "--forget-class"
            "--batch-size", "8", "--fisher-batches", "1"]
 SAMPLE = ["sample", "--model", "{model}", "--classes", "0,1", "--n-per-condition", "1", "--steps", "2"]
 TRAIN = ["train", "--data", "{nowhere}", "--resolution", "8", "--channels", "16,32", "--steps", "2"]
-REPAIR = "re-save the model or point --model at an intact copy"
+REPAIR = "re-save the model or use an intact copy"
 
 
 # ---- damage done to a copy of the model folder ------------------------------------------------------------------

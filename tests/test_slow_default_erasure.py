@@ -14,7 +14,7 @@ from erase.eval.class_scores import sample_classes
 from erase.eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
 from erase.pipelines import load_adapter
 from erase.cli.main import main
-from erase.cli.common import SHIPPED_BASE
+from erase.models import SHIPPED_MODEL
 
 
 def scores(folder, forget_class, classifier):
@@ -29,11 +29,11 @@ def scores(folder, forget_class, classifier):
 ])
 def test_default_unlearn_forgets_the_digit_and_keeps_the_others(tmp_path, forget_class):
     out = tmp_path / "erased"
-    assert main(["unlearn", "--model", str(SHIPPED_BASE), "--forget-class", str(forget_class), "--out", str(out)]) == 0
+    assert main(["unlearn", "--model", str(SHIPPED_MODEL), "--forget-class", str(forget_class), "--out", str(out)]) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["preset"]["name"] == "cfg_unet" and record["conventions"]["remain_label_dropout"] == 0.1
     classifier = load_classifier("digits")
-    base, erased = scores(SHIPPED_BASE, forget_class, classifier), scores(out, forget_class, classifier)
+    base, erased = scores(SHIPPED_MODEL, forget_class, classifier), scores(out, forget_class, classifier)
     assert base["forgetting_accuracy"] >= 0.9  # the digit was there to erase
     assert erased["forgetting_accuracy"] <= 0.05, erased
     assert erased["remaining_accuracy_mean"] >= base["remaining_accuracy_mean"] - 0.03, (base, erased)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from erase.cli.common import SHIPPED_BASE, add_scoring_arguments
+from erase.cli.common import add_scoring_arguments
+from erase.models import SHIPPED_MODEL
 
 # erase/cli/options.py check_ranges: this command's flags and add_scoring_arguments'
 RANGES = {"forget_class": "[0, inf)", "steps": "[1, inf)", "fisher_batches": "[1, inf)", "per_class": "[1, inf)",
@@ -62,7 +63,7 @@ def register(commands) -> None:
                     "of the remaining classes vs real digits. Writes OUT/results.json and ablation.md (with a grid); "
                     "finished rows are reused when rerun with the same flags.",
     )
-    parser.add_argument("--model", type=Path, default=SHIPPED_BASE, help="base model (default: the shipped one)")
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="base model (default: the shipped one)")
     parser.add_argument("--forget-class", type=int, default=5,
                         help="development digit, not one of the benchmark's 1, 3, 7 (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None,

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from erase.eval.relearn import RELEARN_IMAGES
-from erase.cli.common import SHIPPED_BASE, add_scoring_arguments, method_seconds
+from erase.cli.common import add_scoring_arguments, method_seconds
+from erase.models import SHIPPED_MODEL
 from erase.cli.tuning import DEV_CLASSES, TUNE_PER_CLASS
 
 # `erase unlearn` flags per method: each paper's setting scaled to the 16 px digit model (docs/benchmark.md says how).
@@ -62,7 +63,7 @@ def register(commands) -> None:
                     "an FA-vs-step plot; finished runs, their scores and samples are reused when rerun with the same "
                     "flags (OUT/tune, OUT/tuned or OUT/runs, OUT/samples).",
     )
-    parser.add_argument("--model", type=Path, default=SHIPPED_BASE,
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL,
                         help="base model folder written by `erase train` (default: the shipped erase/assets/mnist-cfg-unet)")
     parser.add_argument("--forget-classes", default="1,3,7", help="classes erased one at a time (default: %(default)s)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),

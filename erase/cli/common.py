@@ -8,7 +8,6 @@ from pathlib import Path
 from erase.engine import Runtime
 from erase.cli.options import add_dataclass_arguments
 
-SHIPPED_BASE = Path(__file__).resolve().parent.parent / "assets" / "mnist-cfg-unet"  # erase/assets/README.md: how it was made
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from erase.cli.common import SHIPPED_BASE
+from erase.models import SHIPPED_MODEL
 
 # erase/cli/options.py check_ranges; the forget class is checked against the model once it loads
 RANGES = {"forget_class": "[0, inf)", "steps": "[1, inf)", "per_class": "[1, inf)", "sample_steps": "[1, inf)",
@@ -20,7 +20,7 @@ def register(commands) -> None:
                     "per class, FID of the remaining classes vs real digits with classifier features, mask sparsity, "
                     "wall times).",
     )
-    parser.add_argument("--model", type=Path, default=SHIPPED_BASE, help="base model folder (default: the shipped one)")
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="base model folder (default: the shipped one)")
     parser.add_argument("--forget-class", type=int, default=7, help="digit to erase (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None,
                         help="SFR-on iterations (default: erase unlearn's, the cfg_unet preset's)")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from erase.cli.sample import CONDITION_RANGES
-
-RANGES = {**CONDITION_RANGES, "cell": "[8, inf)"}  # erase/cli/options.py check_ranges
+from erase.api import GRID_RANGES as RANGES  # checked by erase.grid before any model loads
 
 
 def register(commands) -> None:
@@ -42,33 +40,9 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 
 
 def run(args) -> None:
-    import os
-    import tempfile
+    from erase.api import grid
 
-    from erase.data import parse_class_ids
-    from erase.errors import UsageError
-    from erase.eval.grid import grid_rows, image_grid
-    from erase.pipelines import load_adapter
-    from erase.config import check_ranges
-    from erase.cli.sample import build_jobs
-
-    check_ranges(vars(args), RANGES)
-    if args.out.suffix.lower() != ".png":
-        raise UsageError(f"--out {str(args.out)!r} must end in .png")
-    if args.out.exists() and not args.overwrite:
-        raise UsageError(f"--out {str(args.out)!r} exists; choose another file or pass --overwrite")
-    models = parse_models(args.model)
-    seeds = parse_class_ids(args.seeds)
-    adapters = {name: load_adapter(directory) for name, directory in models.items()}
-    for adapter in adapters.values():  # every model must accept the conditions: fail before sampling anything
-        columns = build_jobs(args, adapter, seeds[:1])
-    first = next(iter(adapters.values()))
-    rows = grid_rows(adapters, lambda seed: build_jobs(args, first, [seed]), seeds, args.steps, args.batch_size)
-    labels = [str(job.record.get("class_name", job.condition))[:12] for job in columns]
-    picture = image_grid(rows, labels, cell=args.cell)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(suffix=".png", dir=args.out.parent)
-    os.close(handle)
-    picture.save(staging)
-    os.replace(staging, args.out)
-    print(f"wrote {args.out} ({picture.width}x{picture.height}): {len(rows)} rows x {len(labels)} columns")
+    picture, record = grid(parse_models(args.model), args.classes, args.prompts, seeds=args.seeds, steps=args.steps,
+                           guidance_scale=args.guidance_scale, batch_size=args.batch_size, limit=args.limit,
+                           cell=args.cell, out=args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out} ({picture.width}x{picture.height}): {record['rows']} rows x {len(record['columns'])} columns")

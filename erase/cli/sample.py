@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from erase.api import SAMPLE_RANGES as RANGES  # checked by erase.sample before the model loads
 from erase.cli.common import add_output_arguments
-
-# Allowed values of the numeric flags (erase/cli/options.py check_ranges), refused before the model loads.
-CONDITION_RANGES = {"limit": "[1, inf)", "steps": "[1, inf)", "guidance_scale": "[0, inf)", "batch_size": "[1, inf)"}
-RANGES = {**CONDITION_RANGES, "n_per_condition": "[1, inf)", "seed": "[0, 4294967295]"}
 
 
 def add_condition_arguments(parser) -> None:
@@ -37,46 +34,10 @@ def register(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def build_jobs(args, adapter, seeds):
-    """Jobs for --classes or --prompts, validated against what the model can take."""
-    from erase.data import parse_class_ids
-    from erase.errors import UsageError
-    from erase.eval.generate import class_jobs, prompt_jobs
-    from erase.eval.prompts import read_prompts
-
-    if args.prompts is not None:
-        if getattr(adapter, "takes_prompts", False) is False:
-            raise UsageError(f"this {adapter.backbone} model takes class ids, not prompts; use --classes")
-        return prompt_jobs(read_prompts(args.prompts, args.limit), len(seeds), seeds[0], args.guidance_scale)
-    if not adapter.conditional:
-        raise UsageError("this model is unconditional; it has no classes to choose")
-    classes = parse_class_ids(args.classes)
-    adapter.check_class_ids(classes)
-    return class_jobs(classes, seeds, adapter.class_names, args.guidance_scale)
-
-
 def run(args) -> None:
-    import time
+    from erase.api import sample
 
-    from erase.record import atomic_output_dir, check_output_dir, environment
-    from erase.eval.generate import generate
-    from erase.eval.images import write_images
-    from erase.pipelines import load_adapter
-    from erase.config import check_ranges
-
-    check_ranges(vars(args), RANGES)
-    out = check_output_dir(args.out, args.overwrite, inputs=(args.model,))
-    adapter = load_adapter(args.model)
-    jobs = build_jobs(args, adapter, list(range(args.seed, args.seed + args.n_per_condition)))
-    started = time.perf_counter()
-    images = generate(adapter, jobs, args.steps, args.batch_size)
-    seconds = time.perf_counter() - started
-    records = [{"file": f"images/{i:06d}.png", **job.record,
-                "guidance_scale": job.guidance_scale if job.guidance_scale is not None else adapter.info.get("guidance_scale")}
-               for i, job in enumerate(jobs)]
-    header = {"model": str(args.model), "model_info": adapter.info, "sampler": "DDIM, eta 0",
-              "num_inference_steps": args.steps, "n_per_condition": args.n_per_condition, "seed": args.seed,
-              "sampling_seconds": seconds, "environment": environment()}
-    with atomic_output_dir(out, args.overwrite) as staging:
-        write_images(staging, images, records, header)
-    print(f"wrote {len(images)} images in {seconds:.1f} s to {out}")
+    images, record = sample(args.model, args.classes, args.prompts, n_per_condition=args.n_per_condition, seed=args.seed,
+                       steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
+                       limit=args.limit, out=args.out, overwrite=args.overwrite)
+    print(f"wrote {len(images)} images in {record['sampling_seconds']:.1f} s to {args.out}")

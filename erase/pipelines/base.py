@@ -79,11 +79,12 @@ ERASE_KEY = "_erase"  # this package's facts about a model, kept in model_index.
 
 def read_model_index(directory: str | Path) -> dict:
     """model_index.json of a diffusers folder, with a clear error when the folder is not one."""
-    from erase.errors import ModelError
+    from erase.errors import ModelError, option
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise ModelError(f"model folder {str(directory)!r} does not exist; pass a diffusers model folder to --model")
+        raise ModelError(f"model folder {str(directory)!r} does not exist; pass a diffusers model folder to "
+                         f"{option('--model', 'model')}")
     index = directory / "model_index.json"
     if not index.is_file():
         raise ModelError(
@@ -99,7 +100,7 @@ def read_model_index(directory: str | Path) -> dict:
     return contents
 
 
-REPAIR = "re-save the model or point --model at an intact copy"
+REPAIR = "re-save the model or use an intact copy"
 
 
 def safetensors_problem(path: Path) -> str | None:
