@@ -20,11 +20,13 @@ from accelerate.utils import set_seed
 
 from tqdm.auto import tqdm
 
+from erase.config import documented
 from erase.errors import NonFiniteLossError, UsageError
 from erase.objectives import REDUCTIONS, denoising_losses, drop_conditions
 from erase.saliency import cycle, mask_sparsity, trainable_parameters
 
 
+@documented
 @dataclass
 class Runtime:
     """Where and how a run executes; the same for every method."""

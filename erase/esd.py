@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from erase.config import documented
 from erase.engine import Runtime, frozen_copy, start_run, swapped_denoiser
 from erase.errors import UsageError
 from erase.objectives import require_conditional
@@ -18,6 +19,7 @@ from erase.objectives import require_conditional
 TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}
 
 
+@documented
 @dataclass
 class ESDConfig:
     steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (ESD: 1000)"})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from erase.config import documented
 from erase.engine import Runtime, remain_label_dropout_field, start_run
 
 
+@documented
 @dataclass
 class GAConfig:
     """The plain baseline every unlearning paper reports; settings follow SalUn's DDPM baselines."""

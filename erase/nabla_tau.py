@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from erase.config import documented
 from erase.data import ImageDataset
 from erase.engine import Runtime, remain_label_dropout_field, start_run
 from erase.errors import UsageError
 from erase.eval.losses import fixed_draw_loss
 
 
+@documented
 @dataclass
 class NablaTauConfig:
     steps: int | None = field(default=150, metadata={"range": "[1, inf)", "help": "iterations (ours; the authors count epochs of classifier training); 'none' = --remain-epochs passes over the remain set"})

@@ -77,11 +77,12 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: tuple[str | Path,
         source = Path(source).resolve()
         target = out.resolve()
         if target == source or source in target.parents or target in source.parents:
-            raise OutputError(f"--out {str(out)!r} overlaps the input {str(source)!r}; write the result to another folder")
+            raise OutputError(f"{option('--out', 'out')} {str(out)!r} overlaps the input {str(source)!r}; write the result to another folder")
     if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {str(out)!r} is a file; pass a folder path")
+        raise OutputError(f"{option('--out', 'out')} {str(out)!r} is a file; pass a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"--out {str(out)!r} exists and is not empty; choose another folder or pass --overwrite")
+        raise OutputError(f"{option('--out', 'out')} {str(out)!r} exists and is not empty; choose another folder or pass "
+                          f"{option('--overwrite', 'overwrite=True')}")
     return out
 
 
@@ -102,7 +103,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False):
     if out.exists():
         if any(out.iterdir()) and not overwrite:  # appeared while we worked
             shutil.rmtree(staging, ignore_errors=True)
-            raise OutputError(f"--out {str(out)!r} was filled by someone else during the run; result discarded")
+            raise OutputError(f"{option('--out', 'out')} {str(out)!r} was filled by someone else during the run; result discarded")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "x")
         os.replace(staging, out)
@@ -124,13 +125,14 @@ def checkpoint_folder(out: str | Path | None, runtime, overwrite: bool) -> Path 
         return None
     folder = Path(runtime.checkpoint_dir) if runtime.checkpoint_dir else Path(out).with_name(Path(out).name + ".checkpoint")
     if out is not None and (folder.resolve() == Path(out).resolve() or Path(out).resolve() in folder.resolve().parents):
-        raise OutputError(f"--checkpoint-dir {str(folder)!r} is inside --out; put it beside --out")
+        raise OutputError(f"{option('--checkpoint-dir')} {str(folder)!r} is inside {option('--out', 'out')}; put it beside "
+                          f"{option('--out', 'out')}")
     runtime.checkpoint_dir = str(folder)
     if runtime.resume is not None:
         find_state(runtime.resume)
     elif any(folder.glob(f"{STATE_PREFIX}*")) and not overwrite:
-        raise OutputError(f"{str(folder)!r} holds a resumable state of an earlier run; continue it with --resume "
-                         f"{folder}, or pass --overwrite to start over (the new run's first state replaces it)")
+        raise OutputError(f"{str(folder)!r} holds a resumable state of an earlier run; continue it with {option('--resume')} "
+                         f"{folder}, or pass {option('--overwrite', 'overwrite=True')} to start over (the new run's first state replaces it)")
     return folder
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from erase.config import documented
 from erase.engine import Runtime, remain_label_dropout_field, start_run
 from erase.objectives import default_pseudo_class, pseudo_labels, pseudo_target_losses, require_conditional
 
@@ -25,6 +26,7 @@ RELABEL_ZERO = "its forget loss, the squared gap eps(x_t, c_forget) - eps(x_t, c
 RELABEL_INSTEAD = "use --method ga, or sfron with --forget-objective adaptive or ga"
 
 
+@documented
 @dataclass
 class RLConfig:
     steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (SalUn DDPM: 1000)"})

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from erase.config import documented
 from erase.data import ImageDataset
 from erase.engine import Runtime, endless_batches, remain_label_dropout_field, start_run
 from erase.objectives import denoising_losses, require_conditional
@@ -21,6 +22,7 @@ from erase.saliency import fisher_diagonal
 from erase.eval.generate import Job, generate
 
 
+@documented
 @dataclass
 class SAConfig:
     steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (ours, at DDPM scale)"})

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from erase.config import documented
 from erase.engine import MaskedUpdate, Runtime, endless_batches
 from erase.objectives import require_conditional
 from erase.rl import RELABEL_INSTEAD, RELABEL_ZERO, RLConfig, relabel_parts, start_relabel_run
 from erase.saliency import gradient_magnitude, top_fraction_mask
 
 
+@documented
 @dataclass
 class SalUnConfig(RLConfig):
     mask_fraction: float = field(default=0.5, metadata={"range": "(0, 1]", "help": "share of entries the mask keeps (SalUn: 0.5)"})

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from erase.config import documented
 from erase.engine import (
     MaskedUpdate,
     PhaseTimer,
@@ -32,6 +33,7 @@ from erase.objectives import (
 from erase.saliency import fisher_diagonal, saliency_mask
 
 
+@documented
 @dataclass
 class SFRonConfig:
     """Defaults are the official DDPM CIFAR-10 settings unless a comment says otherwise."""
