@@ -297,6 +297,13 @@ def unlearn(
 
     opened = open_model(model, copy_weights=not inplace and not folder_input)
     adapter = opened.adapter
+    dtype = next(adapter.denoiser.parameters()).dtype
+    if dtype != torch.float32:
+        from erase.errors import ModelError
+
+        bf16 = option("--mixed-precision bf16", "mixed_precision='bf16'")
+        raise ModelError(f"the model's {type(adapter.denoiser).__name__} holds {dtype} weights; erase trains float32 "
+                         f"weights (use {bf16} for speed): load it with torch_dtype=torch.float32")
     if not adapter.generative and method not in adapter.methods:
         raise OptionError(f"{option('--method', 'method')} {method} does not apply to this {adapter.backbone} model "
                           f"(it needs a generative model); choose one of {', '.join(adapter.methods)}")
@@ -455,7 +462,7 @@ def sample(
                   "n_per_condition": n_per_condition, "seed": seed}, SAMPLE_RANGES)
     if out is not None:
         out = check_output_dir(out, overwrite, inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
-    opened = open_model(model)
+    opened = open_model(model, train_params=None)
     adapter = opened.adapter
     jobs = build_jobs(adapter, classes, prompts, list(range(seed, seed + n_per_condition)), guidance_scale, limit)
     started = time.perf_counter()
@@ -511,7 +518,7 @@ def grid(
     if not models:
         raise OptionError(f"give at least one model to show ({option('--model NAME=DIR', 'models={name: model}')})")
     seed_list = _class_ids(_as_list(seeds) if not isinstance(seeds, str) else [seeds], option("--seeds", "seeds"))
-    opened = {name: open_model(model) for name, model in models.items()}
+    opened = {name: open_model(model, train_params=None) for name, model in models.items()}
     adapters = {name: o.adapter for name, o in opened.items()}
     for adapter in adapters.values():  # every model must accept the conditions: fail before sampling anything
         columns = build_jobs(adapter, classes, prompts, seed_list[:1], guidance_scale, limit)

@@ -67,9 +67,10 @@ def _unet_adapter(unet, scheduler, info: dict):
     return (CFGUNetAdapter if unet.config.num_class_embeds else DDPMAdapter)(unet, scheduler, info)
 
 
-def open_model(model, *, copy_weights: bool = False, train_params: str | None = None) -> OpenedModel:
+def open_model(model, *, copy_weights: bool = False, train_params: str | None = "full") -> OpenedModel:
     """`model` as an adapter. `copy_weights`: train a copy of the denoiser, leaving the caller's object untouched
-    (frozen parts, the VAE and text encoder, are shared, never trained)."""
+    (frozen parts, the VAE and text encoder, are shared, never trained). `train_params` None: for sampling only
+    (a Stable Diffusion UNet's requires_grad flags are left as they are)."""
     if isinstance(model, (str, os.PathLike)):
         from erase.pipelines import load_adapter
 
@@ -97,7 +98,7 @@ def open_model(model, *, copy_weights: bool = False, train_params: str | None = 
         from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
         adapter = StableDiffusionAdapter(own(model.unet), model.vae, model.text_encoder, model.tokenizer, model.scheduler,
-                                         info, train_params=train_params or "full")
+                                         info, train_params=train_params)
     return OpenedModel(adapter, "pipeline", model, description)
 
 
@@ -118,10 +119,16 @@ def to_diffusers(opened: OpenedModel):
         source = opened.source
         cls = type(source)
         kwargs = {**source.components, TRAINED_COMPONENT[_pipeline_class(source)]: adapter.denoiser}
-        for name in inspect.signature(cls.__init__).parameters:  # config arguments, e.g. requires_safety_checker
+        parameters = inspect.signature(cls.__init__).parameters
+        for name in parameters:  # config arguments, e.g. requires_safety_checker
             if name not in kwargs and name in source.config and not name.startswith("_"):
                 kwargs[name] = source.config[name]
-        pipeline = cls(**{k: v for k, v in kwargs.items() if k in inspect.signature(cls.__init__).parameters})
+        if "id2label" in parameters and getattr(source, "labels", None):  # DiTPipeline keeps {name: id} only
+            names: dict[int, list[str]] = {}
+            for name, index in source.labels.items():
+                names.setdefault(int(index), []).append(name)
+            kwargs["id2label"] = {index: ", ".join(n) for index, n in names.items()}
+        pipeline = cls(**{k: v for k, v in kwargs.items() if k in parameters})
     elif adapter.backbone in ("ddpm", "cfg_unet"):
         from diffusers import DDPMPipeline
 

@@ -178,3 +178,30 @@ def test_method_configs_are_typed_and_document_the_flags_defaults_and_help():
             line = next(line for line in config.__doc__.splitlines() if line.strip().startswith(f"{field.name} ("))
             assert f"default {field.default!r}" in line, (name, line)
             assert " ".join(field.metadata.get("help", "").split()) in " ".join(line.split()), (name, field.name)
+
+
+def test_an_in_memory_dit_pipeline_comes_back_as_one_that_plain_diffusers_samples(tmp_path):
+    from diffusers import DDPMScheduler, DiTPipeline
+
+    from erase.pipelines.dit import tiny_dit
+    from erase.pipelines.latent import tiny_vae
+
+    torch.manual_seed(0)
+    pipe = DiTPipeline(transformer=tiny_dit(), vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=1000),
+                       id2label={0: "tench, Tinca tinca", 1: "goldfish"})
+    erased, record = erase.unlearn(pipe, forget=1, retain=[0, 2], data="generated", images_per_condition=1,
+                                   generation_steps=2, **FAST)
+    assert type(erased) is DiTPipeline and erased.labels == pipe.labels and erased.vae is pipe.vae
+    assert record["forget"] == [1] and record["remain"] == [0, 2] and record["data"]["folder"] is None
+    pictures = erased(class_labels=[1], num_inference_steps=2, guidance_scale=1.0, output_type="np").images
+    assert pictures.shape == (1, 8, 8, 3)
+    erased.save_pretrained(tmp_path / "dit")
+    assert DiTPipeline.from_pretrained(tmp_path / "dit").transformer.config.num_layers == 2
+
+
+def test_half_precision_weights_are_refused_for_training_not_silently_trained():
+    from diffusers import DDPMPipeline
+
+    pipe = DDPMPipeline.from_pretrained(erase.SHIPPED_MODEL, torch_dtype=torch.float16)
+    with pytest.raises(erase.ModelError, match="holds torch.float16 weights; erase trains float32"):
+        erase.unlearn(pipe, forget=7, data="digits", **FAST)

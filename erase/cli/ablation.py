@@ -9,7 +9,7 @@ from pathlib import Path
 from erase.cli.common import add_scoring_arguments
 from erase.models import SHIPPED_MODEL
 
-# erase/cli/options.py check_ranges: this command's flags and add_scoring_arguments'
+# erase/config.py check_ranges: this command's flags and add_scoring_arguments'
 RANGES = {"forget_class": "[0, inf)", "steps": "[1, inf)", "fisher_batches": "[1, inf)", "per_class": "[1, inf)",
           "sample_steps": "[1, inf)", "monitor_every": "[1, inf)", "monitor_samples": "[1, inf)",
           "seed": "[0, 4294967295]"}

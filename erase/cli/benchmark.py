@@ -45,7 +45,7 @@ COLLAPSE_REASONS = {
 # The methods run by default: SFR-on, Nabla-tau and the baselines; SFR-on's joint variant is an ablation
 # (docs/ablation.md) and runs when named in --methods.
 DEFAULT_METHODS = [method for method in SETTINGS if method != "joint"]
-# erase/cli/options.py check_ranges: this command's numeric flags, refused before any model loads
+# erase/config.py check_ranges: this command's numeric flags, refused before any model loads
 RANGES = {"steps": "[1, inf)", "rt_steps": "[1, inf)", "tune_per_class": "[1, inf)", "extra_seeds": "[0, inf)",
           "per_class": "[1, inf)", "sample_steps": "[1, inf)", "monitor_every": "[1, inf)",
           "monitor_samples": "[1, inf)", "seed": "[0, 4294967295]"}

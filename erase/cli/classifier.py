@@ -11,7 +11,7 @@ from erase.cli.common import add_data_argument, add_output_arguments, add_runtim
 from erase.cli.options import add_dataclass_arguments, dataclass_from_args
 from erase.config import check_ranges, field_ranges
 
-# erase/cli/options.py check_ranges: plain flags of this command (ClassifierTrainConfig and Runtime declare their own)
+# erase/config.py check_ranges: plain flags of this command (ClassifierTrainConfig and Runtime declare their own)
 RANGES = {"resolution": "[8, inf)", "split_seed": "[0, 4294967295]", "test_per_class": "[1, inf)",
           "validation_per_class": "[1, inf)", "forget_random": "(0, 1)"}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from erase.models import SHIPPED_MODEL
 
-# erase/cli/options.py check_ranges; the forget class is checked against the model once it loads
+# erase/config.py check_ranges; the forget class is checked against the model once it loads
 RANGES = {"forget_class": "[0, inf)", "steps": "[1, inf)", "per_class": "[1, inf)", "sample_steps": "[1, inf)",
           "seed": "[0, 4294967295]"}
 

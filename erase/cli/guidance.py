@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RANGES = {"per_class": "[1, inf)", "steps": "[1, inf)", "seed": "[0, 4294967295]"}  # erase/cli/options.py check_ranges
+RANGES = {"per_class": "[1, inf)", "steps": "[1, inf)", "seed": "[0, 4294967295]"}  # erase/config.py check_ranges
 
 
 def register(commands) -> None:

@@ -35,7 +35,7 @@ def register(commands) -> None:
     parser.set_defaults(run=run)
 
 
-# erase/cli/options.py check_ranges: plain flags of this command (TrainConfig and Runtime declare their own)
+# erase/config.py check_ranges: plain flags of this command (TrainConfig and Runtime declare their own)
 RANGES = {"resolution": "[8, inf)", "layers_per_block": "[1, inf)", "guidance_scale": "[0, inf)",
           "hold_out_per_class": "[0, inf)", "split_seed": "[0, 4294967295]"}
 

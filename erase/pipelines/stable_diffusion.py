@@ -36,7 +36,7 @@ class StableDiffusionAdapter(AdapterBase):
     takes_prompts = True
 
     def __init__(self, unet: UNet2DConditionModel, vae, text_encoder, tokenizer, scheduler, info: dict | None = None,
-                 source: Path | None = None, train_params: str = "full"):
+                 source: Path | None = None, train_params: str | None = "full"):
         super().__init__(unet, scheduler, info)
         self.vae = FrozenVAE(vae) if vae is not None else None  # None: a pixel-space text-conditional UNet
         self.text_encoder = text_encoder.requires_grad_(False).eval()
@@ -48,7 +48,8 @@ class StableDiffusionAdapter(AdapterBase):
         self.prompt_ids: dict[str, int] = {}
         self.embeddings: torch.Tensor | None = None
         self.register_prompts([""])
-        self.select_trainable(train_params)
+        if train_params is not None:  # None: sampling only, the UNet's requires_grad flags stay as they are
+            self.select_trainable(train_params)
 
     def select_trainable(self, choice: str) -> None:
         """Freeze every UNet parameter outside `choice` (full | xattn | noxattn)."""
