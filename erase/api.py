@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from erase.errors import OptionError, UsageError, option
+from erase.errors import OptionError, option
 
 # Allowed values of the plain (non-config) options, refused before any model loads (erase/config.py check_ranges).
 UNLEARN_RANGES = {"forget_random": "(0, 1)", "images_per_condition": "[1, inf)", "generation_steps": "[1, inf)",

@@ -7,7 +7,7 @@ through `erase.objectives`: only the batch (images, noise, timesteps, conditions
 import pytest
 import torch
 
-from erase.data import ImageDataset, split_by_class
+from erase.data import split_by_class
 from erase.engine import Runtime
 from erase.rl import RLConfig, rl
 from erase.saliency import trainable_parameters

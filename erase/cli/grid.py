@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from erase.api import GRID_RANGES as RANGES  # checked by erase.grid before any model loads
+from erase.api import GRID_RANGES as RANGES  # noqa: F401 (tests read it); checked by erase.grid before any model loads
 
 
 def register(commands) -> None:
@@ -26,15 +26,15 @@ def register(commands) -> None:
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
-    from erase.errors import UsageError
+    from erase.errors import OptionError
 
     models = {}
     for spec in specs:
         name, sep, directory = spec.partition("=")
         if not sep or not name or not directory:
-            raise UsageError(f"--model {spec!r} must look like NAME=DIR, e.g. base=models/base")
+            raise OptionError(f"--model {spec!r} must look like NAME=DIR, e.g. base=models/base")
         if name in models:
-            raise UsageError(f"--model name {name!r} is used twice; give each model its own name")
+            raise OptionError(f"--model name {name!r} is used twice; give each model its own name")
         models[name] = directory
     return models
 

@@ -3,7 +3,6 @@ membership-inference attack on diffusion models, for several models (e.g. the ba
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from erase.api import SAMPLE_RANGES as RANGES  # checked by erase.sample before the model loads
+from erase.api import SAMPLE_RANGES as RANGES  # noqa: F401 (tests read it); checked by erase.sample before the model loads
 from erase.cli.common import add_output_arguments
 
 

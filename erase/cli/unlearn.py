@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from erase.api import UNLEARN_RANGES as RANGES  # plain flags (method and runtime fields declare their own ranges)
+from erase.api import UNLEARN_RANGES as RANGES  # noqa: F401 (tests read it); plain flags (method and runtime fields declare their own ranges)
 from erase.cli.common import add_output_arguments, add_runtime_arguments
 from erase.cli.options import add_method_arguments
 from erase.errors import OptionError
