@@ -164,7 +164,7 @@ def split_by_class(dataset: ImageDataset, forget_classes: Sequence[int]) -> tupl
     in_forget = torch.isin(dataset.labels, torch.as_tensor(list(forget_classes)))
     forget, remain = dataset.subset(in_forget, "forget"), dataset.subset(~in_forget, "remain")
     if len(forget) == 0:
-        raise DataError("the forget set is empty; pass --forget-class with a class that has images")
+        raise DataError(f"the forget set is empty; pass {option('--forget-class')} with a class that has images")
     if len(remain) == 0:
         raise DataError("the remain set is empty: every class is marked to forget; keep at least one class")
     return forget, remain
@@ -202,13 +202,13 @@ def forget_selection(train_labels: torch.Tensor, seed: int, classes=None, fracti
     """Boolean mask over the training split: the images of `classes`, or a seeded random `fraction` of all of them
     (one permutation per seed, so a 10% forget set lies inside the 30% one); neither = nothing."""
     if classes is not None and fraction is not None:
-        raise DataError("give one forget set: --forget-class or --forget-random, not both")
+        raise DataError(f"give one forget set: {option('--forget-class')} or {option('--forget-random')}, not both")
     if classes is None and fraction is None:
         return torch.zeros(len(train_labels), dtype=torch.bool)  # nothing forgotten: the whole split trains
     if classes is not None:
         return torch.isin(train_labels, torch.as_tensor(list(classes)))
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"--forget-random must be a share in (0, 1), got {fraction}")
+        raise DataError(f"{option('--forget-random')} must be a share in (0, 1), got {fraction}")
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed + 1))
     chosen = torch.zeros(len(train_labels), dtype=torch.bool)
     chosen[order[: max(1, round(fraction * len(train_labels)))]] = True

@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from erase.config import documented
-from erase.errors import NonFiniteLossError, UsageError
+from erase.errors import NonFiniteLossError, OptionError, UsageError, option
 from erase.objectives import REDUCTIONS, denoising_losses, drop_conditions
 from erase.saliency import cycle, mask_sparsity, trainable_parameters
 
@@ -413,7 +413,7 @@ def find_state(path: str | Path) -> Path:
         return path
     states = sorted(path.glob(f"{STATE_PREFIX}*/state.json")) if path.is_dir() else []
     if not states:
-        raise UsageError(f"--resume {str(path)!r} holds no resumable state; pass the OUT.checkpoint folder that an "
+        raise UsageError(f"{option('--resume')} {str(path)!r} holds no resumable state; pass the OUT.checkpoint folder that an "
                          "interrupted run (or --checkpoint-every) wrote, or one of its step-N folders")
     return states[-1].parent
 
@@ -525,7 +525,7 @@ class Checkpoints:
         saved = json.loads((state / "state.json").read_text())
         for key in RESUME_MUST_MATCH:
             if saved.get(key) != self.identity.get(key):
-                raise UsageError(f"--resume {str(path)!r} was saved by a run with {key} {saved.get(key)!r}, this run "
+                raise UsageError(f"{option('--resume')} {str(path)!r} was saved by a run with {key} {saved.get(key)!r}, this run "
                                  f"has {self.identity.get(key)!r}; resume with the interrupted run's flags")
         self.accelerator.load_state(str(state))
         self.latest = state
@@ -586,7 +586,7 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     checkpoints, loop_state, start = None, None, 0
     if runtime.checkpoint_dir is not None or runtime.resume is not None:
         if runtime.checkpoint_dir is None:
-            raise UsageError("--resume needs --checkpoint-dir (erase unlearn and erase train set it from --out)")
+            raise UsageError(f"{option('--resume')} needs {option('--checkpoint-dir')} (erase unlearn and erase train set it from {option('--out')})")
         loop_state = LoopState(log, dict(tracked or {}), monitor, accelerator.device)
         accelerator.register_for_checkpointing(loop_state)
         identity = {"run": description, "steps": steps, "seed": runtime.seed, "num_processes": accelerator.num_processes,
@@ -663,9 +663,9 @@ def run_conventions(adapter, forget_reduction: str, remain_reduction: str, remai
     if remain_label_dropout is None:
         remain_label_dropout = float(adapter.info.get("label_dropout") or 0.0)
     if not 0.0 <= remain_label_dropout < 1.0:
-        raise UsageError(f"--remain-label-dropout must be in [0, 1), got {remain_label_dropout}")
+        raise OptionError(f"{option('--remain-label-dropout')} must be in [0, 1), got {remain_label_dropout}")
     if remain_label_dropout > 0 and not getattr(adapter, "has_null_condition", True):
-        raise UsageError(f"--remain-label-dropout {remain_label_dropout}: this {adapter.backbone} model has no null "
+        raise OptionError(f"{option('--remain-label-dropout')} {remain_label_dropout}: this {adapter.backbone} model has no null "
                          "label to drop to; leave it at 0")
     return {"forget_reduction": forget_reduction, "remain_reduction": remain_reduction,
             "remain_label_dropout": remain_label_dropout if adapter.conditional else 0.0,
@@ -681,7 +681,7 @@ def start_run(adapter, forget_data, remain_data, runtime: Runtime, *, steps: int
     `remain_label_dropout` None = the base model's recorded training rate, so remain steps keep training the
     null condition that classifier-free guided sampling uses."""
     if steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {steps}")
+        raise OptionError(f"{option('--steps')} must be at least 1, got {steps}")
     conventions = run_conventions(adapter, forget_reduction, remain_reduction, remain_label_dropout)
     accelerator, timer, opt, stepper = prepare_training(adapter, runtime, lr=lr, max_grad_norm=max_grad_norm,
                                                         optimizer=optimizer, weight_decay=weight_decay)

@@ -13,7 +13,7 @@ import torch
 
 from erase.config import documented
 from erase.engine import Runtime, frozen_copy, start_run, swapped_denoiser
-from erase.errors import UsageError
+from erase.errors import OptionError, UsageError, option
 from erase.objectives import require_conditional
 
 TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}
@@ -47,7 +47,7 @@ def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime =
     choice = TRAIN_METHODS[config.train_method]
     if choice != "full":
         if not hasattr(adapter, "select_trainable"):
-            raise UsageError(f"--train-method {config.train_method} needs cross-attention (Stable Diffusion); use full")
+            raise OptionError(f"{option('--train-method')} {config.train_method} needs cross-attention (Stable Diffusion); use full")
         adapter.select_trainable(choice)
     frozen = frozen_copy(adapter.denoiser)
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,

@@ -24,7 +24,7 @@ import torch
 from erase.config import documented
 from erase.data import ImageDataset
 from erase.engine import Runtime, remain_label_dropout_field, start_run
-from erase.errors import UsageError
+from erase.errors import OptionError, UsageError, option
 from erase.eval.losses import fixed_draw_loss
 
 
@@ -76,11 +76,11 @@ def nabla_tau_forget_term(forget_mean: torch.Tensor, tau: float, gap: str = "rel
 def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime: Runtime = Runtime(), mask=None,
         monitor=None) -> dict:
     if config.gap not in ("relative", "absolute"):
-        raise UsageError(f"--gap must be relative or absolute, got {config.gap!r}")
+        raise OptionError(f"{option('--gap')} must be relative or absolute, got {config.gap!r}")
     if config.tau_source == "value" and config.tau_value is None:
-        raise UsageError("--tau-source value needs --tau-value")
+        raise OptionError(f"{option('--tau-source')} value needs {option('--tau-value')}")
     if config.tau_source == "null" and not adapter.conditional:
-        raise UsageError("--tau-source null needs a conditional model; use heldout or value")
+        raise OptionError(f"{option('--tau-source')} null needs a conditional model; use heldout or value")
     reference = None
     if config.tau_source == "relative":
         reference = forget_data

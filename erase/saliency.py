@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from erase.errors import option
 from erase.objectives import denoising_losses, sample_timesteps
 
 FISHER_EPS = 1e-15
@@ -68,7 +69,7 @@ def batch_gradients(loss_fn, values: list, fp16: bool) -> list[torch.Tensor]:
             torch._foreach_div_(grads, scale)
             return grads
         if scale <= 1.0:
-            raise FloatingPointError("the Fisher gradient overflows fp16 even unscaled; use --mixed-precision bf16 or no")
+            raise FloatingPointError(f"the Fisher gradient overflows fp16 even unscaled; use {option('--mixed-precision')} bf16 or no")
         scale /= 2.0
 
 

@@ -10,7 +10,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from erase.engine import Runtime, endless_batches, prepare_training, run_steps, weight_digests
-from erase.errors import UsageError
+from erase.errors import OptionError, UsageError, option
 from erase.objectives import denoising_losses, drop_conditions
 from erase.saliency import trainable_parameters
 
@@ -32,9 +32,9 @@ class TrainConfig:
 def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -> dict:
     """Denoising training with label dropout; returns per-step losses and timings. Trains `adapter` in place."""
     if config.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {config.steps}")
+        raise OptionError(f"{option('--steps')} must be at least 1, got {config.steps}")
     if not 0.0 <= config.ema_decay < 1.0:
-        raise UsageError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
+        raise OptionError(f"{option('--ema-decay')} must be in [0, 1), got {config.ema_decay}")
     accelerator, timer, _, stepper = prepare_training(adapter, runtime, lr=config.lr,
                                                       max_grad_norm=config.max_grad_norm, optimizer="adamw")
     params = list(trainable_parameters(adapter.denoiser).values())

@@ -155,6 +155,8 @@ def test_score_of_a_tensor_equals_score_of_the_folder_its_record_came_with(tmp_p
     (lambda: erase.sample(erase.SHIPPED_MODEL, prompts=["a cat"]), erase.OptionError,
      "takes class ids, not prompts; use classes"),
     (lambda: erase.score(torch.zeros(2, 1, 16, 16)), erase.OptionError, "nothing to score"),
+    (lambda: erase.unlearn(erase.SHIPPED_MODEL, forget=7, method="nabla_tau", tau_source="value", data="digits"),
+     erase.OptionError, "tau_source value needs tau_value"),  # checked inside the method, after the data loads
 ])
 def test_api_errors_are_typed_name_python_keywords_and_never_exit(call, error, words):
     with pytest.raises(erase.EraseError) as raised:  # SystemExit is no EraseError: pytest would report it

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from erase.errors import UsageError
+from erase.errors import UsageError, option
 from erase.eval.images import to_unit_float
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -29,7 +29,7 @@ class ClassifierFeatures(nn.Module):
     def __init__(self, classifier: nn.Module):
         super().__init__()
         if not hasattr(classifier, "features"):
-            raise UsageError("this classifier has no features() method; use --fid-features inception or the digit classifier")
+            raise UsageError(f"this classifier has no features() method; use {option('--fid-features')} inception or the digit classifier")
         self.classifier = classifier.eval()
         self.num_features = classifier.num_features
 

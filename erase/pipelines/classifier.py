@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from erase.errors import ModelError
+from erase.errors import ModelError, option
 from erase.pipelines.base import ERASE_KEY
 
 COMPONENT = "classifier"
@@ -132,7 +132,7 @@ class ClassifierAdapter:
             raise ModelError(f"class ids {bad} do not exist; this classifier has classes 0-{self.num_classes - 1}")
 
     def null_condition(self, batch_size: int):
-        raise ModelError("a classifier has no null label; leave --remain-label-dropout at 0")
+        raise ModelError(f"a classifier has no null label; leave {option('--remain-label-dropout')} at 0")
 
     predict_noise = guided_noise = sample = sample_latents = staticmethod(no_generation)
 
