@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import os
 import time
 from pathlib import Path
@@ -49,9 +50,15 @@ def _class_ids(items: list, what: str) -> list[int]:
 
     ids: set[int] = set()
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, str)):
-            raise OptionError(f"{what}: {item!r} is not a class id")
-        ids.update(parse_class_ids(item) if isinstance(item, str) else [int(item)])
+        if isinstance(item, str):
+            ids.update(parse_class_ids(item))
+            continue
+        try:
+            if isinstance(item, bool):
+                raise TypeError
+            ids.add(operator.index(item))  # ints, numpy integers, 0-d integer tensors
+        except TypeError:
+            raise OptionError(f"{what}: {item!r} is not a class id") from None
     return sorted(ids)
 
 
@@ -263,7 +270,8 @@ def unlearn(
     method: one of erase.methods.METHODS ("sfron", "joint", "nabla_tau", "ga", "rl", "salun", "esd", "sa").
     **options: the method's config fields (`lr=1e-5`, `steps=100`; see help(erase.methods.SFRonConfig)) and runtime
         fields (`seed`, `mixed_precision`, `cpu`, ...; erase.engine.Runtime), the flags of `erase unlearn`.
-        `config=` / `runtime=` pass whole config objects instead (keyword options still override their fields).
+        `config=` / `runtime=` pass whole config objects instead (keyword options still override their fields;
+        with `config`, no preset applies).
         `preset`: named settings under the options ("auto" = the backbone's; "none" = plain defaults).
     out: also write the folder `erase unlearn --out` writes (model, mask.safetensors, run.json).
     The record is the run.json dict: method, config, preset, runtime, data, losses, timings, device, environment.

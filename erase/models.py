@@ -3,7 +3,7 @@ object (`DDPMPipeline` or a `(UNet2DModel, scheduler)` pair, `DiTPipeline`, `Sta
 as the backbone adapter the methods see (erase/pipelines), and returned as the same kind of diffusers object.
 
 erase's facts about a model (class names, guidance scale and convention, what was erased) travel in the
-pipeline's config under `_erase`, which `save_pretrained` writes into model_index.json, as the command line's
+pipeline's config under `_erase` (a bare pair has no config: it samples at guidance 1 unless told otherwise), which `save_pretrained` writes into model_index.json, as the command line's
 folders have them. A pipeline loaded with plain `from_pretrained` has no `_erase` in its config (diffusers drops
 it), so they are read back from the model_index.json of the folder it was loaded from (`_name_or_path`).
 """
