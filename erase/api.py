@@ -26,14 +26,7 @@ CONDITION_RANGES = {"limit": "[1, inf)", "steps": "[1, inf)", "guidance_scale": 
 SAMPLE_RANGES = {**CONDITION_RANGES, "n_per_condition": "[1, inf)", "seed": "[0, 4294967295]"}
 GRID_RANGES = {**CONDITION_RANGES, "cell": "[8, inf)"}
 SCORE_RANGES = {"threshold": "[0, 1]"}
-DEFAULT_CACHE = Path.home() / ".cache" / "erase"
-
-
-def _jsonable(record: dict) -> dict:
-    """The record exactly as its JSON file holds it (dataclasses as dicts, paths as strings)."""
-    from erase.record import to_jsonable
-
-    return json.loads(json.dumps(record, default=to_jsonable))
+DEFAULT_CACHE = Path.home() / ".cache" / "erase"  # real-image FID statistics
 
 
 def _as_list(value) -> list:
@@ -118,19 +111,19 @@ def read_targets(adapter, forget, retain, forget_random):
             raise OptionError(f"give one forget set: {option('--forget-random')} or "
                               f"{option('--forget-class', 'forget')}, not both")
         return Targets([], None)
-    prompts_given = bool(forget_items) and all(isinstance(x, (os.PathLike, PromptRow)) or
-                                               (isinstance(x, str) and adapter.takes_prompts) for x in forget_items)
-    if not forget_items:
+    prompt_like = [x for x in forget_items if isinstance(x, (os.PathLike, PromptRow)) or
+                   (isinstance(x, str) and adapter.takes_prompts)]
+    if not forget_items or 0 < len(prompt_like) < len(forget_items):  # nothing, or class ids and prompts together
         raise OptionError(f"name what to erase: {option('--forget-class', 'forget=[class ids]')} for class models, "
                           f"or {option('--forget-prompt/--forget-prompts', 'forget=[prompts or prompt CSV paths]')}")
-    if prompts_given or any(isinstance(x, os.PathLike) for x in forget_items):
+    if prompt_like:
         if not adapter.takes_prompts:
             raise OptionError(f"this {adapter.backbone} model takes class ids, not prompts; use "
                               f"{option('--forget-class', 'forget=[class ids]')}")
 
-        def rows(items):
+        def rows(items):  # strings first, then CSV files: the command line's order
             out = []
-            for item in items:
+            for item in sorted(items, key=lambda x: isinstance(x, os.PathLike)):
                 if isinstance(item, os.PathLike):
                     out += read_prompts(item)
                 elif isinstance(item, PromptRow):
@@ -141,14 +134,11 @@ def read_targets(adapter, forget, retain, forget_random):
                     raise OptionError(f"{item!r} is not a prompt; pass strings or prompt CSV paths")
             return out
 
-        forget_rows = rows([x for x in forget_items if not isinstance(x, os.PathLike)]) + \
-            rows([x for x in forget_items if isinstance(x, os.PathLike)])  # the command line's order: flags, then CSV
-        remain_rows = rows([x for x in retain_items if not isinstance(x, os.PathLike)]) + \
-            rows([x for x in retain_items if isinstance(x, os.PathLike)])
+        remain_rows = rows(retain_items)
         if not remain_rows:
             raise OptionError(f"give prompts to keep ({option('--retain-prompt or --retain-prompts', 'retain=[prompts]')}): "
                               "the remain step needs them")
-        return Targets(forget_rows, remain_rows)
+        return Targets(rows(forget_items), remain_rows)
     if adapter.takes_prompts:
         raise OptionError("this text-to-image model erases prompts; use "
                           f"{option('--forget-prompt or --forget-prompts', 'forget=[prompts]')}")
@@ -284,7 +274,7 @@ def unlearn(
     from erase.engine import Runtime, find_state
     from erase.methods import METHODS
     from erase.models import open_model, to_diffusers
-    from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
+    from erase.record import (as_json, atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
                               environment, write_json)
     from erase.saliency import load_mask, save_mask
 
@@ -294,9 +284,7 @@ def unlearn(
     if out is not None:
         out = check_output_dir(out, overwrite, inputs=(model,) if folder_input else ())
     run_fn, config_class = METHODS[method]
-    check_ranges({"forget_random": forget_random, "images_per_condition": images_per_condition,
-                  "generation_steps": generation_steps, "monitor_every": monitor_every,
-                  "monitor_samples": monitor_samples, "monitor_steps": monitor_steps}, UNLEARN_RANGES)
+    check_ranges(locals(), UNLEARN_RANGES)
     method_values, runtime_values = split_options(method, options)
     check_ranges(method_values, field_ranges(config_class))  # the given values, before the model loads
     if config is not None and not isinstance(config, config_class):
@@ -366,7 +354,7 @@ def unlearn(
                                      else {"forget_classes": list(targets.forget)})}
         if data_record["source"] == "generated" and data_cache is None:
             data_record["folder"] = str(out / "generated") if out is not None else None  # kept only with out
-        record = _jsonable({
+        record = as_json({
             "command": "unlearn", "method": method, "model": opened.description, "backbone": adapter.backbone,
             "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": forget_random,
             "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
@@ -464,10 +452,9 @@ def sample(
     from erase.eval.generate import generate
     from erase.eval.images import write_images
     from erase.models import open_model
-    from erase.record import atomic_output_dir, check_output_dir, environment
+    from erase.record import as_json, atomic_output_dir, check_output_dir, environment
 
-    check_ranges({"limit": limit, "steps": steps, "guidance_scale": guidance_scale, "batch_size": batch_size,
-                  "n_per_condition": n_per_condition, "seed": seed}, SAMPLE_RANGES)
+    check_ranges(locals(), SAMPLE_RANGES)
     if out is not None:
         out = check_output_dir(out, overwrite, inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
     opened = open_model(model, train_params=None)
@@ -482,7 +469,7 @@ def sample(
     header = {"model": opened.description, "model_info": adapter.info, "sampler": "DDIM, eta 0",
               "num_inference_steps": steps, "n_per_condition": n_per_condition, "seed": seed,
               "sampling_seconds": seconds, "environment": environment()}
-    record = _jsonable({**header, "images": records})
+    record = as_json({**header, "images": records})
     if out is not None:
         with atomic_output_dir(out, overwrite) as staging:
             write_images(staging, images, record["images"], {k: v for k, v in record.items() if k != "images"})
@@ -511,18 +498,13 @@ def grid(
     from erase.config import check_ranges
     from erase.eval.grid import grid_rows, image_grid
     from erase.models import open_model
+    from erase.record import as_json, check_output_file
 
-    check_ranges({"limit": limit, "steps": steps, "guidance_scale": guidance_scale, "batch_size": batch_size,
-                  "cell": cell}, GRID_RANGES)
+    check_ranges(locals(), GRID_RANGES)
     if out is not None:
-        out = Path(out)
-        if out.suffix.lower() != ".png":
+        if Path(out).suffix.lower() != ".png":
             raise OptionError(f"{option('--out', 'out')} {str(out)!r} must end in .png")
-        if out.exists() and not overwrite:
-            from erase.errors import OutputError
-
-            raise OutputError(f"{option('--out', 'out')} {str(out)!r} exists; choose another file or pass "
-                              f"{option('--overwrite', 'overwrite=True')}")
+        out = check_output_file(out, overwrite)
     if not models:
         raise OptionError(f"give at least one model to show ({option('--model NAME=DIR', 'models={name: model}')})")
     seed_list = _class_ids(_as_list(seeds) if not isinstance(seeds, str) else [seeds], option("--seeds", "seeds"))
@@ -543,7 +525,7 @@ def grid(
         os.close(handle)
         picture.save(staging)
         os.replace(staging, out)
-    record = _jsonable({"models": {name: o.description for name, o in opened.items()}, "seeds": seed_list,
+    record = as_json({"models": {name: o.description for name, o in opened.items()}, "seeds": seed_list,
                         "columns": [job.record for job in columns], "rows": len(rows), "num_inference_steps": steps,
                         "size": [picture.width, picture.height], "out": None if out is None else str(out)})
     return picture, record
@@ -585,18 +567,17 @@ def score(
 
     from erase.config import check_ranges
     from erase.data import load_dataset
-    from erase.errors import DataError, OutputError
+    from erase.errors import DataError
     from erase.eval.images import INDEX, read_image_folder, write_images
-    from erase.record import environment, write_json
+    from erase.record import as_json, check_output_file, environment, write_json
 
-    check_ranges({"threshold": threshold}, SCORE_RANGES)
+    check_ranges(locals(), SCORE_RANGES)
     if fid_features not in ("classifier", "inception"):
         raise OptionError(f"{option('--fid-features')} {fid_features!r} is not one of 'classifier', 'inception'")
     if fid_classes not in ("remain", "all"):
         raise OptionError(f"{option('--fid-classes')} {fid_classes!r} is not one of 'remain', 'all'")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise OutputError(f"{option('--out', 'out')} {str(out)!r} exists; choose another file or pass "
-                          f"{option('--overwrite', 'overwrite=True')}")
+    if out is not None:
+        out = check_output_file(out, overwrite)
     if not (classifier or fid_ref or nudenet):
         raise OptionError(f"nothing to score: pass {option('--classifier', 'classifier')}, "
                           f"{option('--fid-ref', 'fid_ref')} and/or {option('--nudenet', 'nudenet=True')}")
@@ -684,8 +665,8 @@ def score(
 
     scores["timings"] = timings
     scores["environment"] = environment()
-    scores = _jsonable(scores)
+    scores = as_json(scores)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, scores)
     return scores

@@ -13,7 +13,7 @@ import torch
 
 from erase.config import documented
 from erase.engine import Runtime, frozen_copy, start_run, swapped_denoiser
-from erase.errors import OptionError, UsageError, option
+from erase.errors import OptionError, option
 from erase.objectives import require_conditional
 
 TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}

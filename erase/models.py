@@ -102,12 +102,6 @@ def open_model(model, *, copy_weights: bool = False, train_params: str | None = 
     return OpenedModel(adapter, "pipeline", model, description)
 
 
-def _jsonable(value):
-    from erase.record import to_jsonable
-
-    return json.loads(json.dumps(value, default=to_jsonable))
-
-
 def to_diffusers(opened: OpenedModel):
     """The adapter's model as the kind of object `opened` came from: a pair for a pair, the same pipeline class for
     a pipeline (its other components shared), and for a folder the pipeline plain `from_pretrained` gives for it
@@ -145,5 +139,7 @@ def to_diffusers(opened: OpenedModel):
             scheduler=adapter.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
         return adapter  # a classifier: its adapter saves the folder layout `erase` reads
-    pipeline.register_to_config(_erase=_jsonable(adapter.info))
+    from erase.record import as_json
+
+    pipeline.register_to_config(_erase=as_json(adapter.info))
     return pipeline

@@ -24,7 +24,7 @@ import torch
 from erase.config import documented
 from erase.data import ImageDataset
 from erase.engine import Runtime, remain_label_dropout_field, start_run
-from erase.errors import OptionError, UsageError, option
+from erase.errors import OptionError, option
 from erase.eval.losses import fixed_draw_loss
 
 

@@ -66,8 +66,22 @@ def to_jsonable(value):
     raise TypeError(f"cannot record {type(value).__name__} in run.json")
 
 
+def as_json(record):
+    """`record` exactly as its JSON file holds it (dataclasses as dicts, paths as strings, tensors as lists)."""
+    return json.loads(json.dumps(record, default=to_jsonable))
+
+
 def write_json(path: str | Path, record: dict) -> None:
     Path(path).write_text(json.dumps(record, indent=2, default=to_jsonable) + "\n")
+
+
+def check_output_file(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output file without --overwrite."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{option('--out', 'out')} {str(out)!r} exists; choose another file or pass "
+                          f"{option('--overwrite', 'overwrite=True')}")
+    return out
 
 
 def check_output_dir(out: str | Path, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> Path:

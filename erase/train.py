@@ -10,7 +10,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from erase.engine import Runtime, endless_batches, prepare_training, run_steps, weight_digests
-from erase.errors import OptionError, UsageError, option
+from erase.errors import OptionError, option
 from erase.objectives import denoising_losses, drop_conditions
 from erase.saliency import trainable_parameters
 

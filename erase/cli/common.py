@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from erase.api import DEFAULT_CACHE
 from erase.engine import Runtime
 from erase.cli.options import add_dataclass_arguments
 
@@ -25,7 +26,7 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of scored samples (default: %(default)s)")
     parser.add_argument("--monitor-every", type=int, default=10, help="steps between FA probes (default: %(default)s)")
     parser.add_argument("--monitor-samples", type=int, default=40, help="samples per FA probe (default: %(default)s)")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "erase",
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="real-image FID statistics cache (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run and sample (default: %(default)s)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from erase.api import DEFAULT_CACHE
 from erase.models import SHIPPED_MODEL
 
 # erase/config.py check_ranges; the forget class is checked against the model once it loads
@@ -27,7 +28,7 @@ def register(commands) -> None:
     parser.add_argument("--per-class", type=int, default=100, help="scored samples per digit and model (default: %(default)s)")
     parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for erasure and sampling (default: %(default)s)")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "erase",
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="real-image FID statistics cache (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: %(default)s)")
     parser.set_defaults(run=run)

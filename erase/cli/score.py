@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from erase.api import DEFAULT_CACHE
 from erase.api import SCORE_RANGES as RANGES  # noqa: F401 (tests read it); checked by erase.score before anything loads
 
 
@@ -24,7 +25,7 @@ def register(commands) -> None:
                         help="FID feature space: classifier penultimate features, or clean-fid Inception (default: %(default)s)")
     parser.add_argument("--fid-classes", default="remain", choices=("remain", "all"),
                         help="which generated images (and, for datasets, real classes) enter FID (default: %(default)s)")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "erase",
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="where real-image FID statistics are cached (default: %(default)s)")
     parser.add_argument("--nudenet", action="store_true", help="run NudeNet and count EXPOSED detections")
     parser.add_argument("--threshold", type=float, default=0.6, help="NudeNet score threshold (default: %(default)s)")

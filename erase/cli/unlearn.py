@@ -7,7 +7,6 @@ from pathlib import Path
 from erase.api import UNLEARN_RANGES as RANGES  # noqa: F401 (tests read it); plain flags (method and runtime fields declare their own ranges)
 from erase.cli.common import add_output_arguments, add_runtime_arguments
 from erase.cli.options import add_method_arguments
-from erase.errors import OptionError
 from erase.methods import METHODS
 
 
@@ -71,22 +70,22 @@ def register(commands) -> None:
 
 def run(args) -> None:
     """The flags as `erase.unlearn` arguments: one code path, so run.json is the record the API returns."""
+    from accelerate import PartialState
+
     from erase.api import unlearn
     from erase.data import parse_class_ids
     from erase.engine import Runtime
     from erase.eval.prompts import PromptRow
     from erase.methods import METHODS
 
-    prompts = [PromptRow(p, None, None, str(i)) for i, p in enumerate(args.forget_prompt)]
-    prompts += [args.forget_prompts] if args.forget_prompts else []
-    if prompts and args.forget_class:
-        raise OptionError("name what to erase: --forget-class for class models, or --forget-prompt/--forget-prompts")
-    if prompts:
-        forget = prompts
-        retain = [PromptRow(p, None, None, str(i)) for i, p in enumerate(args.retain_prompt)]
-        retain += [args.retain_prompts] if args.retain_prompts else []
+    def prompts(texts: list[str], csv: Path | None) -> list:
+        return [*(PromptRow(p, None, None, str(i)) for i, p in enumerate(texts)), *([csv] if csv else [])]
+
+    forget = [*(parse_class_ids(args.forget_class) if args.forget_class else []),
+              *prompts(args.forget_prompt, args.forget_prompts)]  # erase.unlearn refuses ids and prompts together
+    if args.forget_prompt or args.forget_prompts:
+        retain = prompts(args.retain_prompt, args.retain_prompts)
     else:
-        forget = parse_class_ids(args.forget_class) if args.forget_class else None
         retain = parse_class_ids(args.remain_classes) if args.remain_classes else None
     given = {name for _, cls in METHODS.values() for name in cls.__dataclass_fields__ if hasattr(args, name)}
     _, record = unlearn(
@@ -97,8 +96,6 @@ def run(args) -> None:
         monitor_every=args.monitor_every, monitor_samples=args.monitor_samples, monitor_steps=args.monitor_steps,
         monitor_classifier=args.monitor_classifier, out=args.out, overwrite=args.overwrite,
         **{name: getattr(args, name) for name in given}, **{f: getattr(args, f) for f in Runtime.__dataclass_fields__})
-    from accelerate import PartialState
-
     if not PartialState().is_main_process:
         return
     parts = [f"{name} loss {log['value'][0]:.4f} -> {log['value'][-1]:.4f}"
