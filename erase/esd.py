@@ -35,9 +35,9 @@ class ESDConfig:
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
 
 
-def esd_target(eps_null: torch.Tensor, eps_cond: torch.Tensor, eta: float) -> torch.Tensor:
-    """ESD's target: eps*(x_t, null) - eta (eps*(x_t, c) - eps*(x_t, null))."""
-    return eps_null - eta * (eps_cond - eps_null)
+def esd_target(out_null: torch.Tensor, out_cond: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD's target: out*(x_t, null) - eta (out*(x_t, c) - out*(x_t, null)), in the model's prediction space."""
+    return out_null - eta * (out_cond - out_null)
 
 
 def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime = Runtime(), mask=None,
@@ -61,10 +61,10 @@ def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime =
         stop = int(torch.randint(0, config.ddim_steps, (1,), generator=generator))
         with swapped_denoiser(adapter, frozen), torch.no_grad():
             x_t, t = adapter.sample_latents(labels, config.ddim_steps, config.start_guidance, generator, stop_after=stop)
-            eps_cond = adapter.predict_noise(x_t, t, labels)
-            eps_null = adapter.predict_noise(x_t, t, adapter.null_condition(len(labels)))
-        target = esd_target(eps_null, eps_cond, config.eta)
-        loss = (adapter.predict_noise(x_t, t, labels).float() - target.float()).pow(2).mean()
+            out_cond = adapter.model_output(x_t, t, labels)
+            out_null = adapter.model_output(x_t, t, adapter.null_condition(len(labels)))
+        target = esd_target(out_null, out_cond, config.eta)
+        loss = (adapter.model_output(x_t, t, labels).float() - target.float()).pow(2).mean()
         return loss, loss
 
     log = run.loop(["forget"], lambda step: {"forget": run.stepper.step(esd_loss)}, runtime, "ESD")

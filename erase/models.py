@@ -1,6 +1,7 @@
 """What the Python API accepts as a model, and what it gives back: a diffusers folder, or an in-memory diffusers
-object (`DDPMPipeline` or a `(UNet2DModel, scheduler)` pair, `DiTPipeline`, `StableDiffusionPipeline`), opened
-as the backbone adapter the methods see (erase/pipelines), and returned as the same kind of diffusers object.
+object (a `(UNet2DModel, scheduler)` pair, or a pipeline of a class an adapter in erase/pipelines reads:
+`DDPMPipeline`, `DiTPipeline`, `StableDiffusionPipeline`, ...), opened as the backbone adapter the methods see,
+and returned as the same kind of diffusers object (the adapter's `from_pipeline` and `to_pipeline`).
 
 erase's facts about a model (class names, guidance scale and convention, what was erased) travel in the
 pipeline's config under `_erase` (a bare pair has no config: it samples at guidance 1 unless told otherwise), which `save_pretrained` writes into model_index.json, as the command line's
@@ -22,9 +23,7 @@ from erase.errors import ModelError
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "mnist-cfg-unet"  # erase/assets/README.md: how it was made
 
-# diffusers class (or a base of it) -> the component erasure trains
-TRAINED_COMPONENT = {"DDPMPipeline": "unet", "DiTPipeline": "transformer", "StableDiffusionPipeline": "unet"}
-ACCEPTED = "a model folder, a DDPMPipeline, a (UNet2DModel, scheduler) pair, a DiTPipeline or a StableDiffusionPipeline"
+ACCEPTED = "a model folder, a (UNet2DModel, scheduler) pair or a diffusers pipeline of a supported class"
 
 
 @dataclass
@@ -37,13 +36,6 @@ class OpenedModel:
     @property
     def folder(self) -> Path | None:
         return Path(self.source) if self.kind == "folder" else None
-
-
-def _pipeline_class(model) -> str | None:
-    """The supported diffusers pipeline class `model` is (or derives from), by name: importing
-    StableDiffusionPipeline only to test isinstance would cost an import the caller may not need."""
-    names = {cls.__name__ for cls in type(model).__mro__}
-    return next((name for name in TRAINED_COMPONENT if name in names), None)
 
 
 def erase_info(pipeline) -> dict:
@@ -61,10 +53,9 @@ def erase_info(pipeline) -> dict:
 
 
 def _unet_adapter(unet, scheduler, info: dict):
-    from erase.pipelines.cfg_unet import CFGUNetAdapter
-    from erase.pipelines.ddpm import DDPMAdapter
+    from erase.pipelines import BACKBONES
 
-    return (CFGUNetAdapter if unet.config.num_class_embeds else DDPMAdapter)(unet, scheduler, info)
+    return BACKBONES["cfg_unet" if unet.config.num_class_embeds else "ddpm"](unet, scheduler, info)
 
 
 def open_model(model, *, copy_weights: bool = False, train_params: str | None = "full") -> OpenedModel:
@@ -79,27 +70,16 @@ def open_model(model, *, copy_weights: bool = False, train_params: str | None = 
     if isinstance(model, tuple) and len(model) == 2 and type(model[0]).__name__ == "UNet2DModel":
         unet, scheduler = model
         return OpenedModel(_unet_adapter(own(unet), scheduler, {}), "pair", model, "in-memory (UNet2DModel, scheduler)")
-    kind = _pipeline_class(model)
-    if kind is None:
-        raise ModelError(f"cannot erase from a {type(model).__name__}; pass {ACCEPTED}")
-    info = erase_info(model)
-    description = f"in-memory {type(model).__name__}"
-    if kind == "DDPMPipeline":
-        adapter = _unet_adapter(own(model.unet), model.scheduler, info)
-    elif kind == "DiTPipeline":
-        from erase.pipelines.dit import DiTAdapter
+    from erase.pipelines import BACKBONES, backbone_of_pipeline, supported_pipelines
 
-        labels = getattr(model, "labels", None) or {}  # DiTPipeline(id2label=...): {name: id}
-        if "class_names" not in info and labels:
-            names = {int(i): name for name, i in labels.items()}
-            info["class_names"] = [names.get(i, str(i)) for i in range(model.transformer.config.num_embeds_ada_norm)]
-        adapter = DiTAdapter(own(model.transformer), model.vae, model.scheduler, info)
-    else:
-        from erase.pipelines.stable_diffusion import StableDiffusionAdapter
-
-        adapter = StableDiffusionAdapter(own(model.unet), model.vae, model.text_encoder, model.tokenizer, model.scheduler,
-                                         info, train_params=train_params)
-    return OpenedModel(adapter, "pipeline", model, description)
+    backbone = backbone_of_pipeline(model) if hasattr(model, "components") else None
+    if backbone is None:
+        raise ModelError(f"cannot erase from a {type(model).__name__}; pass {ACCEPTED} "
+                         f"({', '.join(supported_pipelines())})")
+    adapter_class = BACKBONES[backbone]
+    denoiser = own(getattr(model, adapter_class.trained_component))
+    adapter = adapter_class.from_pipeline(model, denoiser, erase_info(model), train_params=train_params)
+    return OpenedModel(adapter, "pipeline", model, f"in-memory {type(model).__name__}")
 
 
 def to_diffusers(opened: OpenedModel):
@@ -112,7 +92,7 @@ def to_diffusers(opened: OpenedModel):
     if opened.kind == "pipeline":
         source = opened.source
         cls = type(source)
-        kwargs = {**source.components, TRAINED_COMPONENT[_pipeline_class(source)]: adapter.denoiser}
+        kwargs = {**source.components, adapter.trained_component: adapter.denoiser}
         parameters = inspect.signature(cls.__init__).parameters
         for name in parameters:  # config arguments, e.g. requires_safety_checker
             if name not in kwargs and name in source.config and not name.startswith("_"):
@@ -123,22 +103,10 @@ def to_diffusers(opened: OpenedModel):
                 names.setdefault(int(index), []).append(name)
             kwargs["id2label"] = {index: ", ".join(n) for index, n in names.items()}
         pipeline = cls(**{k: v for k, v in kwargs.items() if k in parameters})
-    elif adapter.backbone in ("ddpm", "cfg_unet"):
-        from diffusers import DDPMPipeline
-
-        pipeline = DDPMPipeline(unet=adapter.denoiser, scheduler=adapter.scheduler)
-    elif adapter.backbone == "dit":
-        from diffusers import DiTPipeline
-
-        pipeline = DiTPipeline(transformer=adapter.denoiser, vae=adapter.vae.vae, scheduler=adapter.scheduler)
-    elif adapter.backbone == "stable_diffusion":
-        from diffusers import StableDiffusionPipeline
-
-        pipeline = StableDiffusionPipeline(
-            vae=adapter.vae.vae, text_encoder=adapter.text_encoder, tokenizer=adapter.tokenizer, unet=adapter.denoiser,
-            scheduler=adapter.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    else:
+    elif not adapter.generative:
         return adapter  # a classifier: its adapter saves the folder layout `erase` reads
+    else:
+        pipeline = adapter.to_pipeline()
     from erase.record import as_json
 
     pipeline.register_to_config(_erase=as_json(adapter.info))

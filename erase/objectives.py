@@ -42,14 +42,6 @@ def drop_conditions(adapter, condition, probability: float):
     return torch.where(dropped, adapter.null_condition(condition.shape[0]).to(condition.device), condition)
 
 
-def sample_timesteps(batch_size: int, num_train_timesteps: int, device, antithetic: bool = False) -> torch.Tensor:
-    """Uniform timesteps; antithetic pairs (t, T-1-t) halve the variance of the timestep average."""
-    if not antithetic:
-        return torch.randint(0, num_train_timesteps, (batch_size,), device=device)
-    half = torch.randint(0, num_train_timesteps, ((batch_size + 1) // 2,), device=device)
-    return torch.cat([half, num_train_timesteps - 1 - half])[:batch_size]
-
-
 def denoising_losses(
     adapter,
     x0: torch.Tensor,
@@ -60,20 +52,14 @@ def denoising_losses(
     antithetic: bool = False,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """l_i = || eps - eps_theta(x_t, t, c_i) ||^2 averaged or summed over pixels (`reduction`), (B,); with
-    `guidance_scale`, on the guided eps. A classifier adapter (`generative` False) has no noise: l_i is its
+    """l_i = || target - output_theta(x_t, t, c_i) ||^2 averaged or summed over pixels (`reduction`), (B,), in the
+    model's own prediction space (the adapter's `prediction_and_target`: eps, v, x0 or flow velocity); with
+    `guidance_scale`, on the guided output. A classifier adapter (`generative` False) has no noise: l_i is its
     per-sample cross-entropy of label c_i, and timesteps, noise, guidance and reduction do not apply."""
     if not getattr(adapter, "generative", True):
         return adapter.losses(x0, condition)
-    noise = torch.randn_like(x0) if noise is None else noise
-    if timesteps is None:
-        timesteps = sample_timesteps(x0.shape[0], adapter.num_train_timesteps, x0.device, antithetic)
-    x_t = adapter.add_noise(x0, noise, timesteps)
-    if guidance_scale is None:
-        eps = adapter.predict_noise(x_t, timesteps, condition)
-    else:
-        eps = adapter.guided_noise(x_t, timesteps, condition, guidance_scale)
-    return reduce_pixels((eps.float() - noise.float()).pow(2), reduction)
+    output, target = adapter.prediction_and_target(x0, condition, noise, timesteps, guidance_scale, antithetic)
+    return reduce_pixels((output.float() - target.float()).pow(2), reduction)
 
 
 def adaptive_weights(losses: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -97,19 +83,19 @@ def gradient_ascent_loss(losses: torch.Tensor) -> torch.Tensor:
 
 def pseudo_target_losses(adapter, x0: torch.Tensor, condition, pseudo_condition, antithetic: bool = False,
                          reduction: str = "mean") -> torch.Tensor:
-    """Per-sample MSE between eps_theta(x_t, t, c_forget) and the detached eps_theta(x_t, t, c_pseudo).
+    """Per-sample MSE between output_theta(x_t, t, c_forget) and the detached output_theta(x_t, t, c_pseudo), in
+    the model's prediction space.
 
     The random-label / replacement-prompt forget loss (SalUn's, and the SFR-on Stable Diffusion script's). On a
     classifier: the cross-entropy of the pseudo label (SalUn's random-label loss for classifiers).
     """
     if not getattr(adapter, "generative", True):
         return adapter.losses(x0, pseudo_condition)
-    noise = torch.randn_like(x0)
-    timesteps = sample_timesteps(x0.shape[0], adapter.num_train_timesteps, x0.device, antithetic)
+    noise, timesteps = adapter.draw(x0, antithetic)
     x_t = adapter.add_noise(x0, noise, timesteps)
     with torch.no_grad():
-        target = adapter.predict_noise(x_t, timesteps, pseudo_condition).float()
-    return reduce_pixels((adapter.predict_noise(x_t, timesteps, condition).float() - target).pow(2), reduction)
+        target = adapter.model_output(x_t, timesteps, pseudo_condition).float()
+    return reduce_pixels((adapter.model_output(x_t, timesteps, condition).float() - target).pow(2), reduction)
 
 
 def default_pseudo_class(forget_classes, remain_classes, given: int | None = None) -> int:

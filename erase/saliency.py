@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from erase.errors import option
-from erase.objectives import denoising_losses, sample_timesteps
+from erase.objectives import denoising_losses
 
 FISHER_EPS = 1e-15
 
@@ -49,8 +49,7 @@ def fixed_draw(adapter, batches: Iterator):
     on which process computes it."""
     images, conditions = next(batches)
     x0 = adapter.encode(images)
-    noise = torch.randn_like(x0)
-    timesteps = sample_timesteps(x0.shape[0], adapter.num_train_timesteps, x0.device)
+    noise, timesteps = adapter.draw(x0)
     return x0, conditions, noise, timesteps
 
 

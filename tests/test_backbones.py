@@ -61,7 +61,7 @@ def test_dit_predicts_the_noise_half_of_the_learned_sigma_output():
     x, t, y = torch.randn(2, 4, 4, 4), torch.tensor([3, 700]), torch.tensor([5, 1000])
     with torch.no_grad():
         full = adapter.denoiser(x, timestep=t, class_labels=y).sample
-        assert full.shape[1] == 8 and torch.equal(adapter.predict_noise(x, t, y), full[:, :4])
+        assert full.shape[1] == 8 and torch.equal(adapter.model_output(x, t, y), full[:, :4])
 
 
 def test_dit_unlearn_cli_with_generated_data_loads_in_dit_pipeline(tmp_path, capsys):

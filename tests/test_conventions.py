@@ -18,11 +18,11 @@ B = 8
 
 
 class Spy:
-    """Records every add_noise/predict_noise call of an adapter and the gradients each optimizer step applies."""
+    """Records every add_noise/model_output call of an adapter and the gradients each optimizer step applies."""
 
     def __init__(self, adapter, monkeypatch):
         self.noised, self.predicted, self.steps = [], [], []
-        add_noise, predict_noise = adapter.add_noise, adapter.predict_noise
+        add_noise, model_output = adapter.add_noise, adapter.model_output
 
         def spy_add_noise(x0, noise, timesteps):
             self.noised.append((x0.detach().clone(), noise.detach().clone(), timesteps.clone()))
@@ -30,10 +30,10 @@ class Spy:
 
         def spy_predict(x_t, timesteps, condition):
             self.predicted.append(condition.clone())
-            return predict_noise(x_t, timesteps, condition)
+            return model_output(x_t, timesteps, condition)
 
         monkeypatch.setattr(adapter, "add_noise", spy_add_noise)
-        monkeypatch.setattr(adapter, "predict_noise", spy_predict)
+        monkeypatch.setattr(adapter, "model_output", spy_predict)
         original_step = torch.optim.Adam.step
 
         def spy_step(optimizer, *args, **kwargs):

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from erase.objectives import adaptive_ascent_loss, adaptive_weights, gradient_ascent_loss, sample_timesteps
+from erase.objectives import adaptive_ascent_loss, adaptive_weights, gradient_ascent_loss
+from erase.pipelines.targets import NoisePrediction
 from erase.sfron import alpha_schedule
 
 
@@ -31,9 +32,10 @@ def test_adaptive_weights_carry_no_gradient():
 
 def test_antithetic_timesteps_pair_t_with_its_mirror():
     torch.manual_seed(0)
-    t = sample_timesteps(8, 1000, "cpu", antithetic=True)
+    schedule = NoisePrediction({"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02})
+    t = schedule.draw_timesteps(8, "cpu", antithetic=True)
     assert torch.equal(t[4:], 999 - t[:4])
-    assert sample_timesteps(7, 1000, "cpu", antithetic=True).shape == (7,)
+    assert schedule.draw_timesteps(7, "cpu", antithetic=True).shape == (7,)
 
 
 def test_alpha_schedules():

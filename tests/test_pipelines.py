@@ -22,7 +22,7 @@ def test_cfg_folder_loads_in_plain_diffusers_with_the_same_weights(tmp_path):
     assert isinstance(pipe.scheduler, DDPMScheduler)
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([10, 500]), torch.tensor([3, 10])
     with torch.no_grad():
-        expected = adapter.predict_noise(x, t, y)
+        expected = adapter.model_output(x, t, y)
         assert torch.equal(unet(x, t, class_labels=y).sample, expected)
         assert torch.equal(root_unet(x, t, class_labels=y).sample, expected)
         assert torch.equal(pipe.unet(x, t, class_labels=y).sample, expected)
@@ -52,11 +52,11 @@ def test_guidance_combines_conditional_and_null_predictions():
     adapter = tiny_adapter()
     x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([5, 50, 900]), torch.tensor([1, 2, 3])
     with torch.no_grad():
-        eps_c = adapter.predict_noise(x, t, y)
-        eps_null = adapter.predict_noise(x, t, adapter.null_condition(3))
-        guided = adapter.guided_noise(x, t, y, 2.5)
+        eps_c = adapter.model_output(x, t, y)
+        eps_null = adapter.model_output(x, t, adapter.null_condition(3))
+        guided = adapter.guided_output(x, t, y, 2.5)
     assert torch.allclose(guided, eps_null + 2.5 * (eps_c - eps_null), atol=1e-5)
-    assert torch.equal(adapter.guided_noise(x, t, y, 1.0), eps_c)
+    assert torch.equal(adapter.guided_output(x, t, y, 1.0), eps_c)
 
 
 def test_add_noise_is_the_forward_process():

@@ -12,8 +12,7 @@ def fixed_draw_loss(adapter, dataset, num_samples: int = 512, seed: int = 123, b
     """Mean denoising loss of `adapter` on `num_samples` (image, noise, timestep) triples drawn with `seed`."""
     generator = torch.Generator().manual_seed(seed)
     index = torch.randint(0, len(dataset), (num_samples,), generator=generator)
-    noise = torch.randn(num_samples, *adapter.latent_shape, generator=generator)  # latents, not pixels
-    timesteps = torch.randint(0, adapter.num_train_timesteps, (num_samples,), generator=generator)
+    noise, timesteps = adapter.draw(torch.zeros(num_samples, *adapter.latent_shape), generator=generator)  # latents
     device = next(adapter.denoiser.parameters()).device
     total = 0.0
     for start in range(0, num_samples, batch_size):

@@ -14,6 +14,8 @@ from erase.pipelines.ddpm import DDPMAdapter
 from erase.pipelines.dit import DiTAdapter
 from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
+# One entry per backbone file: a new backbone is its file plus its line here (its adapter declares the diffusers
+# pipeline class it reads and writes, the component it trains, and from_pretrained / from_pipeline / to_pipeline).
 BACKBONES = {
     "ddpm": DDPMAdapter,
     "cfg_unet": CFGUNetAdapter,
@@ -21,8 +23,24 @@ BACKBONES = {
     "stable_diffusion": StableDiffusionAdapter,
     "classifier": ClassifierAdapter,
 }
-PIPELINE_CLASSES = {"DiTPipeline": "dit", "StableDiffusionPipeline": "stable_diffusion"}
 UNET_PIPELINE = "DDPMPipeline"  # unconditional, or class-conditional when the UNet has a class-embedding table
+PIPELINE_CLASSES = {cls.pipeline_class: name for name, cls in BACKBONES.items()
+                    if getattr(cls, "pipeline_class", None) not in (None, UNET_PIPELINE)}
+
+
+def backbone_of_pipeline(pipeline) -> str | None:
+    """The backbone name of an in-memory diffusers pipeline (its class or a base class of it), or None."""
+    names = [cls.__name__ for cls in type(pipeline).__mro__]
+    for name in names:
+        if name == UNET_PIPELINE:
+            return "cfg_unet" if pipeline.unet.config.num_class_embeds else "ddpm"
+        if name in PIPELINE_CLASSES:
+            return PIPELINE_CLASSES[name]
+    return None
+
+
+def supported_pipelines() -> list[str]:
+    return sorted([UNET_PIPELINE, *PIPELINE_CLASSES])
 
 
 def load_adapter(directory: str | Path, **kwargs):
@@ -32,7 +50,7 @@ def load_adapter(directory: str | Path, **kwargs):
     backbone = backbone or PIPELINE_CLASSES.get(index.get("_class_name"))
     if backbone is None and index.get("_class_name") != UNET_PIPELINE:
         raise ModelError(f"model folder {str(directory)!r} holds a {index.get('_class_name')!r} pipeline "
-                         f"(model_index.json _class_name); erase supports {sorted([UNET_PIPELINE, *PIPELINE_CLASSES])}: "
+                         f"(model_index.json _class_name); erase supports {supported_pipelines()}: "
                          "pass a model folder of one of those")
     check_model_folder(directory, index)
     if backbone is None:  # a public DDPM checkpoint: class-conditional iff the UNet has a class-embedding table

@@ -2,7 +2,9 @@
 
 Methods in `erase/` call only what is declared here, so a method written once runs on every backbone
 (DDPM, class-conditional CFG UNet, DiT, Stable Diffusion). The calling convention follows k-diffusion's
-single `model(x, sigma, **extra)` idea: `predict_noise(x_t, timesteps, condition)` for every model.
+single `model(x, sigma, **extra)` idea: `model_output(x_t, timesteps, condition)` for every model, in the model's own
+prediction space (noise, v, x0 or flow velocity), and the adapter owns the target it was trained toward
+(`prediction_and_target`, erase/pipelines/targets.py), so methods never assume epsilon.
 """
 
 from __future__ import annotations
@@ -38,17 +40,36 @@ class DiffusionAdapter(Protocol):
         """Images in [-1, 1], (N, C, H, W) -> the space the denoiser works in (pixels or latents)."""
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward process q(x_t | x_0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        """Forward process at `timesteps`: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, or (1 - sigma) x0 + sigma noise."""
 
-    def predict_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition) -> torch.Tensor:
-        """eps_theta(x_t, t, c), same shape as x_t."""
+    def draw(self, x0: torch.Tensor, antithetic: bool = False, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise, timesteps) for a batch of x0, drawn as the model was trained: the one place both are drawn."""
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the model was trained to output for (x0, noise, t): eps, v, x0 or the flow velocity."""
+
+    def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """The denoiser's output at (x_t, t, c) in its prediction space, same shape as x_t."""
+
+    def prediction_and_target(self, x0, condition, noise=None, timesteps=None, guidance_scale=None,
+                              antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model output, training target) for x0 under `condition`; noise and timesteps drawn unless given."""
 
     def null_condition(self, batch_size: int) -> Condition:
         """The unconditional ("null") condition used for classifier-free guidance."""
 
-    def guided_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition,
-                     guidance_scale: float | None) -> torch.Tensor:
-        """eps_null + s (eps_c - eps_null): what sampling (and a guided Fisher) uses."""
+    def guided_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: Condition,
+                      guidance_scale: float | None) -> torch.Tensor:
+        """out_null + s (out_c - out_null): what sampling (and a guided Fisher) uses."""
+
+    def condition_batch(self, conditions: Sequence, device) -> Condition:
+        """Conditions (class ids, or prompts for text models) as the denoiser takes them for sampling."""
+
+    def embed(self, condition: Condition) -> Condition:
+        """A condition as the denoiser takes it (text models turn prompt ids into embeddings)."""
+
+    def training_record(self) -> dict:
+        """What the model is trained toward (prediction type, target formula, timestep or sigma distribution)."""
 
     def sample(
         self,
@@ -150,6 +171,17 @@ def check_model_folder(directory: str | Path, index: dict) -> None:
                                      f"{REPAIR}")
 
 
+def load_scheduler(directory: str | Path, subfolder: str = "scheduler"):
+    """The folder's own scheduler class (scheduler_config.json's _class_name, a diffusers scheduler), DDPMScheduler
+    where the name is not one."""
+    import diffusers
+
+    config = Path(directory) / subfolder / "scheduler_config.json"
+    name = json.loads(config.read_text()).get("_class_name", "") if config.is_file() else ""
+    scheduler_class = getattr(diffusers, name, None) if name.endswith("Scheduler") else None
+    return (scheduler_class or diffusers.DDPMScheduler).from_pretrained(directory, subfolder=subfolder)
+
+
 def write_erase_info(directory: str | Path, info: dict) -> None:
     path = Path(directory) / "model_index.json"
     index = json.loads(path.read_text())
@@ -171,7 +203,7 @@ class AdapterBase:
     """Training schedule, forward process, classifier-free guidance and DDIM sampling shared by every backbone.
 
     Subclasses set `denoiser`, `scheduler` (whose config gives the training noise schedule) and implement
-    `predict_noise`, `null_condition`, `condition_batch`, `latent_shape`, and where they work in a latent
+    `model_output`, `null_condition`, `condition_batch`, `latent_shape`, and where they work in a latent
     space, `encode`/`decode`.
     """
 
@@ -179,20 +211,29 @@ class AdapterBase:
     conditional = True
     takes_prompts = False
     generative = True
+    pipeline_class = None  # the diffusers pipeline class (by name) whose folders and objects this adapter reads
+    trained_component = "unet"  # the pipeline component erasure trains; every other one is copied or shared
+    default_data = "generated"  # where `--data auto` finds D_f and D_r: "generated" by the model, or "mnist"
+    preset = None  # which erase.methods presets apply (None: the backbone's own name)
 
-    def __init__(self, denoiser: torch.nn.Module, scheduler, info: dict | None = None):
-        from diffusers import DDPMScheduler
+    def __init__(self, denoiser: torch.nn.Module, scheduler, info: dict | None = None, **flow_options):
+        from erase.pipelines.targets import training_target
 
         self.denoiser = denoiser
         self.scheduler = scheduler
-        # add_noise needs the training schedule; any scheduler's config (DDIM, DPM-Solver, ...) gives the same betas
-        self.noise_schedule = DDPMScheduler.from_config(scheduler.config)
+        # what the model was trained toward, from its own scheduler config (prediction type, or flow matching)
+        self.parameterization = training_target(scheduler, **flow_options)
         self.info = dict(info or {})
         self.info["backbone"] = self.backbone
 
     @property
     def num_train_timesteps(self) -> int:
-        return self.noise_schedule.config.num_train_timesteps
+        return self.parameterization.num_train_timesteps
+
+    @property
+    def noise_schedule(self):
+        """The training schedule (a DDPMScheduler for the DDPM family, the flow scheduler for flow models)."""
+        return self.parameterization.schedule
 
     @property
     def device(self) -> torch.device:
@@ -218,32 +259,68 @@ class AdapterBase:
         return (x0.float() / 2 + 0.5).clamp(0, 1)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.noise_schedule.add_noise(x0, noise, timesteps)
+        return self.parameterization.add_noise(x0, noise, timesteps)
 
-    def guided_noise(self, x_t, timesteps, condition, guidance_scale: float | None) -> torch.Tensor:
-        """eps_null + s * (eps_c - eps_null), s = `guidance_scale` or the model's stored scale."""
+    def draw(self, x0: torch.Tensor, antithetic: bool = False, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise, timesteps) as the model was trained: noise first, then timesteps (the global RNG unless
+        `generator`)."""
+        if generator is None:
+            noise = torch.randn_like(x0)
+        else:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        timesteps = self.parameterization.draw_timesteps(x0.shape[0], x0.device, antithetic, generator)
+        return noise, timesteps
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.parameterization.target(x0, noise, timesteps)
+
+    def training_record(self) -> dict:
+        return self.parameterization.record()
+
+    def prediction_and_target(self, x0, condition, noise=None, timesteps=None, guidance_scale=None,
+                              antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, target) at x_t = add_noise(x0, noise, t); with `guidance_scale`, the guided output."""
+        if noise is None or timesteps is None:
+            drawn_noise, drawn_timesteps = self.draw(x0, antithetic)
+            noise = drawn_noise if noise is None else noise
+            timesteps = drawn_timesteps if timesteps is None else timesteps
+        x_t = self.add_noise(x0, noise, timesteps)
+        if guidance_scale is None:
+            output = self.model_output(x_t, timesteps, condition)
+        else:
+            output = self.guided_output(x_t, timesteps, condition, guidance_scale)
+        return output, self.target(x0, noise, timesteps)
+
+    def guided_output(self, x_t, timesteps, condition, guidance_scale: float | None) -> torch.Tensor:
+        """out_null + s * (out_c - out_null), s = `guidance_scale` or the model's stored scale. Exact in any
+        prediction space: eps, v, x0 and the flow velocity are affine in one another at fixed (x_t, t), and the
+        weights (1 - s, s) sum to 1."""
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         if scale == 1.0 or not self.conditional:
-            return self.predict_noise(x_t, timesteps, condition)
+            return self.model_output(x_t, timesteps, condition)
         batch = x_t.shape[0]
-        conditions = torch.cat([self.embed(condition), self.embed(self.null_condition(batch))])
-        both = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), conditions)  # one forward
-        eps_cond, eps_null = both.chunk(2)
-        return eps_null + scale * (eps_cond - eps_null)
+        conditions = self.join_conditions(self.embed(condition), self.embed(self.null_condition(batch)))
+        both = self.model_output(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), conditions)  # one forward
+        out_cond, out_null = both.chunk(2)
+        return out_null + scale * (out_cond - out_null)
+
+    def join_conditions(self, first, second):
+        """Two embedded condition batches as one (text models with pooled embeddings join each part)."""
+        return torch.cat([first, second])
 
     @torch.no_grad()
     def sample_latents(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None,
                        stop_after: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """DDIM (eta 0) from noise; with `stop_after=k`, only the first k steps: returns (x_t, t) with t the
-        timestep x_t belongs to (ESD trains on such partially denoised latents)."""
-        from diffusers import DDIMScheduler
+        """The model's sampler (targets.py: DDIM eta 0 for the DDPM family, flow-matching Euler for flow models)
+        from noise; with `stop_after=k`, only the first k steps: returns (x_t, t) with t the timestep x_t belongs to
+        (ESD trains on such partially denoised latents)."""
         from diffusers.utils.torch_utils import randn_tensor
 
         device, dtype = self.device, next(self.denoiser.parameters()).dtype
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(num_inference_steps or 50, device=device)
+        scheduler = self.parameterization.sampler(num_inference_steps or 50, device, self.image_seq_len)
         count = len(conditions)
         x = randn_tensor((count, *self.latent_shape), generator=generator, device=device, dtype=dtype)
+        x = x * scheduler.init_noise_sigma
         condition = self.condition_batch(conditions, device)
         timesteps = scheduler.timesteps if stop_after is None else scheduler.timesteps[: stop_after + 1]
         was_training = self.denoiser.training
@@ -252,12 +329,14 @@ class AdapterBase:
             for index, t in enumerate(timesteps):
                 if stop_after is not None and index == stop_after:
                     return x, t.expand(count)
-                eps = self.guided_noise(x, t.expand(count), condition, guidance_scale)
-                x = scheduler.step(eps, t, x).prev_sample
+                output = self.guided_output(x, t.expand(count), condition, guidance_scale)
+                x = scheduler.step(output, t, x).prev_sample.to(dtype)
         finally:
             self.denoiser.train(was_training)
-        return x, torch.zeros(count, dtype=torch.long, device=device)
+        return x, torch.zeros(count, dtype=scheduler.timesteps.dtype, device=device)
+
+    image_seq_len = None  # flow models with a resolution-dependent shift (Flux) say how many tokens an image has
 
     def sample(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None) -> torch.Tensor:
-        """DDIM (eta 0) sampling, one image per entry of `conditions`, floats in [0, 1]."""
+        """The model's sampler, one image per entry of `conditions`, floats in [0, 1]."""
         return self.decode(self.sample_latents(conditions, num_inference_steps, guidance_scale, generator)[0])

@@ -76,5 +76,5 @@ class CFGUNetAdapter(ClassConditioning, DDPMAdapter):
     def num_classes(self) -> int:
         return self.denoiser.config.num_class_embeds - 1  # the last row is the null label
 
-    def predict_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.denoiser(x_t, timesteps, class_labels=condition).sample

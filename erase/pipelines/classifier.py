@@ -66,6 +66,8 @@ class ClassifierAdapter:
     takes_prompts = False
     generative = False  # no noise, sampling or guidance: objectives ask for `losses`
     has_null_condition = False  # no unconditional branch: remain label dropout does not apply
+    preset = None  # erase.methods presets under "classifier"
+    pipeline_class = None  # not a diffusers pipeline: erase's own folder layout
     num_train_timesteps = 1
     methods = METHODS
 
@@ -134,7 +136,7 @@ class ClassifierAdapter:
     def null_condition(self, batch_size: int):
         raise ModelError(f"a classifier has no null label; leave {option('--remain-label-dropout')} at 0")
 
-    predict_noise = guided_noise = sample = sample_latents = staticmethod(no_generation)
+    model_output = guided_output = sample = sample_latents = staticmethod(no_generation)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

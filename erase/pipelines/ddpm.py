@@ -14,7 +14,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import ERASE_KEY, AdapterBase, read_model_index, write_erase_info
+from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index, write_erase_info
 
 
 def tiny_unet_config(resolution: int, channels: Sequence[int] = (32, 64), in_channels: int = 1,
@@ -43,6 +43,8 @@ class DDPMAdapter(AdapterBase):
 
     backbone = "ddpm"
     conditional = False
+    pipeline_class = "DDPMPipeline"
+    default_data = "mnist"
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, info: dict | None = None):
         super().__init__(unet, scheduler, info)
@@ -62,7 +64,7 @@ class DDPMAdapter(AdapterBase):
 
     image_shape = latent_shape  # pixel space: the images are the latents
 
-    def predict_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
+    def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
         return self.denoiser(x_t, timesteps).sample
 
     def null_condition(self, batch_size: int):
@@ -73,7 +75,7 @@ class DDPMAdapter(AdapterBase):
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
-        DDPMPipeline(unet=self.denoiser, scheduler=self.scheduler).save_pretrained(directory)
+        self.to_pipeline().save_pretrained(directory)
         write_erase_info(directory, self.info)
         for name in ("config.json", "diffusion_pytorch_model.safetensors"):
             (directory / name).symlink_to(Path("unet") / name)
@@ -85,5 +87,12 @@ class DDPMAdapter(AdapterBase):
         if not (directory / "unet").is_dir():
             raise ModelError(f"{str(directory)!r} has no unet/ subfolder; it is not a UNet diffusion model folder")
         unet = UNet2DModel.from_pretrained(directory, subfolder="unet", **kwargs)
-        scheduler = DDPMScheduler.from_pretrained(directory, subfolder="scheduler")
-        return cls(unet, scheduler, index.get(ERASE_KEY))
+        return cls(unet, load_scheduler(directory), index.get(ERASE_KEY))
+
+    @classmethod
+    def from_pipeline(cls, pipeline, denoiser, info: dict, **kwargs):
+        """An in-memory DDPMPipeline, training `denoiser` (its UNet or a copy)."""
+        return cls(denoiser, pipeline.scheduler, info)
+
+    def to_pipeline(self):
+        return DDPMPipeline(unet=self.denoiser, scheduler=self.scheduler)

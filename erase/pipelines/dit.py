@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, DiTPipeline, DiTTransformer2DModel
+from diffusers import DiTPipeline, DiTTransformer2DModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import ERASE_KEY, AdapterBase, copy_components, read_model_index, write_erase_info
+from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
+                                  write_erase_info)
 from erase.pipelines.cfg_unet import ClassConditioning
 from erase.pipelines.latent import FrozenVAE
 
@@ -25,6 +26,8 @@ from erase.pipelines.latent import FrozenVAE
 class DiTAdapter(ClassConditioning, AdapterBase):
     backbone = "dit"
     conditional = True
+    pipeline_class = "DiTPipeline"
+    trained_component = "transformer"
 
     def __init__(self, transformer: DiTTransformer2DModel, vae, scheduler, info: dict | None = None,
                  source: Path | None = None):
@@ -62,7 +65,7 @@ class DiTAdapter(ClassConditioning, AdapterBase):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents)
 
-    def predict_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         out = self.denoiser(x_t, timestep=timesteps, class_labels=condition).sample  # (N, 2C, h, w) with learned sigma
         return out[:, : self.latent_channels]
 
@@ -73,7 +76,7 @@ class DiTAdapter(ClassConditioning, AdapterBase):
             copy_components(self.source, directory, skip="transformer")
             self.denoiser.save_pretrained(directory / "transformer")
         else:
-            DiTPipeline(transformer=self.denoiser, vae=self.vae.vae, scheduler=self.scheduler).save_pretrained(directory)
+            self.to_pipeline().save_pretrained(directory)
         write_erase_info(directory, self.info)
 
     @classmethod
@@ -86,11 +89,22 @@ class DiTAdapter(ClassConditioning, AdapterBase):
 
         transformer = DiTTransformer2DModel.from_pretrained(directory, subfolder="transformer", **kwargs)
         vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
-        scheduler = DDPMScheduler.from_pretrained(directory, subfolder="scheduler")
         info = index.get(ERASE_KEY) or {}
         if "class_names" not in info and index.get("id2label"):
             info["class_names"] = [index["id2label"].get(str(i), str(i)) for i in range(transformer.config.num_embeds_ada_norm)]
-        return cls(transformer, vae, scheduler, info, source=directory)
+        return cls(transformer, vae, load_scheduler(directory), info, source=directory)
+
+    @classmethod
+    def from_pipeline(cls, pipeline, denoiser, info: dict, **kwargs):
+        """An in-memory DiTPipeline, training `denoiser`; its labels ({name: id}) become the class names."""
+        labels = getattr(pipeline, "labels", None) or {}
+        if "class_names" not in info and labels:
+            names = {int(i): name for name, i in labels.items()}
+            info["class_names"] = [names.get(i, str(i)) for i in range(denoiser.config.num_embeds_ada_norm)]
+        return cls(denoiser, pipeline.vae, pipeline.scheduler, info)
+
+    def to_pipeline(self):
+        return DiTPipeline(transformer=self.denoiser, vae=self.vae.vae, scheduler=self.scheduler)
 
 
 def tiny_dit(sample_size: int = 4, latent_channels: int = 4, num_classes: int = 1000) -> DiTTransformer2DModel:

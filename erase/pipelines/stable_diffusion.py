@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from erase.errors import ModelError, OptionError, option
-from erase.pipelines.base import ERASE_KEY, AdapterBase, copy_components, read_model_index, write_erase_info
+from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
+                                  write_erase_info)
 from erase.pipelines.cfg_unet import GUIDANCE_CONVENTION
 from erase.pipelines.latent import FrozenVAE
 
@@ -34,6 +35,7 @@ class StableDiffusionAdapter(AdapterBase):
     backbone = "stable_diffusion"
     conditional = True
     takes_prompts = True
+    pipeline_class = "StableDiffusionPipeline"
 
     def __init__(self, unet: UNet2DConditionModel, vae, text_encoder, tokenizer, scheduler, info: dict | None = None,
                  source: Path | None = None, train_params: str | None = "full"):
@@ -117,7 +119,7 @@ class StableDiffusionAdapter(AdapterBase):
         """Prompt ids -> embeddings; embeddings pass through."""
         return condition if condition.is_floating_point() else self.embeddings[condition.to(self.embeddings.device)]
 
-    def predict_noise(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.denoiser(x_t, timesteps, encoder_hidden_states=self.embed(condition)).sample
 
     def null_condition(self, batch_size: int) -> torch.Tensor:
@@ -136,12 +138,7 @@ class StableDiffusionAdapter(AdapterBase):
             copy_components(self.source, directory, skip="unet")
             self.denoiser.save_pretrained(directory / "unet")
         elif self.vae is not None:
-            from diffusers import StableDiffusionPipeline  # imported late: its import warns about torchvision
-
-            StableDiffusionPipeline(
-                vae=self.vae.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.denoiser,
-                scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            ).save_pretrained(directory)
+            self.to_pipeline().save_pretrained(directory)
         else:
             raise ModelError("a pixel-space text model has no StableDiffusionPipeline layout to save")
         write_erase_info(directory, self.info)
@@ -160,8 +157,21 @@ class StableDiffusionAdapter(AdapterBase):
         vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
         text_encoder = quiet_load(CLIPTextModel, directory, subfolder="text_encoder", local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
-        scheduler = DDPMScheduler.from_pretrained(directory, subfolder="scheduler")
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, index.get(ERASE_KEY), directory, train_params)
+        return cls(unet, vae, text_encoder, tokenizer, load_scheduler(directory), index.get(ERASE_KEY), directory,
+                   train_params)
+
+    @classmethod
+    def from_pipeline(cls, pipeline, denoiser, info: dict, train_params: str | None = "full"):
+        """An in-memory StableDiffusionPipeline, training `denoiser`; the VAE and text encoder are shared."""
+        return cls(denoiser, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, pipeline.scheduler, info,
+                   train_params=train_params)
+
+    def to_pipeline(self):
+        from diffusers import StableDiffusionPipeline  # imported late: its import warns about torchvision
+
+        return StableDiffusionPipeline(
+            vae=self.vae.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.denoiser,
+            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def quiet_load(model_class, directory, **kwargs):
