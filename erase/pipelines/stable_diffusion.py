@@ -1,13 +1,10 @@
-"""Stable Diffusion: `UNet2DConditionModel` + `CLIPTextModel`/`CLIPTokenizer` + `AutoencoderKL` + scheduler.
+"""Stable Diffusion 1.x and 2.x: `UNet2DConditionModel` + `CLIPTextModel`/`CLIPTokenizer` + `AutoencoderKL` + scheduler.
 
 Reads a local `StableDiffusionPipeline` folder; writes a full one in which only `unet/` is new and every other
-file is copied byte for byte. The text encoder and VAE are frozen. Which UNet parameters train is a choice, with
-the ESD conventions: `full`; `xattn` (cross-attention only: `attn2`); `noxattn` (everything but cross-attention,
-the time embedding and the output layers).
-
-Conditions are prompts. For training, prompts are registered once (`register_prompts`), their frozen CLIP
-embeddings kept in a table, and a condition is a LongTensor of prompt ids, so data batches stay plain tensors.
-Id 0 is the empty prompt, the null condition of classifier-free guidance.
+file is copied byte for byte. The text encoder and VAE are frozen. The training target follows the scheduler's
+`prediction_type` (SD 1.x: epsilon; SD 2.x 768 px: v_prediction; erase/pipelines/targets.py). Which UNet
+parameters train: `full`, `xattn` (cross-attention `attn2`, ESD-x) or `noxattn` (everything but cross-attention,
+the time embedding and the output layers, ESD-u); prompts are conditions (erase/pipelines/text.py).
 """
 
 from __future__ import annotations
@@ -18,24 +15,21 @@ from typing import Sequence
 import torch
 from diffusers import UNet2DConditionModel
 
-from erase.errors import ModelError, OptionError, option
+from erase.errors import ModelError
 from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
                                   write_erase_info)
 from erase.pipelines.cfg_unet import GUIDANCE_CONVENTION
 from erase.pipelines.latent import FrozenVAE
+from erase.pipelines.text import PromptConditioning, quiet_load
 
-TRAIN_PARAMS = {
-    "full": lambda name: True,
-    "xattn": lambda name: "attn2" in name,
-    "noxattn": lambda name: not ("attn2" in name or name.startswith(("time_embedding", "conv_out", "conv_norm_out"))),
-}
+UNET_OUTPUT_LAYERS = ("time_embedding", "conv_out", "conv_norm_out")
 
 
-class StableDiffusionAdapter(AdapterBase):
+class StableDiffusionAdapter(PromptConditioning, AdapterBase):
     backbone = "stable_diffusion"
-    conditional = True
-    takes_prompts = True
     pipeline_class = "StableDiffusionPipeline"
+    output_layers = UNET_OUTPUT_LAYERS
+    text_attention_rule = "cross-attention (attn2)"
 
     def __init__(self, unet: UNet2DConditionModel, vae, text_encoder, tokenizer, scheduler, info: dict | None = None,
                  source: Path | None = None, train_params: str | None = "full"):
@@ -46,48 +40,19 @@ class StableDiffusionAdapter(AdapterBase):
         self.source = source
         self.info.setdefault("guidance_scale", 7.5)  # StableDiffusionPipeline's default
         self.info["guidance_convention"] = GUIDANCE_CONVENTION
-        self.prompts: list[str] = []
-        self.prompt_ids: dict[str, int] = {}
-        self.embeddings: torch.Tensor | None = None
-        self.register_prompts([""])
+        self.init_prompts()
         if train_params is not None:  # None: sampling only, the UNet's requires_grad flags stay as they are
             self.select_trainable(train_params)
 
-    def select_trainable(self, choice: str) -> None:
-        """Freeze every UNet parameter outside `choice` (full | xattn | noxattn)."""
-        if choice not in TRAIN_PARAMS:
-            raise OptionError(f"{option('--train-params')} {choice!r} is not one of {sorted(TRAIN_PARAMS)}")
-        for name, parameter in self.denoiser.named_parameters():
-            parameter.requires_grad_(TRAIN_PARAMS[choice](name))
-        self.info["train_params"] = choice
+    def text_attention(self, name: str) -> bool:
+        return "attn2" in name
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Frozen CLIP last hidden states, (N, max_length, D), as StableDiffusionPipeline conditions the UNet."""
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
-
-    def register_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Ids of `prompts` in the embedding table, encoding the ones not seen before."""
-        new = [p for p in dict.fromkeys(prompts) if p not in self.prompt_ids]
-        if new:
-            embedded = self.encode_prompts(new)
-            if self.embeddings is not None:
-                embedded = torch.cat([self.embeddings, embedded.to(self.embeddings.device)])
-            self.embeddings = embedded
-            for prompt in new:
-                self.prompt_ids[prompt] = len(self.prompts)
-                self.prompts.append(prompt)
-        return torch.tensor([self.prompt_ids[p] for p in prompts], dtype=torch.long)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.prompts)
+        return {"encoder_hidden_states": self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]}
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -104,7 +69,7 @@ class StableDiffusionAdapter(AdapterBase):
     def to(self, device) -> "StableDiffusionAdapter":
         self.denoiser.to(device)
         self.text_encoder.to(device)
-        self.embeddings = self.embeddings.to(device)
+        self.move_embeddings(device)
         if self.vae is not None:
             self.vae.vae.to(device)
         return self
@@ -115,21 +80,8 @@ class StableDiffusionAdapter(AdapterBase):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return super().decode(latents) if self.vae is None else self.vae.decode(latents)
 
-    def embed(self, condition: torch.Tensor) -> torch.Tensor:
-        """Prompt ids -> embeddings; embeddings pass through."""
-        return condition if condition.is_floating_point() else self.embeddings[condition.to(self.embeddings.device)]
-
-    def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x_t, timesteps, encoder_hidden_states=self.embed(condition)).sample
-
-    def null_condition(self, batch_size: int) -> torch.Tensor:
-        return torch.zeros(batch_size, dtype=torch.long, device=self.device)
-
-    def condition_batch(self, conditions, device) -> torch.Tensor:
-        """Prompts are encoded for this batch only (sampling thousands of prompts must not grow the table)."""
-        if all(isinstance(c, str) for c in conditions):
-            return self.encode_prompts(conditions).to(device)
-        return torch.as_tensor(conditions, dtype=torch.long, device=device)
+    def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
+        return self.denoiser(x_t, timesteps, **self.embed(condition)).sample
 
     def save_pretrained(self, directory: str | Path) -> None:
         """A full StableDiffusionPipeline folder: the trained UNet saved, every other file copied from the source."""
@@ -172,20 +124,6 @@ class StableDiffusionAdapter(AdapterBase):
         return StableDiffusionPipeline(
             vae=self.vae.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.denoiser,
             scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
-def quiet_load(model_class, directory, **kwargs):
-    """transformers' `from_pretrained` without its per-load progress bar: diffusers loads the UNet and VAE without
-    one, and the bar would stand above a one-line error that follows the load (e.g. a bad --forget-prompts file)."""
-    from transformers.utils import logging as transformers_logging
-
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        return model_class.from_pretrained(directory, **kwargs)
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
 
 
 def tiny_unet_condition(sample_size: int = 8, in_channels: int = 4, cross_attention_dim: int = 32) -> UNet2DConditionModel:

@@ -1,0 +1,125 @@
+"""Prompt conditioning shared by the text-to-image adapters (Stable Diffusion 1.x/2.x, SDXL, SD 3.x, Flux.1).
+
+Prompts are registered once (`register_prompts`) and their frozen text-encoder outputs kept in a table, so a
+condition is a LongTensor of prompt ids and data batches stay plain tensors. Id 0 is the empty prompt, the null
+condition of classifier-free guidance. A family's text encoders give several tensors per prompt (SDXL: token
+embeddings and a pooled embedding; SD 3: the same from three encoders; Flux: T5 tokens and a pooled CLIP vector),
+so an embedded condition is a dict of tensors with the batch first; `encode_prompts` is each family's one method.
+
+`--train-params` means the same on every family: `full`; `xattn`, the attention that reads the text (cross-attention
+`attn2` in UNets, as ESD-x; the joint text-image attention of MMDiT blocks in SD 3 and Flux), which the adapter names
+with `text_attention(name)`; `noxattn`, everything else but the time embedding and the output layers (ESD-u).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from erase.errors import OptionError, option
+
+TRAIN_PARAMS = ("full", "xattn", "noxattn")
+
+
+class PromptConditioning:
+    """Mixin for adapters whose conditions are prompts; the adapter implements `encode_prompts` and
+    `text_attention` and calls `init_prompts()` once its text encoders are set."""
+
+    conditional = True
+    takes_prompts = True
+    output_layers: tuple[str, ...] = ()  # name prefixes ESD-u keeps frozen besides the text attention
+
+    def init_prompts(self) -> None:
+        self.prompts: list[str] = []
+        self.prompt_ids: dict[str, int] = {}
+        self.embeddings: dict[str, torch.Tensor] | None = None
+        self.register_prompts([""])
+
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Frozen text-encoder outputs for `prompts`, each tensor (N, ...), as the family's pipeline conditions its
+        denoiser."""
+        raise NotImplementedError
+
+    def text_attention(self, name: str) -> bool:
+        """Whether the denoiser parameter `name` belongs to the attention that reads the text."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def register_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Ids of `prompts` in the embedding table, encoding the ones not seen before."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self.prompt_ids]
+        if new:
+            embedded = self.encode_prompts(new)
+            if self.embeddings is not None:
+                embedded = {k: torch.cat([self.embeddings[k], v.to(self.embeddings[k].device)])
+                            for k, v in embedded.items()}
+            self.embeddings = embedded
+            for prompt in new:
+                self.prompt_ids[prompt] = len(self.prompts)
+                self.prompts.append(prompt)
+        return torch.tensor([self.prompt_ids[p] for p in prompts], dtype=torch.long)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.prompts)
+
+    def move_embeddings(self, device) -> None:
+        self.embeddings = {k: v.to(device) for k, v in self.embeddings.items()}
+
+    def embed(self, condition) -> dict[str, torch.Tensor]:
+        """Prompt ids -> {name: (N, ...)} embeddings; embedded conditions pass through."""
+        if isinstance(condition, dict):
+            return condition
+        index = condition.to(next(iter(self.embeddings.values())).device)
+        return {k: v[index] for k, v in self.embeddings.items()}
+
+    def join_conditions(self, first: dict, second: dict) -> dict:
+        return {k: torch.cat([first[k], second[k]]) for k in first}
+
+    def null_condition(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros(batch_size, dtype=torch.long, device=self.device)
+
+    def condition_batch(self, conditions, device):
+        """Prompts are encoded for this batch only (sampling thousands of prompts must not grow the table)."""
+        if all(isinstance(c, str) for c in conditions):
+            return {k: v.to(device) for k, v in self.encode_prompts(list(conditions)).items()}
+        return torch.as_tensor(conditions, dtype=torch.long, device=device)
+
+    def trains(self, choice: str, name: str) -> bool:
+        if choice == "full":
+            return True
+        if choice == "xattn":
+            return self.text_attention(name)
+        return not (self.text_attention(name) or name.startswith(self.output_layers))
+
+    def select_trainable(self, choice: str) -> None:
+        """Freeze every denoiser parameter outside `choice` (full | xattn | noxattn)."""
+        if choice not in TRAIN_PARAMS:
+            raise OptionError(f"{option('--train-params')} {choice!r} is not one of {sorted(TRAIN_PARAMS)}")
+        for name, parameter in self.denoiser.named_parameters():
+            parameter.requires_grad_(self.trains(choice, name))
+        self.info["train_params"] = choice
+        self.info["train_params_rule"] = {"full": "every parameter",
+                                          "xattn": self.text_attention_rule,
+                                          "noxattn": f"all but {self.text_attention_rule} and {list(self.output_layers)}"}[choice]
+
+    text_attention_rule = "the attention that reads the text"
+
+
+def quiet_load(model_class, directory, **kwargs):
+    """transformers' `from_pretrained` without its per-load progress bar: diffusers loads the UNet and VAE without
+    one, and the bar would stand above a one-line error that follows the load (e.g. a bad --forget-prompts file)."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return model_class.from_pretrained(directory, **kwargs)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
