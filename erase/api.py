@@ -547,6 +547,7 @@ def score(
     cache_dir: str | os.PathLike = DEFAULT_CACHE,
     nudenet: bool = False,
     threshold: float = 0.6,
+    clip_model: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> dict:
@@ -558,8 +559,12 @@ def score(
     classifier: forgetting accuracy (FA, on `forget` classes; default: what the model's record says it erased) and
         remaining accuracy (RA) with 'digits' (shipped), a classifier folder or a transformers image classifier.
     fid_ref: FID against 'mnist', 'digits' or a folder of real images, in `fid_features` space ('classifier' or
-        'inception', which needs the `fid` extra); over the remaining classes (`fid_classes`='remain') or all.
+        'inception', which needs clean-fid, installed without torchvision: erase/eval/fid.py); over the remaining
+        classes (`fid_classes`='remain') or all.
     nudenet: NudeNet EXPOSED detections at `threshold`. out: also write the scores as JSON.
+    clip_model: CLIP score of each image against its prompt (index.json 'condition', as `erase sample --prompts`
+        writes it) with the CLIPModel + CLIPProcessor in this local folder (nothing is downloaded): the mean
+        overall, per prompt, and for the forget prompts against the rest when the model's record names them.
     """
     import tempfile
 
@@ -578,9 +583,15 @@ def score(
         raise OptionError(f"{option('--fid-classes')} {fid_classes!r} is not one of 'remain', 'all'")
     if out is not None:
         out = check_output_file(out, overwrite)
-    if not (classifier or fid_ref or nudenet):
+    if not (classifier or fid_ref or nudenet or clip_model):
         raise OptionError(f"nothing to score: pass {option('--classifier', 'classifier')}, "
-                          f"{option('--fid-ref', 'fid_ref')} and/or {option('--nudenet', 'nudenet=True')}")
+                          f"{option('--fid-ref', 'fid_ref')}, {option('--clip-model', 'clip_model')} "
+                          f"and/or {option('--nudenet', 'nudenet=True')}")
+    clip = None
+    if clip_model is not None:
+        from erase.eval.clip_score import load_clip
+
+        clip = load_clip(clip_model)  # a bad folder is refused before any image is read
     folder = None
     if isinstance(images, (str, os.PathLike)):
         folder = Path(images)
@@ -600,6 +611,10 @@ def score(
     header = {k: v for k, v in header.items() if k != "images"}
     conditions = [r.get("condition") for r in records]
     class_ids = all(isinstance(c, int) for c in conditions)
+    if clip is not None and not all(isinstance(c, str) for c in conditions):
+        raise DataError(f"{repr(str(folder)) if folder is not None else 'the record'} has no prompt per image "
+                        f"(index.json 'condition'); CLIP score needs images drawn with "
+                        f"{option('erase sample --prompts', 'erase.sample(prompts=...)')}")
     if forget is not None:
         forget_classes = _class_ids(_as_list(forget), option("--forget-class", "forget"))
     else:
@@ -662,6 +677,14 @@ def score(
             scores["nudity"] = nudity_scores(folder or Path(scratch), records, threshold)
         timings["nudenet"] = time.perf_counter() - started
         scores["nudity"]["images_per_second"] = len(records) / timings["nudenet"]
+
+    if clip is not None:
+        from erase.eval.clip_score import clip_scores
+
+        started = time.perf_counter()
+        forget_prompts = (header.get("model_info") or {}).get("erased", {}).get("forget_prompts", [])
+        scores["clip"] = clip_scores(pixels, conditions, *clip, str(clip_model), forget_prompts)
+        timings["clip"] = time.perf_counter() - started
 
     scores["timings"] = timings
     scores["environment"] = environment()

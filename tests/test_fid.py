@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -83,6 +85,14 @@ def test_cached_real_statistics_give_the_same_fid(tmp_path):
     assert real_statistics_path(tmp_path, "toy", 8, "projection") != path
 
 
-def test_inception_features_explain_what_is_missing(tmp_path):
-    with pytest.raises(UsageError, match="torchvision|inception-2015-12-05.pt"):
+def test_inception_features_explain_what_is_missing(tmp_path, monkeypatch):
+    try:
+        import cleanfid.inception_torchscript  # noqa: F401
+    except ImportError:
+        pass
+    else:  # installed: the weights file is what is missing
+        with pytest.raises(UsageError, match="inception-2015-12-05.pt.*nothing is downloaded"):
+            InceptionFeatures(tmp_path)
+    monkeypatch.setitem(sys.modules, "cleanfid.inception_torchscript", None)  # as if clean-fid were not installed
+    with pytest.raises(UsageError, match=r"need clean-fid.*pip install --no-deps clean-fid.*fid_features classifier"):
         InceptionFeatures(tmp_path)

@@ -1,4 +1,4 @@
-"""`erase score`: score a folder of images (any model's) with a classifier, FID and NudeNet; one JSON out."""
+"""`erase score`: score a folder of images (any model's) with a classifier, FID, NudeNet and CLIP; one JSON out."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from erase.api import SCORE_RANGES as RANGES  # noqa: F401 (tests read it); chec
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "score", help="FA/RA with a classifier, FID, NudeNet nudity rates for a folder of images",
+        "score", help="FA/RA with a classifier, FID, NudeNet nudity rates, CLIP score for a folder of images",
         description="Reads OUT of `erase sample` (or any folder of images) and writes all chosen metrics with the "
-                    "settings that produced them. FA/RA need the class of each image (index.json).",
+                    "settings that produced them. FA/RA need the class of each image, CLIP score its prompt "
+                    "(index.json).",
     )
     parser.add_argument("--images", type=Path, required=True, help="folder of generated images")
     parser.add_argument("--classifier", default=None,
@@ -29,6 +30,9 @@ def register(commands) -> None:
                         help="where real-image FID statistics are cached (default: %(default)s)")
     parser.add_argument("--nudenet", action="store_true", help="run NudeNet and count EXPOSED detections")
     parser.add_argument("--threshold", type=float, default=0.6, help="NudeNet score threshold (default: %(default)s)")
+    parser.add_argument("--clip-model", type=Path, default=None,
+                        help="local CLIP folder (transformers CLIPModel + CLIPProcessor, e.g. a downloaded "
+                             "openai/clip-vit-large-patch14): CLIP score of each image against its prompt")
     parser.add_argument("--out", type=Path, required=True, help="output JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(run=run)
@@ -39,7 +43,8 @@ def run(args) -> None:
 
     scores = score(args.images, classifier=args.classifier, forget=args.forget_class, fid_ref=args.fid_ref,
                    fid_features=args.fid_features, fid_classes=args.fid_classes, cache_dir=args.cache_dir,
-                   nudenet=args.nudenet, threshold=args.threshold, out=args.out, overwrite=args.overwrite)
+                   nudenet=args.nudenet, threshold=args.threshold, clip_model=args.clip_model, out=args.out,
+                   overwrite=args.overwrite)
     summary = []
     if "classifier" in scores:
         c = scores["classifier"]
@@ -51,4 +56,6 @@ def run(args) -> None:
         summary.append(f"FID ({args.fid_features}) {scores['fid']['value']:.3f}")
     if "nudity" in scores:
         summary.append(f"exposed in {scores['nudity']['images_with_exposed']}/{scores['nudity']['images']} images")
+    if "clip" in scores:
+        summary.append(f"CLIP score {scores['clip']['score']:.2f}")
     print("; ".join(summary) + f"; written to {args.out}")

@@ -1,8 +1,24 @@
 """FID on torchmetrics' FrechetInceptionDistance, with a pluggable feature extractor and cached real statistics.
 
-Extractors: `inception` (clean-fid's Inception weights; needs the `fid` extra, i.e. a working torchvision, and
-the weights file on disk), `classifier` (penultimate features of the digit classifier: the usual choice for
-MNIST-like data), or any module mapping float images in [0, 1] to (N, D) features with a `num_features` attribute.
+Extractors: `inception` (clean-fid's Inception-v3 TorchScript weights), `classifier` (penultimate features of the
+digit classifier: the usual choice for MNIST-like data), or any module mapping float images in [0, 1] to (N, D)
+features with a `num_features` attribute.
+
+Inception needs no torchvision. clean-fid's package metadata lists torchvision, but the two modules used here,
+`cleanfid.inception_torchscript` (InceptionV3W: `torch.jit.load` of the weights file) and `cleanfid.resize`
+(the 'clean' PIL bicubic resize to 299 px), import only torch, numpy, PIL and `requests` (through
+`cleanfid.downloads_helper`), and `cleanfid/__init__.py` is empty (checked on clean-fid 0.1.35). Install it without
+its declared dependencies, so pip does not pull torchvision (and a torch build to match it) in:
+
+    pip install --no-deps clean-fid==0.1.35
+    pip install requests   # already there: diffusers depends on it
+
+and put the weights file, `inception-2015-12-05.pt` (the StyleGAN2-ADA metrics file clean-fid downloads,
+https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt, about 95 MB), in
+`ERASE_INCEPTION_DIR` or ~/.cache/erase. Nothing is downloaded at run time. This project's test machine cannot
+fetch that file, so tests/test_scoring_text.py runs `erase score --fid-features inception` end to end with a tiny
+TorchScript stand-in of the same interface (a scripted module with a `layers` submodule mapping (N, 3, 299, 299)
+floats in [-1, 1] to N x 2048 values); the real network's features were not run here.
 """
 
 from __future__ import annotations
@@ -48,10 +64,11 @@ class InceptionFeatures(nn.Module):
         try:
             from cleanfid.inception_torchscript import InceptionV3W
             from cleanfid.resize import build_resizer
-        except Exception as error:  # ImportError, or torchvision failing to load its CUDA libraries
+        except Exception as error:  # ImportError; or, with clean-fid's full dependencies, a torchvision that fails
             raise UsageError(
-                f"Inception features need clean-fid, which needs a working torchvision ({type(error).__name__}); "
-                "install `erase[fid]` where torchvision works, or use --fid-features classifier"
+                f"Inception features need clean-fid ({type(error).__name__}: {error}); install it without "
+                "torchvision, `pip install --no-deps clean-fid==0.1.35` (its one other need, requests, comes with "
+                f"diffusers), or use {option('--fid-features')} classifier"
             ) from None
         if not (weights_dir / INCEPTION_FILE).is_file():
             raise UsageError(
