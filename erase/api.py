@@ -171,7 +171,7 @@ def load_data(adapter, targets, *, data, forget_random, retain_given: bool, data
         return parts["forget"], parts["remain"], {"source": "training split", **adapter.info["data"],
                                                   "forget_random": forget_random}
     if source == "auto":
-        source = "generated" if adapter.backbone in ("dit", "stable_diffusion") else "mnist"
+        source = adapter.default_data
     if source == "generated":
         if targets.remain is None:
             if not adapter.conditional:
@@ -303,15 +303,16 @@ def unlearn(
     if not adapter.generative and method not in adapter.methods:
         raise OptionError(f"{option('--method', 'method')} {method} does not apply to this {adapter.backbone} model "
                           f"(it needs a generative model); choose one of {', '.join(adapter.methods)}")
-    chosen = choose_preset(method, preset, adapter.backbone) if config is None else {"name": None, "values": {}}
+    chosen = (choose_preset(method, preset, adapter.preset or adapter.backbone) if config is None
+              else {"name": None, "values": {}})
     base = dataclasses.asdict(config) if config is not None else {}
     config = build_config(config_class, {**base, **method_values}, chosen["values"])
     checkpoints = checkpoint_folder(out, runtime, overwrite)
     resumed_from = str(find_state(runtime.resume)) if runtime.resume is not None else None
     if train_params != "full":
         if not hasattr(adapter, "select_trainable"):
-            raise OptionError(f"{option('--train-params')} {train_params} applies to Stable Diffusion; this is a "
-                              f"{adapter.backbone} model")
+            raise OptionError(f"{option('--train-params')} {train_params} applies to text-to-image models (Stable "
+                              f"Diffusion, SDXL, SD 3, Flux); this is a {adapter.backbone} model")
         adapter.select_trainable(train_params)
     if gradient_checkpointing:
         adapter.denoiser.enable_gradient_checkpointing()
@@ -356,6 +357,7 @@ def unlearn(
             data_record["folder"] = str(out / "generated") if out is not None else None  # kept only with out
         record = as_json({
             "command": "unlearn", "method": method, "model": opened.description, "backbone": adapter.backbone,
+            "training_target": adapter.training_record() if adapter.generative else None,
             "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": forget_random,
             "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
             "replacement_prompt": replacement_prompt, "train_params": adapter.info.get("train_params"),
