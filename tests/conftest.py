@@ -46,35 +46,20 @@ def tree_digest(directory: Path) -> str:
 
 def write_tiny_clip_tokenizer(directory: Path) -> Path:
     """A character-level CLIP BPE vocabulary (no merges) covering lowercase text, digits and punctuation."""
-    import json
-    import string
+    from erase.pipelines.text import write_character_vocabulary
 
-    directory.mkdir(parents=True, exist_ok=True)
-    symbols = string.ascii_lowercase + string.digits + string.punctuation
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in symbols:
-        vocab[symbol] = len(vocab)
-        vocab[symbol + "</w>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return directory
+    return write_character_vocabulary(directory)
 
 
 def tiny_stable_diffusion(tmp_path: Path, seed: int = 0, pixel_space: bool = False, image_size: int = 16):
     """Random-init SD components built from configs: CLIP text model, tokenizer, UNet, optional tiny VAE."""
     from diffusers import DDPMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from erase.pipelines.latent import tiny_vae
-    from erase.pipelines.stable_diffusion import StableDiffusionAdapter, tiny_unet_condition
+    from erase.pipelines.stable_diffusion import StableDiffusionAdapter, tiny_text_encoder, tiny_unet_condition
 
     torch.manual_seed(seed)
-    tokenizer = CLIPTokenizer(str(write_tiny_clip_tokenizer(tmp_path / "tok") / "vocab.json"),
-                              str(tmp_path / "tok" / "merges.txt"), model_max_length=32)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
+    text_encoder, tokenizer = tiny_text_encoder(tmp_path / "tok")
     vae = None if pixel_space else tiny_vae(3, 4, (16, 32))
     unet = tiny_unet_condition(sample_size=image_size if pixel_space else image_size // 2,
                                in_channels=1 if pixel_space else 4)

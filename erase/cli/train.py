@@ -13,8 +13,11 @@ from erase.cli.options import add_dataclass_arguments, dataclass_from_args
 def register(commands) -> None:
     parser = commands.add_parser(
         "train", help="train a base model (or the retrained-without-class gold standard)",
-        description="Train a class-conditional UNet2DModel with label dropout for classifier-free guidance; "
-                    "saves a diffusers folder with model_index.json, unet/ and scheduler/ plus run.json.",
+        description="Train a class-conditional UNet2DModel (or, with --conditioning text, a text-conditional "
+                    "UNet2DConditionModel on a frozen tiny CLIP text encoder, one prompt per class) with label "
+                    "dropout for classifier-free guidance, toward the --prediction-type target; saves a diffusers "
+                    "folder (model_index.json, unet/, scheduler/, and text_encoder/ and tokenizer/ for text) plus "
+                    "run.json.",
     )
     add_data_argument(parser)
     parser.add_argument("--resolution", type=int, default=16, help="image side in pixels (default: %(default)s)")
@@ -27,12 +30,56 @@ def register(commands) -> None:
                         help="keep this many random images per class out of training (seeded by --split-seed), for "
                              "membership inference (`erase mia`); the model records which (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of --hold-out-per-class's draw (default: %(default)s)")
+    parser.add_argument("--conditioning", default="class", choices=("class", "text"),
+                        help="class ids (UNet2DModel with a class table) or prompts (a pixel-space "
+                             "StableDiffusionPipeline folder without VAE; erase it with --forget-prompt) "
+                             "(default: %(default)s)")
+    parser.add_argument("--prompt-template", default="a photo of the digit {word}",
+                        help="the prompt of each class for --conditioning text; {name} is the class name, {word} "
+                             "the English word of a digit name (default: %(default)r)")
+    parser.add_argument("--prediction-type", default="epsilon", choices=PREDICTION_CHOICES,
+                        help="what the model learns to predict: epsilon (noise), v_prediction (v = sqrt(abar) eps - "
+                             "sqrt(1 - abar) x0), sample (x0), or flow_matching (velocity eps - x0 on "
+                             "FlowMatchEulerDiscreteScheduler sigmas) (default: %(default)s)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="default guidance scale stored in the model, eps_null + s (eps_c - eps_null) (default: %(default)s)")
     add_dataclass_arguments(parser.add_argument_group("training"), TrainConfig)
     add_output_arguments(parser)
     add_runtime_arguments(parser)
     parser.set_defaults(run=run)
+
+
+PREDICTION_CHOICES = ("epsilon", "v_prediction", "sample", "flow_matching")
+DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def class_prompts(template: str, class_names) -> list[str]:
+    """One prompt per class: `template` with {name} and {word} (the English word of a digit name) filled in."""
+    from erase.errors import OptionError
+
+    prompts = []
+    for name in class_names:
+        word = DIGIT_WORDS[int(name)] if str(name).isdigit() and int(name) < 10 else str(name)
+        try:
+            prompts.append(template.format(name=name, word=word))
+        except (KeyError, IndexError, ValueError) as error:
+            raise OptionError(f"--prompt-template {template!r} is not a template of {{name}} and {{word}} ({error})") from None
+    if len(set(prompts)) != len(prompts):
+        raise OptionError(f"--prompt-template {template!r} gives two classes the same prompt; use {{name}} or {{word}}")
+    return prompts
+
+
+def training_scheduler(prediction_type: str, conditioning: str):
+    """The noise schedule a new model trains on: DDPM's linear betas for class models (the shipped model's), Stable
+    Diffusion's scaled-linear betas for text models, or flow-matching sigmas (shift 1)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    if prediction_type == "flow_matching":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    if conditioning == "text":
+        return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                             clip_sample=False, prediction_type=prediction_type)
+    return DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
 
 
 # erase/config.py check_ranges: plain flags of this command (TrainConfig and Runtime declare their own)
@@ -74,12 +121,26 @@ def run(args) -> None:
     excluded = parse_class_ids(args.exclude_classes) if args.exclude_classes else []
     train_data = split_by_class(dataset, excluded)[1] if excluded else dataset
     torch.manual_seed(runtime.seed)
-    adapter = CFGUNetAdapter.create(
-        args.resolution, channels, dataset.images.shape[1], num_classes=len(dataset.class_names),
-        attention=args.attention, layers_per_block=args.layers_per_block,
-        class_names=dataset.class_names, guidance_scale=args.guidance_scale, excluded_classes=excluded,
-        trained_on=dataset.name, **({"held_out": held_out} if held_out else {}),
-    )
+    scheduler = training_scheduler(args.prediction_type, args.conditioning)
+    facts = dict(guidance_scale=args.guidance_scale, excluded_classes=excluded, trained_on=dataset.name,
+                 **({"held_out": held_out} if held_out else {}))
+    if args.conditioning == "text":
+        import tempfile
+
+        from erase.data import ImageDataset
+        from erase.pipelines.stable_diffusion import StableDiffusionAdapter
+
+        prompts = class_prompts(args.prompt_template, dataset.class_names)
+        with tempfile.TemporaryDirectory(prefix="erase-tokenizer-") as scratch:  # save_pretrained rewrites it
+            adapter = StableDiffusionAdapter.create_pixel_model(args.resolution, dataset.images.shape[1], scheduler,
+                                                                scratch, channels, class_prompts=prompts, **facts)
+        ids = adapter.register_prompts(prompts)
+        train_data = ImageDataset(train_data.images, ids[train_data.labels], adapter.class_names, train_data.name)
+    else:
+        adapter = CFGUNetAdapter.create(
+            args.resolution, channels, dataset.images.shape[1], num_classes=len(dataset.class_names),
+            attention=args.attention, layers_per_block=args.layers_per_block, class_names=dataset.class_names,
+            scheduler=scheduler, **facts)
     started = time.time()
     result = train(adapter, train_data, config, runtime)
     if not result["is_main_process"]:
@@ -88,6 +149,8 @@ def run(args) -> None:
         adapter.save_pretrained(staging)
         write_json(staging / "run.json", {
             "command": "train", "config": config, "runtime": runtime, "data": args.data, "resolution": args.resolution,
+            "conditioning": args.conditioning, "training_target": adapter.training_record(),
+            "prompts": adapter.class_names if args.conditioning == "text" else None,
             "channels": channels, "attention": args.attention,
             "layers_per_block": args.layers_per_block, "excluded_classes": excluded, "train_images": len(train_data),
             "held_out": held_out,

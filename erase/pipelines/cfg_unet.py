@@ -66,11 +66,11 @@ class CFGUNetAdapter(ClassConditioning, DDPMAdapter):
 
     @classmethod
     def create(cls, resolution: int, channels: Sequence[int] = (32, 64), in_channels: int = 1, num_classes=10,
-               attention: bool = False, layers_per_block: int = 1, **info):
+               attention: bool = False, layers_per_block: int = 1, scheduler=None, **info):
         config = tiny_unet_config(resolution, channels, in_channels, attention, layers_per_block,
                                   num_class_embeds=num_classes + 1)
         unet = UNet2DModel(**config)
-        return cls(unet, DDPMScheduler(num_train_timesteps=1000), info)
+        return cls(unet, scheduler or DDPMScheduler(num_train_timesteps=1000), info)
 
     @property
     def num_classes(self) -> int:

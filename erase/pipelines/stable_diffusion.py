@@ -89,10 +89,8 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
         if self.source is not None:
             copy_components(self.source, directory, skip="unet")
             self.denoiser.save_pretrained(directory / "unet")
-        elif self.vae is not None:
-            self.to_pipeline().save_pretrained(directory)
         else:
-            raise ModelError("a pixel-space text model has no StableDiffusionPipeline layout to save")
+            self.to_pipeline().save_pretrained(directory)
         write_erase_info(directory, self.info)
 
     @classmethod
@@ -102,15 +100,27 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
 
         index = read_model_index(directory)
         directory = Path(directory)
-        missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (directory / c).is_dir()]
+        pixel_space = (index.get("vae") or [None])[0] is None  # erase train's text-conditional digit models
+        parts = ("unet", "text_encoder", "tokenizer", "scheduler", *(() if pixel_space else ("vae",)))
+        missing = [c for c in parts if not (directory / c).is_dir()]
         if missing:
             raise ModelError(f"{str(directory)!r} is not a Stable Diffusion pipeline folder (missing {', '.join(missing)})")
         unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
+        vae = None if pixel_space else AutoencoderKL.from_pretrained(directory, subfolder="vae")
         text_encoder = quiet_load(CLIPTextModel, directory, subfolder="text_encoder", local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
         return cls(unet, vae, text_encoder, tokenizer, load_scheduler(directory), index.get(ERASE_KEY), directory,
                    train_params)
+
+    @classmethod
+    def create_pixel_model(cls, resolution: int, in_channels: int, scheduler, scratch: str | Path,
+                           channels: Sequence[int] = (32, 64), **info) -> "StableDiffusionAdapter":
+        """A text-conditional pixel-space model built from configs (seed torch first): a tiny UNet2DConditionModel
+        with cross-attention on a frozen random CLIP text encoder (erase train --conditioning text). It has no VAE;
+        its folder is a StableDiffusionPipeline folder with vae null."""
+        text_encoder, tokenizer = tiny_text_encoder(scratch)
+        unet = tiny_unet_condition(resolution, in_channels, text_encoder.config.hidden_size, channels)
+        return cls(unet, None, text_encoder, tokenizer, scheduler, info)
 
     @classmethod
     def from_pipeline(cls, pipeline, denoiser, info: dict, train_params: str | None = "full"):
@@ -119,18 +129,37 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
                    train_params=train_params)
 
     def to_pipeline(self):
+        """A StableDiffusionPipeline of the adapter's parts (vae None for a pixel-space model: plain diffusers saves
+        it and loads it with `from_pretrained(folder, vae=None)`, and erase samples it)."""
         from diffusers import StableDiffusionPipeline  # imported late: its import warns about torchvision
 
         return StableDiffusionPipeline(
-            vae=self.vae.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.denoiser,
+            vae=None if self.vae is None else self.vae.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.denoiser,
             scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def tiny_unet_condition(sample_size: int = 8, in_channels: int = 4, cross_attention_dim: int = 32) -> UNet2DConditionModel:
-    """A small UNet2DConditionModel with one cross-attention level (tests, the slow digit-prompt test)."""
+def tiny_text_encoder(directory: str | Path, max_length: int = 32, hidden_size: int = 32):
+    """A random-init CLIP text model (2 layers, 32-d) and a character-level CLIP tokenizer written to `directory`:
+    the frozen text side of erase train's text-conditional digit models and of the tests (seed torch first)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from erase.pipelines.text import write_character_vocabulary
+
+    folder = write_character_vocabulary(Path(directory))
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    return text_encoder, tokenizer
+
+
+def tiny_unet_condition(sample_size: int = 8, in_channels: int = 4, cross_attention_dim: int = 32,
+                        channels: Sequence[int] = (32, 64)) -> UNet2DConditionModel:
+    """A small UNet2DConditionModel with one cross-attention level (tests, erase train --conditioning text)."""
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        block_out_channels=tuple(channels), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
         attention_head_dim=8, norm_num_groups=8,
     )

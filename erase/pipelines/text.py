@@ -123,3 +123,18 @@ def quiet_load(model_class, directory, **kwargs):
     finally:
         if shown:
             transformers_logging.enable_progress_bar()
+
+
+def write_character_vocabulary(directory: Path) -> Path:
+    """A character-level CLIP BPE vocabulary (no merges) covering lowercase text, digits and punctuation."""
+    import json
+    import string
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in string.ascii_lowercase + string.digits + string.punctuation:
+        vocab[symbol] = len(vocab)
+        vocab[symbol + "</w>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return directory
