@@ -12,6 +12,7 @@ from erase.pipelines.classifier import ClassifierAdapter
 from erase.pipelines.base import ERASE_KEY, REPAIR, check_model_folder, read_model_index
 from erase.pipelines.ddpm import DDPMAdapter
 from erase.pipelines.dit import DiTAdapter
+from erase.pipelines.flux import FluxAdapter
 from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
 # One entry per backbone file: a new backbone is its file plus its line here (its adapter declares the diffusers
@@ -20,6 +21,7 @@ BACKBONES = {
     "ddpm": DDPMAdapter,
     "cfg_unet": CFGUNetAdapter,
     "dit": DiTAdapter,
+    "flux": FluxAdapter,
     "stable_diffusion": StableDiffusionAdapter,
     "classifier": ClassifierAdapter,
 }
