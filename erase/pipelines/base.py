@@ -23,15 +23,29 @@ Condition = Any
 
 @runtime_checkable
 class DiffusionAdapter(Protocol):
-    """A trainable denoiser plus the fixed parts (scheduler, encoder) needed to train and sample it."""
+    """A trainable denoiser plus the fixed parts (scheduler, encoder) needed to train and sample it. Everything a
+    method, the engine, the API or an evaluation calls on a model is declared here (or in the two capability
+    protocols below); erase/pipelines/base.py's AdapterBase implements the shared part."""
 
+    backbone: str  # the BACKBONES key (erase/pipelines/__init__.py), recorded in run.json
+    pipeline_class: str | None  # the diffusers pipeline class (by name) whose folders and objects it reads and writes
+    trained_component: str  # the pipeline component erasure trains ("unet", "transformer")
+    preset: str | None  # the erase.methods presets that apply (None: those named by `backbone`)
+    default_data: str  # where `--data auto` takes D_f and D_r from: "generated" by the model itself, or "mnist"
+    info: dict  # erase's facts about the model (class names, guidance scale, what was erased), saved under _erase
     denoiser: torch.nn.Module  # the module whose parameters erasure methods train (frozen ones: requires_grad False)
+    scheduler: Any  # the model's own diffusers scheduler (its config gives the schedule and prediction type)
     num_train_timesteps: int
     conditional: bool  # False for unconditional models: conditions are ignored, no guidance
-    takes_prompts: bool  # True for text-to-image models: conditions are prompt ids (see register_prompts)
+    takes_prompts: bool  # True for text-to-image models: conditions are prompt ids (see TextConditioned)
     generative: bool  # False for image classifiers (erase/pipelines/classifier.py): `losses(x, labels)` replaces the
     # noise prediction, and erase.objectives uses it; methods are unchanged
     image_shape: tuple[int, int, int]  # (C, H, W) of the images `encode` takes
+    latent_shape: tuple[int, int, int]  # (C, h, w) of what the denoiser works on
+    num_classes: int  # classes, or prompts registered so far
+    class_names: list[str]
+    guidance_scale: float  # the model's stored classifier-free guidance scale
+    device: torch.device
 
     def to(self, device) -> "DiffusionAdapter":
         """Move the denoiser and every frozen component (VAE, text encoder) to `device`."""
@@ -84,12 +98,41 @@ class DiffusionAdapter(Protocol):
                        stop_after: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The sampler's latents (and their timestep), optionally stopped after `stop_after` steps (ESD)."""
 
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """The denoiser's space -> images as floats in [0, 1]."""
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Write a folder that plain diffusers loads."""
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> "DiffusionAdapter":
         """Load a folder written by `save_pretrained` (or a public checkpoint of the same layout)."""
+
+    @classmethod
+    def from_pipeline(cls, pipeline, denoiser: torch.nn.Module, info: dict, **kwargs) -> "DiffusionAdapter":
+        """Wrap an in-memory pipeline of `pipeline_class`, training `denoiser` (its component or a copy)."""
+
+    def to_pipeline(self):
+        """The adapter's model as a `pipeline_class` object (frozen parts shared)."""
+
+
+@runtime_checkable
+class ClassConditioned(Protocol):
+    """Class-conditional models (CFG UNet, DiT): conditions are class ids."""
+
+    def check_class_ids(self, ids, allow_null: bool = False) -> None:
+        """Refuse ids the model does not have (OptionError naming them)."""
+
+
+@runtime_checkable
+class TextConditioned(Protocol):
+    """Text-to-image models (erase/pipelines/text.py): conditions are ids of registered prompts."""
+
+    def register_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Ids of `prompts`, encoding the new ones with the frozen text encoders."""
+
+    def select_trainable(self, choice: str) -> None:
+        """Train `full`, `xattn` (the attention that reads the text) or `noxattn` parameters only."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,7 +363,7 @@ class AdapterBase:
         scheduler = self.parameterization.sampler(num_inference_steps or 50, device, self.image_seq_len)
         count = len(conditions)
         x = randn_tensor((count, *self.latent_shape), generator=generator, device=device, dtype=dtype)
-        x = x * scheduler.init_noise_sigma
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # flow-matching schedulers start from unit noise
         condition = self.condition_batch(conditions, device)
         timesteps = scheduler.timesteps if stop_after is None else scheduler.timesteps[: stop_after + 1]
         was_training = self.denoiser.training

@@ -63,6 +63,8 @@ class DDPMAdapter(AdapterBase):
         return config.in_channels, height, width
 
     image_shape = latent_shape  # pixel space: the images are the latents
+    num_classes = 0  # unconditional: no classes to erase or keep
+    class_names: list[str] = []
 
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition=None) -> torch.Tensor:
         return self.denoiser(x_t, timesteps).sample

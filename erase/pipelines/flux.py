@@ -52,36 +52,6 @@ DEFAULT_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size: latent pixels of 
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (and largest) T5 prompt length
 
 
-class ShiftedVAE(FrozenVAE):
-    """Flux's VAE latents: (z - shift_factor) * scaling_factor, inverted as FluxPipeline decodes."""
-
-    @property
-    def shift_factor(self) -> float:
-        return self.vae.config.shift_factor or 0.0
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.vae.device, self.vae.dtype)
-        z = self.vae.encode(images).latent_dist.sample()
-        return (z - self.shift_factor) * self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + self.shift_factor
-        return (self.vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
-
-
-class FlowMatchingFromUnitNoise(FlowMatching):
-    """FlowMatching whose sampler states the scale of its starting noise: x at sigma 1 is eps itself.
-    FlowMatchEulerDiscreteScheduler has no `init_noise_sigma`, which AdapterBase.sample_latents multiplies the first
-    noise by; until base.py reads it with a default of 1, the sampler carries it."""
-
-    def sampler(self, num_inference_steps: int, device, image_seq_len: int | None = None):
-        scheduler = super().sampler(num_inference_steps, device, image_seq_len)
-        scheduler.init_noise_sigma = 1.0
-        return scheduler
-
-
 class FluxAdapter(PromptConditioning, AdapterBase):
     backbone = "flux"
     pipeline_class = "FluxPipeline"
@@ -95,13 +65,11 @@ class FluxAdapter(PromptConditioning, AdapterBase):
     def __init__(self, transformer: FluxTransformer2DModel, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
                  scheduler, info: dict | None = None, source: Path | None = None, train_params: str | None = "full"):
         super().__init__(transformer, scheduler, info)
-        flow = self.parameterization
-        if not isinstance(flow, FlowMatching):
+        if not isinstance(self.parameterization, FlowMatching):
             raise ModelError(f"a Flux transformer is a flow-matching model; its scheduler is a "
                              f"{type(scheduler).__name__} (use FlowMatchEulerDiscreteScheduler in "
                              "scheduler/scheduler_config.json)")
-        self.parameterization = FlowMatchingFromUnitNoise(flow.config, flow.density, flow.logit_mean, flow.logit_std)
-        self.vae = ShiftedVAE(vae)
+        self.vae = FrozenVAE(vae)  # subtracts the VAE's shift_factor before scaling, as FluxPipeline
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.text_encoder_2 = text_encoder_2.requires_grad_(False).eval()
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2

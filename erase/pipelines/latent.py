@@ -7,7 +7,8 @@ from diffusers import AutoencoderKL
 
 
 class FrozenVAE:
-    """Wraps `AutoencoderKL`: encode samples the posterior and scales by `scaling_factor`, as diffusers' training scripts do."""
+    """Wraps `AutoencoderKL`: encode samples the posterior, subtracts `shift_factor` (SD 3, Flux; 0 where the config
+    has none) and scales by `scaling_factor`, as diffusers' training scripts do; decode inverts both."""
 
     def __init__(self, vae: AutoencoderKL):
         self.vae = vae.requires_grad_(False).eval()
@@ -17,14 +18,18 @@ class FrozenVAE:
         """Pixels per latent pixel (8 for SD and DiT)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def shift_factor(self) -> float:
+        return self.vae.config.get("shift_factor") or 0.0
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.vae.device, self.vae.dtype)
-        return self.vae.encode(images).latent_dist.sample() * self.vae.config.scaling_factor
+        return (self.vae.encode(images).latent_dist.sample() - self.shift_factor) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor + self.shift_factor).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
