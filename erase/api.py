@@ -445,7 +445,8 @@ def sample(
     """Draw `n_per_condition` images per class or prompt; returns (images, record).
 
     images: floats in [0, 1], (N, C, H, W), condition-major. Image k of a condition uses seed `seed + k` (prompts:
-    their CSV evaluation_seed + seed + k), so any image can be redrawn alone. DDIM, eta 0, `steps` steps; guidance
+    their CSV evaluation_seed + seed + k), so any image can be redrawn alone. The model's sampler (DDIM, eta 0, for
+    DDPM-family schedules; flow-matching Euler for SD 3 / Flux), `steps` steps; guidance
     `guidance_scale` in eps_null + s (eps_c - eps_null) (None: the model's stored scale).
     record: what `erase sample` writes as index.json (model, sampler, and each image's file, condition and seed).
     out: also write that folder (images/*.png and index.json).
@@ -468,7 +469,8 @@ def sample(
     records = [{"file": f"images/{i:06d}.png", **job.record,
                 "guidance_scale": job.guidance_scale if job.guidance_scale is not None else adapter.info.get("guidance_scale")}
                for i, job in enumerate(jobs)]
-    header = {"model": opened.description, "model_info": adapter.info, "sampler": "DDIM, eta 0",
+    header = {"model": opened.description, "model_info": adapter.info,
+              "sampler": adapter.training_record()["sampler"],
               "num_inference_steps": steps, "n_per_condition": n_per_condition, "seed": seed,
               "sampling_seconds": seconds, "environment": environment()}
     record = as_json({**header, "images": records})

@@ -13,7 +13,9 @@ def add_condition_arguments(parser) -> None:
     which.add_argument("--classes", help="class ids to draw, e.g. '0-9' or '3,7'")
     which.add_argument("--prompts", type=Path, help="prompt CSV in the I2P layout (text-to-image models)")
     parser.add_argument("--limit", type=int, default=None, help="with --prompts: only the first N prompts")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="sampling steps (DDIM for DDPM-family models, flow-matching Euler for SD 3 and Flux) "
+                             "(default: %(default)s)")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="guidance s in eps_null + s (eps_c - eps_null) (default: the model's stored scale)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward batch (default: %(default)s)")

@@ -42,7 +42,7 @@ def register(commands) -> None:
     data.add_argument("--images-per-condition", type=int, default=8,
                       help="with --data generated: images per class or prompt (default: %(default)s)")
     data.add_argument("--generation-steps", type=int, default=50,
-                      help="with --data generated: DDIM steps per image (default: %(default)s)")
+                      help="with --data generated: sampling steps per image (default: %(default)s)")
     data.add_argument("--data-cache", type=Path, default=None,
                       help="with --data generated: reuse or fill this folder (default: OUT/generated)")
     model = parser.add_argument_group("model options")

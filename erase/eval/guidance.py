@@ -23,4 +23,5 @@ def guidance_sweep(adapter, classifier, scales: Sequence[float], per_class: int,
                      "accuracy_per_class": metrics["remaining_accuracy"]})
     best = max(rows, key=lambda row: (row["accuracy_mean"], -row["scale"]))
     return {"best": best["scale"], "rows": rows, "per_class": per_class, "seed": seed,
-            "num_inference_steps": num_inference_steps, "sampler": "DDIM, eta 0"}
+            "num_inference_steps": num_inference_steps,
+            "sampler": adapter.training_record()["sampler"]}
