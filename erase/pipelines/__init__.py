@@ -13,6 +13,7 @@ from erase.pipelines.base import ERASE_KEY, REPAIR, check_model_folder, read_mod
 from erase.pipelines.ddpm import DDPMAdapter
 from erase.pipelines.dit import DiTAdapter
 from erase.pipelines.flux import FluxAdapter
+from erase.pipelines.sdxl import StableDiffusionXLAdapter
 from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
 # One entry per backbone file: a new backbone is its file plus its line here (its adapter declares the diffusers
@@ -23,6 +24,7 @@ BACKBONES = {
     "dit": DiTAdapter,
     "flux": FluxAdapter,
     "stable_diffusion": StableDiffusionAdapter,
+    "sdxl": StableDiffusionXLAdapter,
     "classifier": ClassifierAdapter,
 }
 UNET_PIPELINE = "DDPMPipeline"  # unconditional, or class-conditional when the UNet has a class-embedding table
