@@ -14,6 +14,7 @@ from erase.pipelines.ddpm import DDPMAdapter
 from erase.pipelines.dit import DiTAdapter
 from erase.pipelines.flux import FluxAdapter
 from erase.pipelines.sdxl import StableDiffusionXLAdapter
+from erase.pipelines.sd3 import StableDiffusion3Adapter
 from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
 # One entry per backbone file: a new backbone is its file plus its line here (its adapter declares the diffusers
@@ -24,6 +25,7 @@ BACKBONES = {
     "dit": DiTAdapter,
     "flux": FluxAdapter,
     "stable_diffusion": StableDiffusionAdapter,
+    "sd3": StableDiffusion3Adapter,
     "sdxl": StableDiffusionXLAdapter,
     "classifier": ClassifierAdapter,
 }
