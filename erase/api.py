@@ -228,6 +228,7 @@ def unlearn(
     retain=None,
     method: str = "sfron",
     *,
+    model_config: str | os.PathLike | None = None,
     forget_random: float | None = None,
     replacement_prompt: str | None = None,
     data: str | os.PathLike = "auto",
@@ -255,6 +256,9 @@ def unlearn(
         `DiTPipeline` or `StableDiffusionPipeline`. The erased model comes back as the same kind of object (for a
         folder: the pipeline `DiffusionPipeline.from_pretrained` gives for it), ready to sample or save_pretrained.
         An object's denoiser is copied first unless `inplace=True`; frozen parts (VAE, text encoder) are shared.
+        Or a single-file checkpoint (`.safetensors`, original CompVis / A1111 layout; never modified) with
+        `model_config` = a local diffusers folder of its family (configs, tokenizer; erase/pipelines/single_file.py):
+        it comes back as a pipeline of that folder's class. Pickle checkpoints (.ckpt, .pt, .bin) are refused.
     forget / retain: class ids (`7`, `[1, 3]`, `"0-4"`) for class models; prompts (strings) or prompt CSV files
         (`pathlib.Path`) for text-to-image models. `retain` defaults to every other class; prompts need it.
     method: one of erase.methods.METHODS ("sfron", "joint", "nabla_tau", "ga", "rl", "salun", "esd", "sa").
@@ -282,7 +286,8 @@ def unlearn(
         raise OptionError(f"{option('--method', 'method')} {method!r} is not one of {', '.join(sorted(METHODS))}")
     folder_input = isinstance(model, (str, os.PathLike))
     if out is not None:
-        out = check_output_dir(out, overwrite, inputs=(model,) if folder_input else ())
+        inputs = ((model,) if folder_input else ()) + ((model_config,) if model_config is not None else ())
+        out = check_output_dir(out, overwrite, inputs=inputs)
     run_fn, config_class = METHODS[method]
     check_ranges(locals(), UNLEARN_RANGES)
     method_values, runtime_values = split_options(method, options)
@@ -291,7 +296,7 @@ def unlearn(
         raise OptionError(f"config is a {type(config).__name__}; method {method} takes a {config_class.__name__}")
     runtime = build_config(Runtime, {**(dataclasses.asdict(runtime) if runtime is not None else {}), **runtime_values})
 
-    opened = open_model(model, copy_weights=not inplace and not folder_input)
+    opened = open_model(model, copy_weights=not inplace and not folder_input, model_config=model_config)
     adapter = opened.adapter
     dtype = next(adapter.denoiser.parameters()).dtype
     if dtype != torch.float32:
@@ -433,6 +438,7 @@ def sample(
     classes=None,
     prompts=None,
     *,
+    model_config: str | os.PathLike | None = None,
     n_per_condition: int = 10,
     seed: int = 0,
     steps: int = 50,
@@ -449,6 +455,8 @@ def sample(
     DDPM-family schedules; flow-matching Euler for SD 3 / Flux), `steps` steps; guidance
     `guidance_scale` in eps_null + s (eps_c - eps_null) (None: the model's stored scale).
     record: what `erase sample` writes as index.json (model, sampler, and each image's file, condition and seed).
+    model_config: with a single-file .safetensors checkpoint as `model`, the local diffusers folder of its family
+        (as in erase.unlearn).
     out: also write that folder (images/*.png and index.json).
     """
     from erase.config import check_ranges
@@ -459,8 +467,9 @@ def sample(
 
     check_ranges(locals(), SAMPLE_RANGES)
     if out is not None:
-        out = check_output_dir(out, overwrite, inputs=(model,) if isinstance(model, (str, os.PathLike)) else ())
-    opened = open_model(model, train_params=None)
+        inputs = ((model,) if isinstance(model, (str, os.PathLike)) else ()) + ((model_config,) if model_config else ())
+        out = check_output_dir(out, overwrite, inputs=inputs)
+    opened = open_model(model, train_params=None, model_config=model_config)
     adapter = opened.adapter
     jobs = build_jobs(adapter, classes, prompts, list(range(seed, seed + n_per_condition)), guidance_scale, limit)
     started = time.perf_counter()

@@ -29,9 +29,9 @@ ACCEPTED = "a model folder, a (UNet2DModel, scheduler) pair or a diffusers pipel
 @dataclass
 class OpenedModel:
     adapter: Any  # erase.pipelines adapter (what methods see)
-    kind: str  # "folder" | "pipeline" | "pair"
-    source: Any  # the folder path or the object passed in
-    description: str  # for records: the folder path, or "in-memory StableDiffusionPipeline"
+    kind: str  # "folder" | "file" (a single-file checkpoint, erase/pipelines/single_file.py) | "pipeline" | "pair"
+    source: Any  # the folder or file path, or the object passed in
+    description: str  # for records: the folder or file path, or "in-memory StableDiffusionPipeline"
 
     @property
     def folder(self) -> Path | None:
@@ -58,14 +58,28 @@ def _unet_adapter(unet, scheduler, info: dict):
     return BACKBONES["cfg_unet" if unet.config.num_class_embeds else "ddpm"](unet, scheduler, info)
 
 
-def open_model(model, *, copy_weights: bool = False, train_params: str | None = "full") -> OpenedModel:
+def open_model(model, *, copy_weights: bool = False, train_params: str | None = "full",
+               model_config: str | os.PathLike | None = None) -> OpenedModel:
     """`model` as an adapter. `copy_weights`: train a copy of the denoiser, leaving the caller's object untouched
     (frozen parts, the VAE and text encoder, are shared, never trained). `train_params` None: for sampling only
-    (a Stable Diffusion UNet's requires_grad flags are left as they are)."""
+    (a Stable Diffusion UNet's requires_grad flags are left as they are). `model_config`: the local diffusers folder
+    whose configs read a single-file checkpoint `model` (a .safetensors path; kind "file", given back as the
+    pipeline its adapter's `to_pipeline` makes)."""
     if isinstance(model, (str, os.PathLike)):
+        from erase.pipelines.single_file import SINGLE_FILE_SUFFIXES, load_single_file
+
+        path = Path(model)
+        named_file = not path.exists() and path.suffix.lower() in SINGLE_FILE_SUFFIXES
+        if model_config is not None or path.is_file() or named_file:
+            return OpenedModel(load_single_file(model, model_config, train_params), "file", model, str(model))
         from erase.pipelines import load_adapter
 
         return OpenedModel(load_adapter(model), "folder", model, str(model))
+    if model_config is not None:
+        from erase.errors import option
+
+        raise ModelError(f"{option('--model-config', 'model_config')} applies to a single-file checkpoint path; "
+                         f"this model is an in-memory {type(model).__name__}: leave it out")
     own = (lambda module: copy.deepcopy(module)) if copy_weights else (lambda module: module)
     if isinstance(model, tuple) and len(model) == 2 and type(model[0]).__name__ == "UNet2DModel":
         unet, scheduler = model
@@ -84,8 +98,9 @@ def open_model(model, *, copy_weights: bool = False, train_params: str | None = 
 
 def to_diffusers(opened: OpenedModel):
     """The adapter's model as the kind of object `opened` came from: a pair for a pair, the same pipeline class for
-    a pipeline (its other components shared), and for a folder the pipeline plain `from_pretrained` gives for it
-    (a classifier folder gives its adapter). `_erase` facts go into the pipeline's config."""
+    a pipeline (its other components shared), for a folder the pipeline plain `from_pretrained` gives for it
+    (a classifier folder gives its adapter), and for a single file the pipeline of the adapter's parts. `_erase` facts
+    go into the pipeline's config."""
     adapter = opened.adapter
     if opened.kind == "pair":
         return adapter.denoiser, adapter.scheduler

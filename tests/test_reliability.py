@@ -154,6 +154,61 @@ UNLEARN_PROMPTS = ["unlearn", "--model", "{sd}", "--forget-prompts", "{prompts}"
 DDPM = ["unlearn", "--model", "{ddpm}", "--data", "digits", "--forget-class", "7", "--steps", "2", "--batch-size", "8"]
 GRID = ["grid", "--model", "a={model}", "--classes", "0,1", "--seeds", "0", "--steps", "2"]
 
+
+# ---- single-file checkpoints (erase/pipelines/single_file.py): {file} is what the preparation wrote ------------------
+
+def small_tensors(models: dict) -> dict:
+    import torch
+
+    return {"x": torch.zeros(64)}
+
+
+def ldm_tensors(change=None, unet_channels=None):
+    """The tiny Stable Diffusion's weights in the original single-file layout (tests/ldm_layout.py), `change`d."""
+    def tensors(models: dict) -> dict:
+        from erase.pipelines.stable_diffusion import tiny_unet_condition
+        from tests.conftest import tiny_stable_diffusion
+        from tests.ldm_layout import ldm_state_dict
+
+        parts = tiny_stable_diffusion(models["scratch"])
+        unet = parts.denoiser if unet_channels is None else tiny_unet_condition(8, 4, 32, unet_channels)
+        weights = ldm_state_dict(unet, parts.vae.vae, parts.text_encoder)
+        return change(weights) if change is not None else weights
+    return tensors
+
+
+def single_file(name: str = "model.safetensors", tensors=small_tensors, cut: bool = False, config: bool = False):
+    """A preparation writing {file} (safetensors `tensors`, cut to half its length with `cut`; any other suffix: bytes
+    that must never be read) and, with `config`, an empty folder {config}."""
+    def prepare(tmp_path: Path, models: dict) -> dict:
+        from safetensors.torch import save_file
+
+        path = tmp_path / name
+        if path.suffix == ".safetensors":
+            save_file(tensors({**models, "scratch": tmp_path / "scratch"}), path)
+            if cut:
+                truncate_file(path)
+        else:
+            path.write_bytes(b"\x80\x04never unpickled")
+        if config:
+            (tmp_path / "configs").mkdir()
+        return {"file": path, "config": tmp_path / "configs"}
+    return prepare
+
+
+def without(key: str):
+    return lambda weights: {k: v for k, v in weights.items() if k != key}
+
+
+SD_FILE = ["unlearn", "--model", "{file}", "--model-config", "{sd}", "--forget-prompt", "a cat", "--retain-prompt",
+           "a dog", "--steps", "1"]
+SAMPLE_FILE = ["sample", "--model", "{file}", "--prompts", "{nowhere}", "--n-per-condition", "1"]
+
+
+def with_config(argv: list[str], config: str) -> list[str]:
+    at = argv.index("--model-config")
+    return [*argv[: at + 1], config, *argv[at + 2 :]]
+
 # (id, command, preparation(tmp_path, {placeholder: model folder}) -> placeholder values, message).
 CASES = [
     # damaged model folders
@@ -233,6 +288,46 @@ CASES = [
      r"--method esd cannot erase anything .* negative guidance .* is exactly 0; use --method ga"),
     ("ddpm-sa-pseudo-surrogate", [*DDPM, "--method", "sa", "--surrogate", "pseudo"], None,
      r"--surrogate pseudo cannot erase anything .*; use --surrogate noise"),
+    # single-file checkpoints: refused before any weights load, or with what diffusers could not fit
+    ("single-file-pickle-ckpt", SD_FILE, single_file("model.ckpt"),
+     r"--model '.*model\.ckpt' is a pickle checkpoint \(\.ckpt\); pickle checkpoints are never loaded \(they can run "
+     r"code\); convert it to \.safetensors where you trust the file: .*convert_original_stable_diffusion_to_diffusers"),
+    ("single-file-pickle-bin", SAMPLE_FILE, single_file("model.bin"),
+     r"--model '.*model\.bin' is a pickle checkpoint \(\.bin\); pickle checkpoints are never loaded"),
+    ("single-file-not-safetensors", SD_FILE, single_file("notes.txt"),
+     r"--model '.*notes\.txt' is a file but not a \.safetensors checkpoint; pass a diffusers model folder, or a "
+     r"single-file checkpoint \(\.safetensors\) with --model-config"),
+    ("single-file-without-model-config", SD_FILE[:3] + SD_FILE[5:], single_file(),
+     r"--model '.*model\.safetensors' is a single-file checkpoint: pass --model-config DIR, a local diffusers folder "
+     r"of the same family"),
+    ("single-file-truncated", SD_FILE, single_file(cut=True),
+     r"--model '.*model\.safetensors' is truncated or not a safetensors file \(\d+ bytes where the header describes "
+     r"\d+\); download it again or use an intact copy"),
+    ("single-file-missing", SD_FILE[:2] + ["{nowhere}"] + SD_FILE[3:], None,
+     r"--model '.*nowhere' does not exist; pass a diffusers model folder, or a \.safetensors checkpoint file with "
+     r"--model-config"),
+    ("single-file-model-config-with-a-folder", SD_FILE[:2] + ["{sd}"] + SD_FILE[3:], None,
+     r"--model-config applies to a single-file checkpoint, and --model '.*' is a folder \(it has its own configs\); "
+     r"leave --model-config out"),
+    ("single-file-config-missing", with_config(SD_FILE, "{nowhere}"), single_file(),
+     r"--model-config '.*nowhere' is not a folder; pass a local diffusers folder"),
+    ("single-file-config-not-diffusers", with_config(SD_FILE, "{config}"), single_file(config=True),
+     r"--model-config '.*configs' is not a diffusers pipeline folder \(no model_index\.json\); pass a local "
+     r"diffusers folder of the checkpoint's family"),
+    ("single-file-config-unsupported-class", with_config(SD_FILE, "{model}"), single_file(),
+     r"--model-config '.*' holds a 'DDPMPipeline' pipeline \(model_index\.json _class_name\); erase reads "
+     r"single-file checkpoints of \[.*'StableDiffusionPipeline'.*\]: pass a folder of one of those"),
+    ("single-file-not-original-layout", SD_FILE, single_file(),
+     r"--model '.*model\.safetensors' cannot be read as a StableDiffusionPipeline checkpoint with the configs of "
+     r"--model-config '.*' \(Failed to load CLIPTextModel\. Weights for this component appear to be missing in the "
+     r"checkpoint\.\); pass a file in the original single-file layout"),
+    ("single-file-other-size", SD_FILE, single_file(tensors=ldm_tensors(unet_channels=(16, 32))),
+     r"cannot be read as a StableDiffusionPipeline checkpoint with the configs of --model-config '.*' \(.*expected "
+     r"shape .*\); pass a file in the original single-file layout holding every component, and a folder of its own"),
+    ("single-file-tensor-missing", SD_FILE,
+     single_file(tensors=ldm_tensors(without("cond_stage_model.transformer.text_model.final_layer_norm.weight"))),
+     r"--model '.*model\.safetensors' holds no weights for 1 tensor of the text_encoder that --model-config '.*' "
+     r"describes \(e\.g\. 'final_layer_norm\.weight'\); pass a folder of the file's own model family and size"),
 ]
 
 # Numeric flags outside their range. Every field that declares a "range" (the config of each method, TrainConfig,

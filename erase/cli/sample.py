@@ -28,7 +28,11 @@ def register(commands) -> None:
                     "evaluation_seed + SEED + k), so images are reproducible one by one. Writes "
                     "OUT/images/*.png and OUT/index.json (model, sampler, guidance, and each image's condition and seed).",
     )
-    parser.add_argument("--model", required=True, help="diffusers model folder")
+    parser.add_argument("--model", required=True,
+                        help="diffusers model folder, or a single-file .safetensors checkpoint with --model-config")
+    parser.add_argument("--model-config", type=Path, default=None, metavar="DIR",
+                        help="with --model FILE.safetensors: a local diffusers folder of the same family (configs, "
+                             "tokenizer; nothing is downloaded)")
     add_condition_arguments(parser)
     parser.add_argument("--n-per-condition", type=int, default=10, help="images per class or prompt (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
@@ -39,7 +43,8 @@ def register(commands) -> None:
 def run(args) -> None:
     from erase.api import sample
 
-    images, record = sample(args.model, args.classes, args.prompts, n_per_condition=args.n_per_condition, seed=args.seed,
-                       steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
-                       limit=args.limit, out=args.out, overwrite=args.overwrite)
+    images, record = sample(args.model, args.classes, args.prompts, model_config=args.model_config,
+                            n_per_condition=args.n_per_condition, seed=args.seed, steps=args.steps,
+                            guidance_scale=args.guidance_scale, batch_size=args.batch_size, limit=args.limit,
+                            out=args.out, overwrite=args.overwrite)
     print(f"wrote {len(images)} images in {record['sampling_seconds']:.1f} s to {args.out}")

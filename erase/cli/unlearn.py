@@ -21,7 +21,14 @@ def register(commands) -> None:
                     "Writes the erased model (a plain diffusers folder: only the trained component is new), "
                     "mask.safetensors (saliency mask, where the method has one) and run.json.",
     )
-    parser.add_argument("--model", required=True, help="input diffusers model folder (read only)")
+    parser.add_argument("--model", required=True,
+                        help="input diffusers model folder, or a single-file .safetensors checkpoint with "
+                             "--model-config (read only)")
+    parser.add_argument("--model-config", type=Path, default=None, metavar="DIR",
+                        help="with --model FILE.safetensors (original CompVis / A1111 single-file layout): a local "
+                             "diffusers folder of the same family whose model_index.json names the pipeline class and "
+                             "whose configs and tokenizer are used (nothing is downloaded); the result is a full "
+                             "diffusers folder")
     what = parser.add_argument_group("what to erase (classes, or prompts for text-to-image models)")
     what.add_argument("--forget-class", help="class id(s) to erase, e.g. '7' or '1,3'")
     what.add_argument("--forget-random", type=float, default=None,
@@ -89,7 +96,7 @@ def run(args) -> None:
         retain = parse_class_ids(args.remain_classes) if args.remain_classes else None
     given = {name for _, cls in METHODS.values() for name in cls.__dataclass_fields__ if hasattr(args, name)}
     _, record = unlearn(
-        args.model, forget, retain, args.method, forget_random=args.forget_random,
+        args.model, forget, retain, args.method, model_config=args.model_config, forget_random=args.forget_random,
         replacement_prompt=args.replacement_prompt, data=args.data, images_per_condition=args.images_per_condition,
         generation_steps=args.generation_steps, data_cache=args.data_cache, preset=args.preset, mask=args.mask,
         train_params=args.train_params, gradient_checkpointing=args.gradient_checkpointing,
