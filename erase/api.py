@@ -366,6 +366,7 @@ def unlearn(
             "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": forget_random,
             "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
             "replacement_prompt": replacement_prompt, "train_params": adapter.info.get("train_params"),
+            "train_params_rule": adapter.info.get("train_params_rule"),
             "prompt_ids": ({p: i for i, p in enumerate(adapter.class_names)} if adapter.takes_prompts else None),
             "data": data_record, "forget_images": len(forget_set), "remain_images": len(remain_set),
             "config": config, "preset": chosen, "runtime": runtime, "mask_from": None if mask is None else str(mask),

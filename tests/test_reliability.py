@@ -75,8 +75,12 @@ def foreign_pipeline(index: dict) -> dict:
 
 
 def unknown_backbone(index: dict) -> dict:
-    index["_erase"]["backbone"] = "flux"
+    index["_erase"]["backbone"] = "kandinsky"
     return index
+
+
+def unknown_prediction_type(config: dict) -> dict:
+    return {**config, "prediction_type": "x_star"}
 
 
 def other_widths(config: dict) -> dict:
@@ -232,10 +236,17 @@ CASES = [
     ("scheduler-folder-missing", SAMPLE, damaged(delete("scheduler")),
      r"the scheduler/ folder that model_index\.json lists is missing; " + REPAIR),
     ("unsupported-pipeline-class", UNLEARN, damaged(edit_json("model_index.json", foreign_pipeline)),
-     r"holds a 'KandinskyV22Pipeline' pipeline .*; erase supports \['DDPMPipeline', 'DiTPipeline', "
-     r"'StableDiffusionPipeline'\]: pass a model folder of one of those"),
+     r"holds a 'KandinskyV22Pipeline' pipeline .*; erase supports \['DDPMPipeline', 'DiTPipeline', 'FluxPipeline', "
+     r"'StableDiffusion3Pipeline', 'StableDiffusionPipeline', 'StableDiffusionXLPipeline'\]: pass a model folder of "
+     r"one of those"),
     ("unsupported-backbone", SAMPLE, damaged(edit_json("model_index.json", unknown_backbone)),
-     r"is a 'flux' model \(model_index\.json _erase\.backbone\); erase supports .*: pass a model folder of one"),
+     r"is a 'kandinsky' model \(model_index\.json _erase\.backbone\); erase supports .*: pass a model folder of one"),
+    ("unknown-prediction-type", UNLEARN, damaged(edit_json("scheduler/scheduler_config.json", unknown_prediction_type)),
+     r"the scheduler's prediction_type 'x_star' is unknown; erase trains epsilon, v_prediction, sample .* and flow "
+     r"matching .*: fix scheduler/scheduler_config\.json"),
+    ("unknown-prediction-type-sd", SD_UNLEARN, damaged(edit_json("scheduler/scheduler_config.json",
+                                                                 unknown_prediction_type), "sd"),
+     r"the scheduler's prediction_type 'x_star' is unknown"),
     ("config-does-not-fit-weights", GRID, damaged(edit_json("unet/config.json", other_widths)),
      r"cannot be loaded as a cfg_unet model \(.*\); " + REPAIR),
     ("sd-vae-folder-missing", SD_UNLEARN, damaged(delete("vae"), "sd"),
