@@ -90,3 +90,31 @@ def test_an_unknown_prediction_type_is_refused_naming_the_scheduler_file():
 
     with pytest.raises(ModelError, match="prediction_type 'x_star' is unknown.*scheduler_config.json"):
         training_target({**SD_SCHEDULE, "prediction_type": "x_star"})
+
+
+METHOD_OPTIONS = {"sfron": dict(fisher_batches=1), "joint": dict(fisher_batches=1), "nabla_tau": {},
+                  "ga": {}, "rl": {}, "salun": dict(saliency_batches=1), "esd": dict(ddim_steps=2),
+                  "sa": dict(replay_per_condition=1, replay_steps=2, fisher_batches=1)}
+
+
+@pytest.mark.parametrize("family", ["v_prediction", "flow_matching"])
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+def test_every_method_runs_on_v_prediction_and_flow_models_and_moves_the_weights(tmp_path, method, family):
+    """Each method goes through the adapter's target unchanged: one step on a v-prediction SD and on an SD 3 model."""
+    import erase
+    from erase.methods import METHODS
+    from tests.family_checks import same, state
+
+    assert set(METHOD_OPTIONS) == set(METHODS)  # a new method gets a row here
+    if family == "v_prediction":
+        pipeline, trained = sd_pipeline(tmp_path, "v_prediction"), "unet"
+    else:
+        from tests.test_family_sd3 import sd3_pipeline
+
+        pipeline, trained = sd3_pipeline(tmp_path, with_t5=False), "transformer"
+    before = state(getattr(pipeline, trained))
+    erased, record = erase.unlearn(pipeline, forget="a photo of a cat", retain=["a photo of a dog"], method=method,
+                                   steps=1, batch_size=1, images_per_condition=1, generation_steps=2,
+                                   **METHOD_OPTIONS[method])
+    assert record["training_target"]["prediction_type"] == family
+    assert not same(state(getattr(erased, trained)), before)

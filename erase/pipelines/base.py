@@ -286,9 +286,22 @@ class AdapterBase:
     def guidance_scale(self) -> float:
         return float(self.info.get("guidance_scale", 1.0))
 
+    vae = None  # latent models: a FrozenVAE (erase/pipelines/latent.py); None for pixel-space models
+    source = None  # a folder read by from_pretrained: save_pretrained copies its other files byte for byte
+    text_encoder_names: tuple[str, ...] = ()  # attributes holding frozen text encoders (None where absent)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """The frozen parts that move with the denoiser: the VAE and the text encoders."""
+        modules = [getattr(self, name) for name in self.text_encoder_names]
+        return [m for m in modules if m is not None] + ([self.vae.vae] if self.vae is not None else [])
+
     def to(self, device) -> "AdapterBase":
-        """Move the denoiser and every frozen component to `device`."""
+        """Move the denoiser, every frozen component and any prompt-embedding table to `device`."""
         self.denoiser.to(device)
+        for module in self.frozen_modules():
+            module.to(device)
+        if getattr(self, "embeddings", None) is not None:
+            self.move_embeddings(device)
         return self
 
     def embed(self, condition):
@@ -296,10 +309,24 @@ class AdapterBase:
         return condition
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images  # pixel-space model
+        """Images in [-1, 1] -> the denoiser's space: the VAE's scaled latents, or the pixels themselves."""
+        return images if self.vae is None else self.vae.encode(images)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.vae is not None:
+            return self.vae.decode(x0)
         return (x0.float() / 2 + 0.5).clamp(0, 1)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """A full `pipeline_class` folder: the trained component saved and, for a model read from a folder, every
+        other file copied from it byte for byte; `_erase` facts in model_index.json."""
+        directory = Path(directory)
+        if self.source is not None:
+            copy_components(self.source, directory, skip=self.trained_component)
+            self.denoiser.save_pretrained(directory / self.trained_component)
+        else:
+            self.to_pipeline().save_pretrained(directory)
+        write_erase_info(directory, self.info)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.parameterization.add_noise(x0, noise, timesteps)

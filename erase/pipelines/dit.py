@@ -17,8 +17,7 @@ import torch
 from diffusers import DiTPipeline, DiTTransformer2DModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
-                                  write_erase_info)
+from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
 from erase.pipelines.cfg_unet import ClassConditioning
 from erase.pipelines.latent import FrozenVAE
 
@@ -54,30 +53,9 @@ class DiTAdapter(ClassConditioning, AdapterBase):
         size = self.denoiser.config.sample_size * self.vae.scale_factor
         return self.vae.vae.config.in_channels, size, size
 
-    def to(self, device) -> "DiTAdapter":
-        self.denoiser.to(device)
-        self.vae.vae.to(device)
-        return self
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents)
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         out = self.denoiser(x_t, timestep=timesteps, class_labels=condition).sample  # (N, 2C, h, w) with learned sigma
         return out[:, : self.latent_channels]
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """A full `DiTPipeline` folder: the trained transformer saved, everything else copied from the source."""
-        directory = Path(directory)
-        if self.source is not None:
-            copy_components(self.source, directory, skip="transformer")
-            self.denoiser.save_pretrained(directory / "transformer")
-        else:
-            self.to_pipeline().save_pretrained(directory)
-        write_erase_info(directory, self.info)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs):

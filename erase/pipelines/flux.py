@@ -37,8 +37,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
-                                  write_erase_info)
+from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
 from erase.pipelines.latent import FrozenVAE
 from erase.pipelines.targets import FlowMatching
 from erase.pipelines.text import PromptConditioning, quiet_load
@@ -54,6 +53,7 @@ MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (and largest) T5 prompt leng
 
 class FluxAdapter(PromptConditioning, AdapterBase):
     backbone = "flux"
+    text_encoder_names = ('text_encoder', 'text_encoder_2')
     pipeline_class = "FluxPipeline"
     trained_component = "transformer"
     preset = "stable_diffusion"  # text-to-image presets
@@ -125,18 +125,6 @@ class FluxAdapter(PromptConditioning, AdapterBase):
         size = int(self.info["image_size"])
         return self.vae.vae.config.in_channels, size, size
 
-    def to(self, device) -> "FluxAdapter":
-        for module in (self.denoiser, self.text_encoder, self.text_encoder_2, self.vae.vae):
-            module.to(device)
-        self.move_embeddings(device)
-        return self
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents)
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         """The transformer's velocity at (x_t, t, c), called as FluxPipeline's denoising loop calls it."""
         from diffusers import FluxPipeline
@@ -160,16 +148,6 @@ class FluxAdapter(PromptConditioning, AdapterBase):
     def training_record(self) -> dict:
         """The flow target plus the guidance value the transformer is given (None: no guidance embedding)."""
         return {**super().training_record(), "distilled_guidance": self.info.get("distilled_guidance")}
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """A full FluxPipeline folder: the trained transformer saved, every other file copied from the source."""
-        directory = Path(directory)
-        if self.source is not None:
-            copy_components(self.source, directory, skip="transformer")
-            self.denoiser.save_pretrained(directory / "transformer")
-        else:
-            self.to_pipeline().save_pretrained(directory)
-        write_erase_info(directory, self.info)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):

@@ -27,8 +27,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
-                                  write_erase_info)
+from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
 from erase.pipelines.latent import FrozenVAE
 from erase.pipelines.targets import FlowMatching
 from erase.pipelines.text import PromptConditioning, quiet_load
@@ -44,6 +43,7 @@ COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer
 
 class StableDiffusion3Adapter(PromptConditioning, AdapterBase):
     backbone = "sd3"
+    text_encoder_names = ('text_encoder', 'text_encoder_2', 'text_encoder_3')
     pipeline_class = "StableDiffusion3Pipeline"
     trained_component = "transformer"
     preset = "stable_diffusion"  # SFR-on's Stable Diffusion settings (erase/sfron.py PRESETS)
@@ -102,36 +102,11 @@ class StableDiffusion3Adapter(PromptConditioning, AdapterBase):
         patches = self.denoiser.config.sample_size // self.denoiser.config.patch_size
         return patches * patches
 
-    def to(self, device) -> "StableDiffusion3Adapter":
-        self.denoiser.to(device)
-        for encoder in (self.text_encoder, self.text_encoder_2, self.text_encoder_3, self.vae.vae):
-            if encoder is not None:
-                encoder.to(device)
-        self.move_embeddings(device)
-        return self
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents)
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         """The velocity at (x_t, sigma * T): timesteps go in as the pipeline passes them (floats, T = pure noise)."""
         embedded = self.embed(condition)
         return self.denoiser(hidden_states=x_t, timestep=timesteps, encoder_hidden_states=embedded["prompt_embeds"],
                              pooled_projections=embedded["pooled"]).sample
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """A full StableDiffusion3Pipeline folder: the trained transformer saved, every other file copied from the
-        source."""
-        directory = Path(directory)
-        if self.source is not None:
-            copy_components(self.source, directory, skip="transformer")
-            self.denoiser.save_pretrained(directory / "transformer")
-        else:
-            self.to_pipeline().save_pretrained(directory)
-        write_erase_info(directory, self.info)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):

@@ -29,8 +29,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
-                                  write_erase_info)
+from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
 from erase.pipelines.cfg_unet import GUIDANCE_CONVENTION
 from erase.pipelines.latent import FrozenVAE
 from erase.pipelines.stable_diffusion import UNET_OUTPUT_LAYERS
@@ -41,6 +40,7 @@ COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tok
 
 class StableDiffusionXLAdapter(PromptConditioning, AdapterBase):
     backbone = "sdxl"
+    text_encoder_names = ('text_encoder', 'text_encoder_2')
     pipeline_class = "StableDiffusionXLPipeline"
     trained_component = "unet"
     preset = "stable_diffusion"  # the Stable Diffusion method presets apply
@@ -114,36 +114,12 @@ class StableDiffusionXLAdapter(PromptConditioning, AdapterBase):
         scale = self.vae.scale_factor
         return self.vae.vae.config.in_channels, height * scale, width * scale
 
-    def to(self, device) -> "StableDiffusionXLAdapter":
-        self.denoiser.to(device)
-        self.text_encoder.to(device)
-        self.text_encoder_2.to(device)
-        self.vae.vae.to(device)
-        self.move_embeddings(device)
-        return self
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents)
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         embedded = self.embed(condition)
         time_ids = self.add_time_ids.to(x_t.device).expand(x_t.shape[0], -1)  # (N, 6), as the pipeline batches them
         added_cond_kwargs = {"text_embeds": embedded["pooled"], "time_ids": time_ids}
         return self.denoiser(x_t, timesteps, encoder_hidden_states=embedded["prompt_embeds"],
                              added_cond_kwargs=added_cond_kwargs).sample
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """A full StableDiffusionXLPipeline folder: the trained UNet saved, every other file copied from the source."""
-        directory = Path(directory)
-        if self.source is not None:
-            copy_components(self.source, directory, skip="unet")
-            self.denoiser.save_pretrained(directory / "unet")
-        else:
-            self.to_pipeline().save_pretrained(directory)
-        write_erase_info(directory, self.info)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):

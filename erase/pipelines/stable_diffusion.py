@@ -16,8 +16,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import (ERASE_KEY, AdapterBase, copy_components, load_scheduler, read_model_index,
-                                  write_erase_info)
+from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
 from erase.pipelines.cfg_unet import GUIDANCE_CONVENTION
 from erase.pipelines.latent import FrozenVAE
 from erase.pipelines.text import PromptConditioning, quiet_load
@@ -27,6 +26,7 @@ UNET_OUTPUT_LAYERS = ("time_embedding", "conv_out", "conv_norm_out")
 
 class StableDiffusionAdapter(PromptConditioning, AdapterBase):
     backbone = "stable_diffusion"
+    text_encoder_names = ('text_encoder',)
     pipeline_class = "StableDiffusionPipeline"
     output_layers = UNET_OUTPUT_LAYERS
     text_attention_rule = "cross-attention (attn2)"
@@ -66,32 +66,8 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
         size = self.denoiser.config.sample_size * self.vae.scale_factor
         return self.vae.vae.config.in_channels, size, size
 
-    def to(self, device) -> "StableDiffusionAdapter":
-        self.denoiser.to(device)
-        self.text_encoder.to(device)
-        self.move_embeddings(device)
-        if self.vae is not None:
-            self.vae.vae.to(device)
-        return self
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images if self.vae is None else self.vae.encode(images)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return super().decode(latents) if self.vae is None else self.vae.decode(latents)
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         return self.denoiser(x_t, timesteps, **self.embed(condition)).sample
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """A full StableDiffusionPipeline folder: the trained UNet saved, every other file copied from the source."""
-        directory = Path(directory)
-        if self.source is not None:
-            copy_components(self.source, directory, skip="unet")
-            self.denoiser.save_pretrained(directory / "unet")
-        else:
-            self.to_pipeline().save_pretrained(directory)
-        write_erase_info(directory, self.info)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):

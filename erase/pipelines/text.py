@@ -13,6 +13,7 @@ with `text_attention(name)`; `noxattn`, everything else but the time embedding a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
