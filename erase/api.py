@@ -253,7 +253,8 @@ def unlearn(
     """Erase `forget` from `model` with `method`; returns (erased model, record).
 
     model: a diffusers folder (never modified) or an in-memory `DDPMPipeline`, `(UNet2DModel, scheduler)` pair,
-        `DiTPipeline` or `StableDiffusionPipeline`. The erased model comes back as the same kind of object (for a
+        `DiTPipeline`, `StableDiffusionPipeline`, `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline` or
+        `FluxPipeline` (erase/pipelines: each trained toward its own prediction type). The erased model comes back as the same kind of object (for a
         folder: the pipeline `DiffusionPipeline.from_pretrained` gives for it), ready to sample or save_pretrained.
         An object's denoiser is copied first unless `inplace=True`; frozen parts (VAE, text encoder) are shared.
         Or a single-file checkpoint (`.safetensors`, original CompVis / A1111 layout; never modified) with

@@ -14,7 +14,8 @@ def register(commands) -> None:
     parser = commands.add_parser(
         "unlearn", help="erase classes (class models, classifiers), prompts (text-to-image models) or a share of "
                         "a classifier's training set",
-        description="Erase classes or prompts from a diffusers model folder (CFG UNet, DDPM, DiT, Stable Diffusion) "
+        description="Erase classes or prompts from a diffusers model folder (CFG UNet, DDPM, DiT, Stable Diffusion 1.x/2.x, "
+                    "SDXL, SD 3.x, Flux.1; each trained toward its own prediction type, recorded in run.json) "
                     "with SFR-on, its joint variant, Nabla-tau, GA, RL, SalUn, ESD or SA; or classes or a random share "
                     "of the training set from a classifier written by `erase train-classifier` (every method but ESD "
                     "and SA). "
@@ -45,7 +46,7 @@ def register(commands) -> None:
     data.add_argument("--data", default="auto",
                       help="'mnist', 'digits', a folder with one subfolder per class, a folder written by "
                            "`erase sample` (index.json), or 'generated' (sample the base model); 'auto' = mnist for "
-                           "UNet class models, generated for DiT and Stable Diffusion (default: %(default)s)")
+                           "UNet class models, generated for DiT and the text-to-image families (default: %(default)s)")
     data.add_argument("--images-per-condition", type=int, default=8,
                       help="with --data generated: images per class or prompt (default: %(default)s)")
     data.add_argument("--generation-steps", type=int, default=50,
@@ -54,7 +55,10 @@ def register(commands) -> None:
                       help="with --data generated: reuse or fill this folder (default: OUT/generated)")
     model = parser.add_argument_group("model options")
     model.add_argument("--train-params", default="full", choices=("full", "xattn", "noxattn"),
-                       help="Stable Diffusion: which UNet parameters train (ESD conventions) (default: %(default)s)")
+                       help="text-to-image models: which denoiser parameters train: all; xattn, the attention "
+                            "that reads the text (UNet cross-attention as ESD-x, the MMDiT joint attention of SD 3 and "
+                            "Flux); noxattn, the rest but the time, text and output embeddings (ESD-u) "
+                            "(default: %(default)s)")
     model.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (large models)")
     probe = parser.add_argument_group("monitoring (class models): forgetting accuracy during the run, untimed")
     probe.add_argument("--monitor-every", type=int, default=0,
