@@ -334,12 +334,10 @@ class AdapterBase:
     def draw(self, x0: torch.Tensor, antithetic: bool = False, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise, timesteps) as the model was trained: noise first, then timesteps (the global RNG unless
         `generator`)."""
-        if generator is None:
-            noise = torch.randn_like(x0)
-        else:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        timesteps = self.parameterization.draw_timesteps(x0.shape[0], x0.device, antithetic, generator)
-        return noise, timesteps
+        from erase.pipelines.targets import gaussian_like
+
+        noise = gaussian_like(x0, generator)
+        return noise, self.parameterization.draw_timesteps(x0.shape[0], x0.device, antithetic, generator)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.parameterization.target(x0, noise, timesteps)

@@ -128,6 +128,15 @@ class ClassifierAdapter:
         """Share of `dataset` (images in [-1, 1], labels) classified correctly."""
         return float((self.predict(dataset.images).argmax(-1) == dataset.labels).float().mean())
 
+    def draw(self, x0: torch.Tensor, antithetic: bool = False, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """No noise enters a classifier's loss; a batch still draws (noise, timestep 0) from the same random stream
+        as a diffusion model's, so the Fisher's and saliency's batch order and seeds are the same for both kinds."""
+        from erase.pipelines.targets import gaussian_like
+
+        noise = gaussian_like(x0, generator)
+        where = x0.device if generator is None else "cpu"
+        return noise, torch.randint(0, 1, (x0.shape[0],), device=where, generator=generator).to(x0.device)
+
     def check_class_ids(self, ids, allow_null: bool = False) -> None:
         bad = sorted({int(c) for c in ids if not 0 <= int(c) < self.num_classes})
         if bad:

@@ -28,6 +28,13 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 FLOW_DENSITIES = ("none", "logit_normal")
 
 
+def gaussian_like(x0: torch.Tensor, generator=None) -> torch.Tensor:
+    """Standard normal noise of x0's shape: from the global RNG on x0's device, or from a seeded (CPU) generator."""
+    if generator is None:
+        return torch.randn_like(x0)
+    return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+
+
 def broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, 1, ...) matching `like`'s rank, in `like`'s dtype and device."""
     return values.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
