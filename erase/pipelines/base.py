@@ -286,6 +286,23 @@ class AdapterBase:
     def guidance_scale(self) -> float:
         return float(self.info.get("guidance_scale", 1.0))
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) the denoiser works on, from its config's in_channels and sample_size."""
+        config = self.denoiser.config
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return config.in_channels, height, width
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images `encode` takes: the latent shape scaled up by the VAE, or itself in pixel space."""
+        channels, height, width = self.latent_shape
+        if self.vae is None:
+            return channels, height, width
+        scale = self.vae.scale_factor
+        return self.vae.vae.config.in_channels, height * scale, width * scale
+
     vae = None  # latent models: a FrozenVAE (erase/pipelines/latent.py); None for pixel-space models
     source = None  # a folder read by from_pretrained: save_pretrained copies its other files byte for byte
     text_encoder_names: tuple[str, ...] = ()  # attributes holding frozen text encoders (None where absent)

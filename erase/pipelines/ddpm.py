@@ -55,14 +55,6 @@ class DDPMAdapter(AdapterBase):
         unet = UNet2DModel(**tiny_unet_config(resolution, channels, in_channels))
         return cls(unet, DDPMScheduler(num_train_timesteps=1000), info)
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        config = self.denoiser.config
-        size = config.sample_size
-        height, width = (size, size) if isinstance(size, int) else size
-        return config.in_channels, height, width
-
-    image_shape = latent_shape  # pixel space: the images are the latents
     num_classes = 0  # unconditional: no classes to erase or keep
     class_names: list[str] = []
 

@@ -43,16 +43,6 @@ class DiTAdapter(ClassConditioning, AdapterBase):
     def latent_channels(self) -> int:
         return self.denoiser.config.in_channels
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        size = self.denoiser.config.sample_size
-        return self.latent_channels, size, size
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        size = self.denoiser.config.sample_size * self.vae.scale_factor
-        return self.vae.vae.config.in_channels, size, size
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         out = self.denoiser(x_t, timestep=timesteps, class_labels=condition).sample  # (N, 2C, h, w) with learned sigma
         return out[:, : self.latent_channels]

@@ -87,16 +87,6 @@ class StableDiffusion3Adapter(PromptConditioning, AdapterBase):
         return {"prompt_embeds": prompt_embeds, "pooled": pooled}  # (N, L, D), (N, P)
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        size = self.denoiser.config.sample_size
-        return self.denoiser.config.in_channels, size, size
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        size = self.denoiser.config.sample_size * self.vae.scale_factor
-        return self.vae.vae.config.in_channels, size, size
-
-    @property
     def image_seq_len(self) -> int:
         """Image tokens, for schedulers with a resolution-dependent shift (as StableDiffusion3Pipeline computes mu)."""
         patches = self.denoiser.config.sample_size // self.denoiser.config.patch_size

@@ -102,18 +102,6 @@ class StableDiffusionXLAdapter(PromptConditioning, AdapterBase):
             pooled = pooled * keep[:, None].to(pooled.dtype)  # (N, P)
         return {"prompt_embeds": prompt_embeds, "pooled": pooled}
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        size = self.denoiser.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else size
-        return self.denoiser.config.in_channels, height, width
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        _, height, width = self.latent_shape
-        scale = self.vae.scale_factor
-        return self.vae.vae.config.in_channels, height * scale, width * scale
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         embedded = self.embed(condition)
         time_ids = self.add_time_ids.to(x_t.device).expand(x_t.shape[0], -1)  # (N, 6), as the pipeline batches them

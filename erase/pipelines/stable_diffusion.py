@@ -54,18 +54,6 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
                                 truncation=True, return_tensors="pt")
         return {"encoder_hidden_states": self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]}
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        size = self.denoiser.config.sample_size
-        return self.denoiser.config.in_channels, size, size
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        if self.vae is None:
-            return self.latent_shape
-        size = self.denoiser.config.sample_size * self.vae.scale_factor
-        return self.vae.vae.config.in_channels, size, size
-
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         return self.denoiser(x_t, timesteps, **self.embed(condition)).sample
 
