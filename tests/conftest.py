@@ -12,6 +12,7 @@ from erase.data import digits
 from erase.engine import Runtime
 from erase.train import TrainConfig, train
 from erase.pipelines.cfg_unet import CFGUNetAdapter
+from erase.pipelines.text import write_character_vocabulary as write_tiny_clip_tokenizer  # noqa: F401 (tests import it)
 
 
 def tiny_adapter(seed: int = 0, channels=(16, 32)) -> CFGUNetAdapter:
@@ -42,13 +43,6 @@ def tree_digest(directory: Path) -> str:
         digest.update(file.read_bytes())
         digest.update(str(file.stat().st_mode).encode())
     return digest.hexdigest()
-
-
-def write_tiny_clip_tokenizer(directory: Path) -> Path:
-    """A character-level CLIP BPE vocabulary (no merges) covering lowercase text, digits and punctuation."""
-    from erase.pipelines.text import write_character_vocabulary
-
-    return write_character_vocabulary(directory)
 
 
 def tiny_stable_diffusion(tmp_path: Path, seed: int = 0, pixel_space: bool = False, image_size: int = 16):

@@ -16,6 +16,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from erase.pipelines.targets import gaussian_like
+
 # What a condition is depends on the backbone: a LongTensor of class ids for class-conditional models,
 # None for unconditional ones, prompt embeddings for text-to-image models. Methods pass it through untouched.
 Condition = Any
@@ -245,9 +247,9 @@ def copy_components(source: Path, target: Path, skip: str) -> None:
 class AdapterBase:
     """Training schedule, forward process, classifier-free guidance and DDIM sampling shared by every backbone.
 
-    Subclasses set `denoiser`, `scheduler` (whose config gives the training noise schedule) and implement
-    `model_output`, `null_condition`, `condition_batch`, `latent_shape`, and where they work in a latent
-    space, `encode`/`decode`.
+    Subclasses pass `denoiser` and `scheduler` (whose config gives the training target, erase/pipelines/targets.py),
+    set `vae` where they work in a latent space, and implement `model_output`, `null_condition`, `condition_batch`,
+    `from_pipeline` and `to_pipeline`.
     """
 
     backbone = "base"
@@ -306,6 +308,7 @@ class AdapterBase:
     vae = None  # latent models: a FrozenVAE (erase/pipelines/latent.py); None for pixel-space models
     source = None  # a folder read by from_pretrained: save_pretrained copies its other files byte for byte
     text_encoder_names: tuple[str, ...] = ()  # attributes holding frozen text encoders (None where absent)
+    image_seq_len = None  # flow models with a resolution-dependent shift (Flux) say how many tokens an image has
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         """The frozen parts that move with the denoiser: the VAE and the text encoders."""
@@ -351,8 +354,6 @@ class AdapterBase:
     def draw(self, x0: torch.Tensor, antithetic: bool = False, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise, timesteps) as the model was trained: noise first, then timesteps (the global RNG unless
         `generator`)."""
-        from erase.pipelines.targets import gaussian_like
-
         noise = gaussian_like(x0, generator)
         return noise, self.parameterization.draw_timesteps(x0.shape[0], x0.device, antithetic, generator)
 
@@ -419,8 +420,6 @@ class AdapterBase:
         finally:
             self.denoiser.train(was_training)
         return x, torch.zeros(count, dtype=scheduler.timesteps.dtype, device=device)
-
-    image_seq_len = None  # flow models with a resolution-dependent shift (Flux) say how many tokens an image has
 
     def sample(self, conditions, num_inference_steps=None, guidance_scale=None, generator=None) -> torch.Tensor:
         """The model's sampler, one image per entry of `conditions`, floats in [0, 1]."""

@@ -37,12 +37,11 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
+from erase.pipelines.base import AdapterBase
 from erase.pipelines.latent import FrozenVAE
 from erase.pipelines.targets import FlowMatching
-from erase.pipelines.text import PromptConditioning, quiet_load
+from erase.pipelines.text import PromptConditioning
 
-FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 # ESD-u's frozen layers besides the attention: the time, guidance and pooled-text embedders (time_text_embed), the
 # T5 token projection (context_embedder, which reads only text), and the output norm and projection
 FLUX_OUTPUT_LAYERS = ("time_text_embed", "context_embedder", "norm_out", "proj_out")
@@ -148,30 +147,6 @@ class FluxAdapter(PromptConditioning, AdapterBase):
     def training_record(self) -> dict:
         """The flow target plus the guidance value the transformer is given (None: no guidance embedding)."""
         return {**super().training_record(), "distilled_guidance": self.info.get("distilled_guidance")}
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):
-        import transformers
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel
-
-        index = read_model_index(directory)
-        directory = Path(directory)
-        missing = [c for c in FLUX_COMPONENTS if not (directory / c).is_dir()]
-        if missing:
-            raise ModelError(f"{str(directory)!r} is not a Flux pipeline folder (missing {', '.join(missing)})")
-        transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", **kwargs)
-        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
-        text_encoder = quiet_load(CLIPTextModel, directory, subfolder="text_encoder", local_files_only=True)
-        text_encoder_2 = quiet_load(T5EncoderModel, directory, subfolder="text_encoder_2", local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
-        # the T5 tokenizer class the folder names (T5TokenizerFast in public Flux folders)
-        spec = index.get("tokenizer_2")
-        name = spec[1] if isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], str) else ""
-        tokenizer_class = getattr(transformers, name, None) or transformers.AutoTokenizer
-        tokenizer_2 = tokenizer_class.from_pretrained(directory, subfolder="tokenizer_2", local_files_only=True)
-        return cls(transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, load_scheduler(directory),
-                   index.get(ERASE_KEY), directory, train_params)
 
     @classmethod
     def from_pipeline(cls, pipeline, denoiser, info: dict, train_params: str | None = "full"):

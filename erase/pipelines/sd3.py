@@ -27,10 +27,10 @@ import torch
 from diffusers import SD3Transformer2DModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
+from erase.pipelines.base import AdapterBase
 from erase.pipelines.latent import FrozenVAE
 from erase.pipelines.targets import FlowMatching
-from erase.pipelines.text import PromptConditioning, quiet_load
+from erase.pipelines.text import PromptConditioning
 
 # ESD-u's frozen layers besides the joint attention: the timestep and pooled-text embedders (time_text_embed), the
 # text-token projection (context_embedder, which reads only text; frozen in Flux alike), the output norm and projection
@@ -38,7 +38,6 @@ SD3_OUTPUT_LAYERS = ("time_text_embed", "context_embedder", "norm_out", "proj_ou
 GUIDANCE_CONVENTION = "v_null + s * (v_c - v_null)"  # StableDiffusion3Pipeline's, on the flow velocity
 # sigma ~ logit-normal(0, 1): the paper's rf/lognorm(0.00, 1.00) and train_dreambooth_sd3.py's default weighting_scheme
 FLOW_OPTIONS = dict(density="logit_normal", logit_mean=0.0, logit_std=1.0)
-COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 class StableDiffusion3Adapter(PromptConditioning, AdapterBase):
@@ -99,37 +98,6 @@ class StableDiffusion3Adapter(PromptConditioning, AdapterBase):
                              pooled_projections=embedded["pooled"]).sample
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):
-        import transformers
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
-
-        index = read_model_index(directory)
-        directory = Path(directory)
-        missing = [c for c in COMPONENTS if not (directory / c).is_dir()]
-        if missing:
-            raise ModelError(f"{str(directory)!r} is not a Stable Diffusion 3 pipeline folder "
-                             f"(missing {', '.join(missing)})")
-        transformer = SD3Transformer2DModel.from_pretrained(directory, subfolder="transformer", **kwargs)
-        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
-        text_encoder = quiet_load(CLIPTextModelWithProjection, directory, subfolder="text_encoder", local_files_only=True)
-        text_encoder_2 = quiet_load(CLIPTextModelWithProjection, directory, subfolder="text_encoder_2",
-                                    local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer_2", local_files_only=True)
-        text_encoder_3 = tokenizer_3 = None
-        if named(index, "text_encoder_3"):  # saved as [null, null] (or left out) when there is no T5
-            absent = [c for c in ("text_encoder_3", "tokenizer_3") if not named(index, c) or not (directory / c).is_dir()]
-            if absent:
-                raise ModelError(f"{str(directory)!r} names a T5 text encoder in model_index.json but has no "
-                                 f"{', '.join(c + '/' for c in absent)} for it")
-            text_encoder_3 = quiet_load(T5EncoderModel, directory, subfolder="text_encoder_3", local_files_only=True)
-            tokenizer_class = getattr(transformers, index["tokenizer_3"][1], None) or transformers.T5TokenizerFast
-            tokenizer_3 = tokenizer_class.from_pretrained(directory, subfolder="tokenizer_3", local_files_only=True)
-        return cls(transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3,
-                   load_scheduler(directory), index.get(ERASE_KEY), directory, train_params)
-
-    @classmethod
     def from_pipeline(cls, pipeline, denoiser, info: dict, train_params: str | None = "full"):
         """An in-memory StableDiffusion3Pipeline, training `denoiser`; the VAE and text encoders are shared."""
         return cls(denoiser, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, pipeline.text_encoder_2,
@@ -143,9 +111,3 @@ class StableDiffusion3Adapter(PromptConditioning, AdapterBase):
             transformer=self.denoiser, scheduler=self.scheduler, vae=self.vae.vae, text_encoder=self.text_encoder,
             tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
             text_encoder_3=self.text_encoder_3, tokenizer_3=self.tokenizer_3)
-
-
-def named(index: dict, component: str) -> bool:
-    """Whether model_index.json names `component` (an optional one absent is [null, null] or left out)."""
-    spec = index.get(component)
-    return isinstance(spec, list) and bool(spec) and spec[0] is not None

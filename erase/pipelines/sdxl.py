@@ -29,13 +29,11 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from erase.errors import ModelError
-from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
+from erase.pipelines.base import AdapterBase
 from erase.pipelines.cfg_unet import GUIDANCE_CONVENTION
 from erase.pipelines.latent import FrozenVAE
 from erase.pipelines.stable_diffusion import UNET_OUTPUT_LAYERS
-from erase.pipelines.text import PromptConditioning, quiet_load
-
-COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+from erase.pipelines.text import PromptConditioning
 
 
 class StableDiffusionXLAdapter(PromptConditioning, AdapterBase):
@@ -104,32 +102,16 @@ class StableDiffusionXLAdapter(PromptConditioning, AdapterBase):
 
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         embedded = self.embed(condition)
-        time_ids = self.add_time_ids.to(x_t.device).expand(x_t.shape[0], -1)  # (N, 6), as the pipeline batches them
+        if self.add_time_ids.device != x_t.device:  # moved once, not copied to the device on every step
+            self.add_time_ids = self.add_time_ids.to(x_t.device)
+        time_ids = self.add_time_ids.expand(x_t.shape[0], -1)  # (N, 6), as the pipeline batches them
         added_cond_kwargs = {"text_embeds": embedded["pooled"], "time_ids": time_ids}
         return self.denoiser(x_t, timesteps, encoder_hidden_states=embedded["prompt_embeds"],
                              added_cond_kwargs=added_cond_kwargs).sample
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-        index = read_model_index(directory)
-        directory = Path(directory)
-        missing = [c for c in COMPONENTS if not (directory / c).is_dir()]
-        if missing:
-            raise ModelError(f"{str(directory)!r} is not a Stable Diffusion XL pipeline folder "
-                             f"(missing {', '.join(missing)})")
-        unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae")
-        text_encoder = quiet_load(CLIPTextModel, directory, subfolder="text_encoder", local_files_only=True)
-        text_encoder_2 = quiet_load(CLIPTextModelWithProjection, directory, subfolder="text_encoder_2",
-                                    local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer_2", local_files_only=True)
-        return cls(unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, load_scheduler(directory),
-                   index.get(ERASE_KEY), directory, train_params,
-                   force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True))
+    def folder_options(cls, index: dict) -> dict:
+        return {"force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True)}
 
     @classmethod
     def from_pipeline(cls, pipeline, denoiser, info: dict, train_params: str | None = "full"):

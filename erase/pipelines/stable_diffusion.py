@@ -15,11 +15,10 @@ from typing import Sequence
 import torch
 from diffusers import UNet2DConditionModel
 
-from erase.errors import ModelError
-from erase.pipelines.base import ERASE_KEY, AdapterBase, load_scheduler, read_model_index
+from erase.pipelines.base import AdapterBase
 from erase.pipelines.cfg_unet import GUIDANCE_CONVENTION
 from erase.pipelines.latent import FrozenVAE
-from erase.pipelines.text import PromptConditioning, quiet_load
+from erase.pipelines.text import PromptConditioning
 
 UNET_OUTPUT_LAYERS = ("time_embedding", "conv_out", "conv_norm_out")
 
@@ -56,25 +55,6 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
 
     def model_output(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition) -> torch.Tensor:
         return self.denoiser(x_t, timesteps, **self.embed(condition)).sample
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        index = read_model_index(directory)
-        directory = Path(directory)
-        pixel_space = (index.get("vae") or [None])[0] is None  # erase train's text-conditional digit models
-        parts = ("unet", "text_encoder", "tokenizer", "scheduler", *(() if pixel_space else ("vae",)))
-        missing = [c for c in parts if not (directory / c).is_dir()]
-        if missing:
-            raise ModelError(f"{str(directory)!r} is not a Stable Diffusion pipeline folder (missing {', '.join(missing)})")
-        unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", **kwargs)
-        vae = None if pixel_space else AutoencoderKL.from_pretrained(directory, subfolder="vae")
-        text_encoder = quiet_load(CLIPTextModel, directory, subfolder="text_encoder", local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
-        return cls(unet, vae, text_encoder, tokenizer, load_scheduler(directory), index.get(ERASE_KEY), directory,
-                   train_params)
 
     @classmethod
     def create_pixel_model(cls, resolution: int, in_channels: int, scheduler, scratch: str | Path,

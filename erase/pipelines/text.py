@@ -111,6 +111,58 @@ class PromptConditioning:
 
     text_attention_rule = "the attention that reads the text"
 
+    @classmethod
+    def folder_options(cls, index: dict) -> dict:
+        """Constructor arguments a family reads from model_index.json besides its components (SDXL: the null)."""
+        return {}
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, train_params: str = "full", **kwargs):
+        """A `pipeline_class` folder: every component the adapter takes, loaded with the class model_index.json
+        names for it (None where the folder saves it as [null, null]); `kwargs` go to the trained component."""
+        from erase.pipelines.base import ERASE_KEY, read_model_index
+
+        index = read_model_index(directory)
+        parts = load_components(directory, index, cls, kwargs)
+        return cls(**parts, info=index.get(ERASE_KEY), source=Path(directory), train_params=train_params,
+                   **cls.folder_options(index))
+
+
+def load_components(directory: str | Path, index: dict, adapter_class, denoiser_kwargs: dict) -> dict:
+    """{name: component} for each constructor argument of `adapter_class` that model_index.json lists, loaded as
+    diffusers' DiffusionPipeline loads it (the [library, class] the index names, local files only); a component saved
+    as [null, null] is None, and one the constructor takes but the index lacks is refused."""
+    import importlib
+    import inspect
+
+    from erase.errors import ModelError
+
+    directory = Path(directory)
+    parameters = inspect.signature(adapter_class.__init__).parameters
+    parts = {}
+    for name in parameters:
+        spec = index.get(name)
+        if name in ("self", "info", "source", "train_params") or not isinstance(spec, list):
+            if name not in ("self", "info", "source", "train_params") and parameters[name].default is inspect.Parameter.empty:
+                raise ModelError(f"{str(directory)!r} is not a {adapter_class.pipeline_class} folder: model_index.json "
+                                 f"lists no {name}")
+            continue
+        library, class_name = (spec + [None, None])[:2]
+        if library is None:
+            parts[name] = None
+            continue
+        component_class = getattr(importlib.import_module(library), class_name, None)
+        if component_class is None:
+            raise ModelError(f"{str(directory)!r}: model_index.json names {library}.{class_name} for {name}, which "
+                             f"this {library} does not have")
+        options = {"subfolder": name}
+        if library == "transformers":
+            options["local_files_only"] = True
+        if name == adapter_class.trained_component:
+            options.update(denoiser_kwargs)
+        parts[name] = quiet_load(component_class, directory, **options)
+    return parts
+
 
 def quiet_load(model_class, directory, **kwargs):
     """transformers' `from_pretrained` without its per-load progress bar: diffusers loads the UNet and VAE without
