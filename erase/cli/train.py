@@ -34,9 +34,9 @@ def register(commands) -> None:
                         help="class ids (UNet2DModel with a class table) or prompts (a pixel-space "
                              "StableDiffusionPipeline folder without VAE; erase it with --forget-prompt) "
                              "(default: %(default)s)")
-    parser.add_argument("--prompt-template", default="a photo of the digit {word}",
+    parser.add_argument("--prompt-template", default=None,
                         help="the prompt of each class for --conditioning text; {name} is the class name, {word} "
-                             "the English word of a digit name (default: %(default)r)")
+                             f"the English word of a digit name (default: {DEFAULT_TEMPLATE!r})")
     parser.add_argument("--prediction-type", default="epsilon", choices=PREDICTION_CHOICES,
                         help="what the model learns to predict: epsilon (noise), v_prediction (v = sqrt(abar) eps - "
                              "sqrt(1 - abar) x0), sample (x0), or flow_matching (velocity eps - x0 on "
@@ -50,6 +50,7 @@ def register(commands) -> None:
 
 
 PREDICTION_CHOICES = ("epsilon", "v_prediction", "sample", "flow_matching")
+DEFAULT_TEMPLATE = "a photo of the digit {word}"
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
 
 
@@ -102,6 +103,12 @@ def run(args) -> None:
     from erase.train import train
     from erase.pipelines.cfg_unet import CFGUNetAdapter
 
+    if args.conditioning == "class" and args.prompt_template is not None:
+        raise UsageError("--prompt-template names the prompts of --conditioning text; add --conditioning text or "
+                         "leave it out")
+    if args.conditioning == "text" and (args.attention or args.layers_per_block != 1):
+        raise UsageError("--attention and --layers-per-block shape the class-conditional UNet; the text model's UNet "
+                         "has cross-attention at its lower level and one layer per block: leave them out")
     out = check_output_dir(args.out, args.overwrite)
     config, runtime = dataclass_from_args(TrainConfig, args), dataclass_from_args(Runtime, args)
     checkpoints = checkpoint_folder(out, runtime, args.overwrite)
@@ -130,7 +137,7 @@ def run(args) -> None:
         from erase.data import ImageDataset
         from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
-        prompts = class_prompts(args.prompt_template, dataset.class_names)
+        prompts = class_prompts(args.prompt_template or DEFAULT_TEMPLATE, dataset.class_names)
         with tempfile.TemporaryDirectory(prefix="erase-tokenizer-") as scratch:  # save_pretrained rewrites it
             adapter = StableDiffusionAdapter.create_pixel_model(args.resolution, dataset.images.shape[1], scheduler,
                                                                 scratch, channels, class_prompts=prompts, **facts)
