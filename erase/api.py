@@ -238,7 +238,7 @@ def unlearn(
     preset: str | None = "auto",
     mask: str | os.PathLike | None = None,
     train_params: str = "full",
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | None = None,
     monitor_every: int = 0,
     monitor_samples: int = 40,
     monitor_steps: int = 25,
@@ -268,6 +268,8 @@ def unlearn(
         `config=` / `runtime=` pass whole config objects instead (keyword options still override their fields;
         with `config`, no preset applies).
         `preset`: named settings under the options ("auto" = the backbone's; "none" = plain defaults).
+    gradient_checkpointing: None (default) = on for denoisers of 300M parameters or more, off below; True / False
+        force it.
     out: also write the folder `erase unlearn --out` writes (model, mask.safetensors, run.json).
     The record is the run.json dict: method, config, preset, runtime, data, losses, timings, device, environment.
     """
@@ -281,10 +283,16 @@ def unlearn(
     from erase.models import open_model, to_diffusers
     from erase.record import (as_json, atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
                               environment, write_json)
+    from erase.memory import PhaseMemory
     from erase.saliency import load_mask, save_mask
 
     if method not in METHODS:
         raise OptionError(f"{option('--method', 'method')} {method!r} is not one of {', '.join(sorted(METHODS))}")
+    if options.get("fully_shard") or (runtime is not None and runtime.fully_shard) or \
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        from erase.sharding import check_method
+
+        check_method(method)
     folder_input = isinstance(model, (str, os.PathLike))
     if out is not None:
         inputs = ((model,) if folder_input else ()) + ((model_config,) if model_config is not None else ())
@@ -320,8 +328,7 @@ def unlearn(
             raise OptionError(f"{option('--train-params')} {train_params} applies to text-to-image models (Stable "
                               f"Diffusion, SDXL, SD 3, Flux); this is a {adapter.backbone} model")
         adapter.select_trainable(train_params)
-    if gradient_checkpointing:
-        adapter.denoiser.enable_gradient_checkpointing()
+    gradient_checkpointing = use_gradient_checkpointing(adapter.denoiser, gradient_checkpointing)
     targets = read_targets(adapter, forget, retain, forget_random)
     if replacement_prompt is not None:
         if getattr(config, "forget_objective", "pseudo") != "pseudo":
@@ -340,11 +347,14 @@ def unlearn(
     elif resumed_from is not None and (Path(resumed_from) / "mask.safetensors").is_file():
         saliency = load_mask(Path(resumed_from) / "mask.safetensors")  # the interrupted run's mask: no Fisher again
 
+    data_memory = PhaseMemory("cuda" if torch.cuda.is_available() and not runtime.cpu else "cpu")
     with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
+        data_memory.start()
         forget_set, remain_set, data_record = load_data(
             adapter, targets, data=data, forget_random=forget_random, retain_given=bool(_as_list(retain)),
             data_cache=data_cache, images_per_condition=images_per_condition, generation_steps=generation_steps,
             seed=runtime.seed, staging_hint=Path(scratch) / "generated")
+        data_memory.stop("data")
         pseudo = getattr(config, "pseudo_class", None)
         if pseudo is not None and replacement_prompt is None and pseudo not in set(remain_set.labels.tolist()):
             raise OptionError(f"{option('--pseudo-class')} {pseudo} is not a remaining class; pick one of "
@@ -375,6 +385,7 @@ def unlearn(
             "num_processes": result["num_processes"], "timings": result["timings"],
             "process_weight_digests": result["process_weight_digests"], "resumed_from": resumed_from,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+            "memory": {**result["memory"], "phases": {**data_memory.peaks, **result["memory"]["phases"]}},
             "gradient_checkpointing": gradient_checkpointing, "method_record": result.get("record"),
             "conventions": result["conventions"], "monitor": monitor_record(monitor, monitor_samples, monitor_steps,
                                                                             monitor_classifier),
@@ -393,6 +404,24 @@ def unlearn(
         if checkpoints is not None and result["is_main_process"]:
             discard_checkpoints(checkpoints)
     return to_diffusers(opened), record
+
+
+CHECKPOINTING_FROM = 300_000_000  # denoiser parameters from which gradient checkpointing is on by default
+
+
+def use_gradient_checkpointing(denoiser, requested: bool | None) -> bool:
+    """Turn on gradient checkpointing where asked, or under None (the default) for every denoiser of at least
+    CHECKPOINTING_FROM parameters (SD 1.x / 2.x: 0.86B, SDXL, SD 3, Flux, DiT-XL/2: 0.68B; no test or digit model):
+    at 512 px its activations would outgrow the weights. Returns whether it is on."""
+    supported = getattr(denoiser, "_supports_gradient_checkpointing", False)
+    if requested is None:
+        requested = supported and sum(p.numel() for p in denoiser.parameters()) >= CHECKPOINTING_FROM
+    if requested:
+        if not supported:
+            raise OptionError(f"{option('--gradient-checkpointing', 'gradient_checkpointing=True')}: this "
+                              f"{type(denoiser).__name__} does not support it; leave it off")
+        denoiser.enable_gradient_checkpointing()
+    return bool(requested)
 
 
 def monitor_record(monitor, samples: int, steps: int, classifier: str) -> dict | None:

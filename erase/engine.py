@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 
 from erase.config import documented
 from erase.errors import NonFiniteLossError, OptionError, UsageError, option
+from erase.memory import PhaseMemory, run_sizes
+from erase.sharding import clip_gradients, full_mask, is_sharded, local, shard_model, unsharded_module
 from erase.objectives import REDUCTIONS, denoising_losses, drop_conditions
 from erase.saliency import cycle, mask_sparsity, trainable_parameters
 
@@ -54,6 +56,23 @@ class Runtime:
                                         "state) or one of its step-N folders; give the interrupted run's other flags "
                                         "unchanged"}
     )
+    fully_shard: bool = field(
+        default=False, metadata={"help": "shard weights, gradients, optimizer state, Fisher and mask across the "
+                                         "processes with FSDP2 (torch's fully_shard) yourself, e.g. on CPUs (gloo), "
+                                         "where accelerate ignores its FSDP plugin; on GPUs, accelerate launch "
+                                         "--use_fsdp --fsdp_version 2 does the same without it. Methods sfron, "
+                                         "joint, ga, rl, salun"}
+    )
+    optimizer_8bit: bool = field(
+        default=False, metadata={"help": "8-bit Adam / AdamW states (bitsandbytes' Adam8bit, AdamW8bit): 2 bytes per "
+                                         "trained entry instead of 8 (SD v1.4's whole UNet: 1.7 GB instead of 6.9 GB); "
+                                         "needs pip install bitsandbytes"}
+    )
+    frozen_dtype: str = field(
+        default="auto", metadata={"help": "dtype of the frozen parts (VAE, text encoders) during the run: auto = the "
+                                          "--mixed-precision dtype on a GPU, fp32 on the CPU; the model you pass and "
+                                          "the saved folder keep theirs", "choices": ("auto", "fp32", "bf16", "fp16")}
+    )
     deterministic: bool = field(
         default=False, metadata={"help": "deterministic GPU kernels (torch.use_deterministic_algorithms, cuDNN "
                                          "deterministic; slower), so a GPU run, or a resumed one, repeats bit for "
@@ -67,12 +86,15 @@ def make_accelerator(runtime: Runtime) -> Accelerator:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     accelerator = Accelerator(mixed_precision=runtime.mixed_precision, cpu=runtime.cpu)
-    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        # important! masks, the masked update and the Fisher edit whole parameters and their .grad on every process
-        raise UsageError(f"erase runs on one process or under DDP (accelerate launch --multi_gpu), not "
-                         f"{accelerator.distributed_type.name}: its sharded parameters and gradients do not hold the "
-                         "whole tensors the saliency masks and Fisher work on; use DDP with --mixed-precision bf16 and "
-                         "--gradient-checkpointing")
+    kind = accelerator.distributed_type.name
+    fsdp_version = getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", None) if kind == "FSDP" else None
+    if kind in ("DEEPSPEED", "MEGATRON_LM") or (kind == "FSDP" and fsdp_version != 2):
+        # important! the Fisher, masks and masked update work on per-parameter tensors or their FSDP2 shards
+        # (DTensors); FSDP1's flat parameters and DeepSpeed's partitions are neither
+        raise UsageError(f"erase runs on one process, under DDP (accelerate launch --multi_gpu) or FSDP2 (accelerate "
+                         f"launch --use_fsdp --fsdp_version 2), not {kind}{' version 1' if kind == 'FSDP' else ''}: "
+                         "its flattened or partitioned parameters do not keep the per-parameter tensors the Fisher and "
+                         "saliency masks work on")
     set_seed(runtime.seed)
     return accelerator
 
@@ -170,43 +192,85 @@ class MaskedUpdate:
     """Confines an optimizer step to the entries where the saliency mask is 1.
 
     The gradient is always masked (so Adam's moments and the clip norm see only the salient entries). With
-    `restore` (mask mode "restore"), every mask-0 entry is then put back bit for bit, p = p_old + mask * (p_new -
-    p_old): masking the gradient alone does not keep them fixed under Adam, whose momentum from earlier (unmasked)
-    remain steps still moves them. Without it (mask mode "gradient", the official code's form) that momentum carries
-    through. Parameters whose mask is all ones cost nothing; the rest use fused `torch._foreach_*` ops.
+    `restore` (mask mode "restore"), every mask-0 entry is then put back bit for bit: masking the gradient alone
+    does not keep them fixed under Adam, whose momentum from earlier (unmasked) remain steps still moves them.
+    Without it (mask mode "gradient", the official code's form) that momentum carries through.
+
+    Memory: the masks stay bool (1 byte per entry) and the restore copies at most `chunk_entries` weights at a
+    time: the optimizer steps the masked parameters chunk by chunk (the others' gradients hidden, which every
+    torch optimizer skips), so the copy is one buffer of `chunk_entries`, not a second set of weights. Adam's
+    update is elementwise, so the chunked step equals one whole step bit for bit. Parameters whose mask is all
+    ones cost nothing; the rest use fused `torch._foreach_*` ops.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], mask: dict[str, torch.Tensor], restore: bool = True):
+    CHUNK_ENTRIES = 1 << 26  # 256 MB of fp32 weights per restore chunk
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], mask: dict[str, torch.Tensor], restore: bool = True,
+                 chunk_entries: int | None = None):
         missing = sorted(params.keys() - mask.keys())
         if missing:
             raise ValueError(f"the mask has no entry for {len(missing)} trained parameters, e.g. {missing[:3]}")
         partial = [name for name in params if not bool(mask[name].all())]
         for name in partial:
-            if mask[name].shape != params[name].shape:
-                raise ValueError(f"mask for {name} has shape {tuple(mask[name].shape)}, parameter {tuple(params[name].shape)}")
+            if mask[name].shape != local(params[name]).shape:
+                raise ValueError(f"mask for {name} has shape {tuple(mask[name].shape)}, parameter "
+                                 f"{tuple(local(params[name]).shape)}")
         self.params = [params[name] for name in partial]
-        self.masks = [mask[name].to(params[name].device, params[name].dtype) for name in partial]
+        self.masks = [mask[name].to(local(params[name]).device, torch.bool) for name in partial]
         self.restore = restore
-        self.snapshots = [torch.empty_like(p) for p in self.params] if restore else []
+        self.chunks = self._chunks(chunk_entries or self.CHUNK_ENTRIES) if restore else []
+
+    def _chunks(self, limit: int) -> list[list[int]]:
+        """Indices of self.params in consecutive groups of at most `limit` entries (a larger tensor alone)."""
+        chunks, size = [[]], 0
+        for index, p in enumerate(self.params):
+            n = local(p).numel()
+            if chunks[-1] and size + n > limit:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(index)
+            size += n
+        return [chunk for chunk in chunks if chunk]
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
         if not self.params:  # an all-ones mask: nothing to confine
             return
-        torch._foreach_mul_([p.grad for p in self.params], self.masks)
+        torch._foreach_mul_([local(p.grad) for p in self.params], self.masks)
 
     @torch.no_grad()
-    def snapshot(self) -> None:
-        if self.params and self.restore:
-            torch._foreach_copy_(self.snapshots, self.params)
-
-    @torch.no_grad()
-    def restore_unmasked(self) -> None:
-        if not self.params or not self.restore:
+    def step(self, optimizer, all_params: list) -> None:
+        """`optimizer.step()` over `all_params`; in restore mode every mask-0 entry keeps its value bit for bit."""
+        if not self.restore or not self.params:
+            optimizer.step()
             return
-        torch._foreach_sub_(self.params, self.snapshots)  # params now hold the update
-        torch._foreach_mul_(self.params, self.masks)
-        torch._foreach_add_(self.params, self.snapshots)
+        if getattr(optimizer, "scaler", None) is not None:  # fp16: a GradScaler steps once per update
+            chunks = [list(range(len(self.params)))]
+        else:
+            chunks = self.chunks
+        partial = {id(p) for p in self.params}
+        grads = [p.grad for p in all_params]
+        largest = max(sum(local(self.params[i]).numel() for i in chunk) for chunk in chunks)
+        buffer = torch.empty(largest, dtype=local(self.params[0]).dtype, device=local(self.params[0]).device)
+        try:
+            for number, chunk in enumerate(chunks):
+                stepping = {id(self.params[i]) for i in chunk}
+                for p, grad in zip(all_params, grads):  # the first chunk also steps every unmasked parameter
+                    p.grad = grad if id(p) in stepping or (number == 0 and id(p) not in partial) else None
+                weights = [local(self.params[i]) for i in chunk]
+                masks = [self.masks[i] for i in chunk]
+                kept, offset = [], 0
+                for w in weights:
+                    kept.append(buffer[offset:offset + w.numel()].view_as(w))
+                    offset += w.numel()
+                torch._foreach_copy_(kept, weights)
+                torch._foreach_addcmul_(kept, kept, masks, value=-1.0)  # w (1 - m), exactly: w - w or w - 0
+                optimizer.step()
+                torch._foreach_mul_(weights, masks)  # new w where m = 1, 0 where m = 0 ...
+                torch._foreach_add_(weights, kept)  # ... plus the old w where m = 0: exact in both cases
+        finally:
+            for p, grad in zip(all_params, grads):
+                p.grad = grad
 
 
 class Stepper:
@@ -217,8 +281,17 @@ class Stepper:
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.max_grad_norm, self.grad_accum = max_grad_norm, grad_accum
         self.params = list(trainable_parameters(model).values())
-        for p in self.params:  # grads stay allocated so masks and fused ops always see tensors
-            p.grad = torch.zeros_like(p)
+        self.sharded = is_sharded(model)
+        self.frozen_dtype, self.undo_frozen = "float32", None  # prepare_training sets both (see frozen_dtype)
+        self.grads_allocated = False  # at the first step, after any Fisher pass (which takes its own gradients)
+
+    def allocate_gradients(self) -> None:
+        """Gradients stay allocated from the first step on, so masks and fused ops always see tensors."""
+        if not self.grads_allocated:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.grads_allocated = True
 
     def step(self, loss_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]], mask: MaskedUpdate | None = None,
              scale_after_clip: float | None = None) -> torch.Tensor:
@@ -230,6 +303,7 @@ class Stepper:
                    scale_after_clip: float | None = None) -> list[torch.Tensor]:
         """parts: [(loss_fn, gradient mask or None)], backpropagated in order into one gradient; `after_backward()`
         may add to the gradient (e.g. an analytic penalty) before clipping. Returns each part's logged value."""
+        self.allocate_gradients()
         self.optimizer.zero_grad(set_to_none=False)
         logged = []
         for loss_fn, grad_mask in parts:
@@ -245,24 +319,26 @@ class Stepper:
             logged.append(value)
         if after_backward is not None:
             after_backward()
-        if self.max_grad_norm is not None:
+        if self.max_grad_norm is not None and self.sharded:
+            clip_gradients(self.params, self.max_grad_norm, sharded=True)
+        elif self.max_grad_norm is not None:
             self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
         if scale_after_clip is not None:
             torch._foreach_mul_([p.grad for p in self.params], scale_after_clip)
         if restrict is not None:
-            restrict.snapshot()
-        self.optimizer.step()
-        if restrict is not None:
-            restrict.restore_unmasked()
+            restrict.step(self.optimizer, self.params)
+        else:
+            self.optimizer.step()
         return logged
 
 
 class PhaseTimer:
-    """Wall time per named phase, synchronising the device once at each phase end."""
+    """Wall time and peak memory (host RSS, GPU) per named phase, synchronising the device once at each phase end."""
 
     def __init__(self, device):
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
+        self.memory = PhaseMemory(device)
 
     def move(self, seconds: float, source: str, target: str) -> None:
         """Book `seconds` spent inside phase `source` under `target` instead (e.g. evaluation inside a loop)."""
@@ -271,11 +347,13 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def phase(self, name: str):
+        self.memory.start()
         start = time.perf_counter()
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.memory.stop(name)
 
 
 @dataclass
@@ -314,6 +392,7 @@ class UnlearnRun:
     monitor: Monitor | None = None
     mask: dict | None = None  # the saliency mask, where the method has one: resumable states keep it
     kept: dict = field(default_factory=dict)  # a method's own state a resumed run must get back (see `keep`)
+    held: dict = field(default_factory=dict)  # sizes of statistics the run held and freed, e.g. "fisher_bytes"
 
     @property
     def device(self) -> torch.device:
@@ -345,8 +424,16 @@ class UnlearnRun:
                          self.monitor, self.adapter, tracked=tracked, mask=self.mask)
 
     def finish(self, log: "LossLog", mask: dict | None = None, **extra) -> dict:
-        """Unwrap the model and return the result every method returns (run.json fields)."""
+        """Unwrap the model, put back the frozen parts the run cast, and return the result every method returns
+        (run.json fields)."""
         self.adapter.denoiser = self.accelerator.unwrap_model(self.adapter.denoiser)
+        if self.stepper.undo_frozen is not None:
+            self.stepper.undo_frozen()
+        sizes = run_sizes(self.adapter, self.optimizer, mask, self.held.get("fisher_bytes"))  # this process's share
+        if self.stepper.sharded:  # whole weights and mask on every process, as under DDP, for saving and sampling
+            if mask is not None:
+                mask = full_mask(trainable_parameters(self.adapter.denoiser), mask)
+            self.adapter.denoiser = unsharded_module(self.adapter.denoiser)
         return {
             "mask": mask,
             "mask_sparsity": mask_sparsity(mask) if mask is not None else None,
@@ -358,6 +445,10 @@ class UnlearnRun:
             "process_weight_digests": weight_digests(self.accelerator, self.adapter.denoiser),
             "monitor": self.monitor.history if self.monitor is not None else None,
             "conventions": self.conventions,
+            "memory": {"frozen_dtype": self.stepper.frozen_dtype,
+                       "optimizer": type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__,
+                       "phases": self.timer.memory.peaks, "peak_rss_per_phase": self.timer.memory.resettable,
+                       "sharded": self.stepper.sharded, "sizes": sizes},
             **extra,
         }
 
@@ -376,19 +467,59 @@ def weight_digests(accelerator: Accelerator, module: torch.nn.Module) -> list[st
     return gather_object([digest.hexdigest()])
 
 
+FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def frozen_dtype(runtime: Runtime, device: torch.device) -> torch.dtype:
+    """The dtype the frozen parts run in: `runtime.frozen_dtype`, or under "auto" the mixed-precision dtype on a
+    GPU (as diffusers' training scripts hold the VAE and text encoder) and fp32 elsewhere."""
+    if runtime.frozen_dtype != "auto":
+        return FROZEN_DTYPES[runtime.frozen_dtype]
+    if device.type == "cuda" and runtime.mixed_precision != "no":
+        return FROZEN_DTYPES[runtime.mixed_precision]
+    return torch.float32
+
+
+def make_optimizer(params, runtime: Runtime, device: torch.device, name: str, lr: float, weight_decay: float):
+    """Adam or AdamW over `params`: bitsandbytes' 8-bit variants with `runtime.optimizer_8bit`; torch's fused
+    kernel on a GPU (its foreach default builds a temporary the size of all trained weights at each step)."""
+    if runtime.optimizer_8bit:
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise OptionError(f"{option('--optimizer-8bit', 'optimizer_8bit=True')} needs bitsandbytes: "
+                              "pip install bitsandbytes (or leave the option off)") from None
+        optimizer_class = {"adam": bitsandbytes.optim.Adam8bit, "adamw": bitsandbytes.optim.AdamW8bit}[name]
+        return optimizer_class(params, lr=lr, weight_decay=weight_decay)
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    return optimizer_class(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if device.type == "cuda" else {}))
+
+
 def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: float | None, optimizer: str = "adam",
                      weight_decay: float = 0.0):
     """(accelerator, timer, optimizer, stepper) for training `adapter.denoiser`'s trainable parameters."""
     accelerator = make_accelerator(runtime)
     adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
+    dtype, undo_frozen = frozen_dtype(runtime, accelerator.device), None
+    if dtype != torch.float32 and hasattr(adapter, "replace_frozen"):
+        import copy
+
+        # copies: the caller's pipeline shares the frozen parts, and a cast in place would change its weights
+        undo_frozen = adapter.replace_frozen(lambda module: copy.deepcopy(module).to(dtype=dtype))
     adapter.denoiser.train()
-    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
-    opt = optimizer_class(trainable_parameters(adapter.denoiser).values(), lr=lr, weight_decay=weight_decay)
+    if runtime.fully_shard:  # FSDP2 by hand; under accelerate's FSDP plugin, prepare() below applies it instead
+        shard_model(adapter.denoiser)
+    opt = make_optimizer(trainable_parameters(adapter.denoiser).values(), runtime, accelerator.device, optimizer,
+                         lr, weight_decay)  # after sharding: the optimizer holds the shards
     module = adapter.denoiser
-    adapter.denoiser, opt = accelerator.prepare(adapter.denoiser, opt)
+    if runtime.fully_shard:
+        opt = accelerator.prepare(opt)  # the model is not prepared: a multi-process run would wrap it in DDP
+    else:
+        adapter.denoiser, opt = accelerator.prepare(adapter.denoiser, opt)
     if adapter.denoiser is not module and hasattr(module, "config"):
         adapter.denoiser.config = module.config  # DistributedDataParallel hides it; the adapters read it per call
     stepper = Stepper(accelerator, adapter.denoiser, opt, max_grad_norm, runtime.grad_accum)
+    stepper.frozen_dtype, stepper.undo_frozen = str(dtype).removeprefix("torch."), undo_frozen
     return accelerator, PhaseTimer(accelerator.device), opt, stepper
 
 
@@ -584,7 +715,11 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     """
     log = LossLog(names, steps, accelerator.device)
     checkpoints, loop_state, start = None, None, 0
-    if runtime.checkpoint_dir is not None or runtime.resume is not None:
+    sharded = adapter is not None and is_sharded(adapter.denoiser)
+    if sharded and (runtime.resume is not None or runtime.checkpoint_every > 0):
+        raise UsageError(f"{option('--checkpoint-every')} and {option('--resume')} do not work sharded (FSDP) yet; "
+                         "leave them off, or run under DDP")
+    if (runtime.checkpoint_dir is not None or runtime.resume is not None) and not sharded:
         if runtime.checkpoint_dir is None:
             raise UsageError(f"{option('--resume')} needs {option('--checkpoint-dir')} (erase unlearn and erase train set it from {option('--out')})")
         loop_state = LoopState(log, dict(tracked or {}), monitor, accelerator.device)
@@ -698,6 +833,9 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     module = getattr(module, "module", module)
+    if is_sharded(module):
+        raise UsageError("this method keeps a frozen copy of the whole model, which is not sharded; run it on one "
+                         "process or under DDP (accelerate launch --multi_gpu), or use a method that runs sharded")
     return copy.deepcopy(module).requires_grad_(False).eval()
 
 

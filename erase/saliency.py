@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from erase.errors import option
 from erase.objectives import denoising_losses
+from erase.sharding import is_sharded, local, squared_norm
 
 FISHER_EPS = 1e-15
 
@@ -23,10 +24,13 @@ def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Paramete
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
-def accumulation_dtype(device) -> torch.dtype:
-    """float64 sums: squares of fp32 gradients are exact in it (no underflow below 1e-38), and the total is the same
-    to the last fp32 bit whichever process added which batch. MPS has no float64."""
-    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+# The Fisher sums are float32, one accumulator per trained tensor (4 bytes per entry, as the weights): the float64
+# sums used before doubled that and, at SD size (860M entries), held 6.9 GB per Fisher. Each batch adds g^2 with one
+# fp32 rounding (at most half an ulp), so after N batches an entry is within N * 2^-24 (relative) of the exact sum,
+# and of the old float64 result (tested). The batch gradients and their clip norm are the same as
+# before: the norm is taken in float64 (float32 on MPS, which has none), so one process, DDP and FSDP shards agree
+# on it to the last fp32 bit.
+FISHER_RTOL_PER_BATCH = 2.0 ** -24
 
 
 @contextlib.contextmanager
@@ -53,15 +57,30 @@ def fixed_draw(adapter, batches: Iterator):
     return x0, conditions, noise, timesteps
 
 
-def batch_gradients(loss_fn, values: list, fp16: bool) -> list[torch.Tensor]:
+def batch_gradients(loss_fn, values: list, fp16: bool, sharded: bool = False) -> list[torch.Tensor]:
     """fp32 gradients of `loss_fn()`; under fp16 autocast the loss is scaled by 2^16 (halved and retried while the
     gradient overflows) and the gradient unscaled in fp32, as a GradScaler does, so small entries do not flush to
-    zero in fp16."""
+    zero in fp16.
+
+    `sharded` (FSDP2): this process's shard of each gradient. FSDP's all-gathered weights are not the leaves autograd
+    reaches, so the gradient comes from .backward() into .grad, reduce-scattered (averaged) across processes; every
+    process computes the same batch, so the average is that batch's gradient."""
     scale = 2.0 ** 16 if fp16 else 1.0
     while True:
         loss = loss_fn()
-        grads = torch.autograd.grad(loss * scale if fp16 else loss, values, allow_unused=True)
-        grads = [torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() for g, p in zip(grads, values)]
+        if sharded:
+            for p in values:
+                p.grad = None
+            (loss * scale if fp16 else loss).backward()
+            grads = [None if p.grad is None else local(p.grad) for p in values]
+            for p in values:
+                p.grad = None
+            values_local = [local(p) for p in values]
+        else:
+            grads = torch.autograd.grad(loss * scale if fp16 else loss, values, allow_unused=True)
+            values_local = values
+        grads = [torch.zeros_like(p, dtype=torch.float32) if g is None else g.float()
+                 for g, p in zip(grads, values_local)]
         if not fp16:
             return grads
         if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one sync per batch, fp16 only
@@ -90,14 +109,17 @@ def fisher_diagonal(
     DDPM code). `batches` yields (images, conditions).
 
     Under accelerate, `batches` must be the same stream on every process (endless_batches(shard=False)): process
-    r computes the batches r, r + P, r + 2P, ... and the float64 sums are added across processes, so the result
-    equals one process's over the same batches.
+    r computes the batches r, r + P, r + 2P, ... and the float32 sums are added across processes, so the result
+    equals one process's over the same batches within the summation tolerance (FISHER_RTOL_PER_BATCH per batch).
     """
     params = trainable_parameters(adapter.denoiser)
     values = list(params.values())
+    sharded = is_sharded(adapter.denoiser)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    if sharded:  # each process sums the squares of its shard over every batch: nothing to add up at the end
+        rank, world = 0, 1
     fp16 = accelerator is not None and accelerator.mixed_precision == "fp16"
-    fisher = [torch.zeros_like(p, dtype=accumulation_dtype(p.device)) for p in values]  # (same shapes as params)
+    fisher = [torch.zeros_like(local(p), dtype=torch.float32) for p in values]  # (same shapes as params' shards)
     show = accelerator is None or accelerator.is_main_process
     with local_model(adapter, accelerator):
         for index in tqdm(range(num_batches), desc=description, disable=not show, leave=False):
@@ -105,25 +127,39 @@ def fisher_diagonal(
             if index % world != rank:
                 continue
             grads = batch_gradients(lambda: denoising_losses(adapter, x0, conditions, timesteps, noise, guidance_scale,
-                                                             reduction=reduction).mean(), values, fp16)
+                                                             reduction=reduction).mean(), values, fp16, sharded)
             if max_grad_norm is not None:
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                torch._foreach_mul_(grads, (max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
-            torch._foreach_addcmul_(fisher, grads, grads)  # float64 += fp32 * fp32, exact products
+                norm = squared_norm(grads, sharded).sqrt()
+                torch._foreach_mul_(grads, (max_grad_norm / (norm + 1e-6)).clamp(max=1.0).float())
+            torch._foreach_addcmul_(fisher, grads, grads)
+            del grads
     if world > 1:
-        fisher = [accelerator.reduce(f, reduction="sum") for f in fisher]
-    return {name: (f / num_batches).float() for name, f in zip(params, fisher)}
+        for f in fisher:
+            torch.distributed.all_reduce(f)  # in place: no second copy of the sums
+    torch._foreach_div_(fisher, float(num_batches))
+    return dict(zip(params, fisher))
 
 
 def saliency_mask(
-    forget_fisher: dict[str, torch.Tensor], remain_fisher: dict[str, torch.Tensor], gamma: float = 1.0
+    forget_fisher: dict[str, torch.Tensor], remain_fisher: dict[str, torch.Tensor], gamma: float = 1.0,
+    consume: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """mask = 1[(F_f + 1e-15) / (F_r + 1e-15) >= gamma], per parameter entry (bool)."""
+    """mask = 1[(F_f + 1e-15) / (F_r + 1e-15) >= gamma], per parameter entry (bool).
+
+    `consume`: empty both Fisher dicts tensor by tensor as the mask grows, so the peak is the two Fishers plus one
+    tensor's mask, never two Fishers plus a whole mask plus temporaries."""
     if forget_fisher.keys() != remain_fisher.keys():
         raise ValueError("forget and remain Fisher must cover the same parameters")
-    return {
-        name: (forget_fisher[name] + FISHER_EPS) / (remain_fisher[name] + FISHER_EPS) >= gamma for name in forget_fisher
-    }
+    mask = {}
+    for name in list(forget_fisher):
+        forget, remain = (forget_fisher.pop(name), remain_fisher.pop(name)) if consume else \
+            (forget_fisher[name], remain_fisher[name])
+        if consume:
+            mask[name] = forget.add_(FISHER_EPS).div_(remain.add_(FISHER_EPS)) >= gamma  # in place: no temporaries
+        else:
+            mask[name] = (forget + FISHER_EPS) / (remain + FISHER_EPS) >= gamma
+        del forget, remain
+    return mask
 
 
 def _module_of(parameter_name: str) -> str:
@@ -166,9 +202,12 @@ def gradient_magnitude(adapter, batches: Iterator, num_batches: int, accelerator
     `fisher_diagonal` (the same `batches` on every process)."""
     params = trainable_parameters(adapter.denoiser)
     values = list(params.values())
+    sharded = is_sharded(adapter.denoiser)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    if sharded:
+        rank, world = 0, 1
     fp16 = accelerator is not None and accelerator.mixed_precision == "fp16"
-    total = [torch.zeros_like(p, dtype=accumulation_dtype(p.device)) for p in values]
+    total = [torch.zeros_like(local(p), dtype=torch.float32) for p in values]
     with local_model(adapter, accelerator):
         for index in tqdm(range(num_batches), desc="SalUn saliency", leave=False,
                           disable=accelerator is not None and not accelerator.is_main_process):
@@ -176,18 +215,43 @@ def gradient_magnitude(adapter, batches: Iterator, num_batches: int, accelerator
             if index % world != rank:
                 continue
             grads = batch_gradients(lambda: denoising_losses(adapter, x0, conditions, timesteps, noise).mean(),
-                                    values, fp16)
+                                    values, fp16, sharded)
             torch._foreach_add_(total, grads)
     if world > 1:
-        total = [accelerator.reduce(t, reduction="sum") for t in total]
-    return {name: t.abs().float() for name, t in zip(params, total)}
+        for t in total:
+            torch.distributed.all_reduce(t)
+    torch._foreach_abs_(total)
+    return dict(zip(params, total))
 
 
-def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    """1 for the `fraction` of entries with the largest scores, one global threshold (ties may add a few)."""
+def top_fraction_mask(scores: dict[str, torch.Tensor], fraction: float, sharded: bool = False) -> dict[str, torch.Tensor]:
+    """1 for the `fraction` of entries with the largest scores (>= 0), one global threshold (ties may add a few).
+
+    The threshold is the k-th largest score, found by bisection on the float32 bit pattern (non-negative floats
+    order as their bits do): 31 counting passes, no concatenated copy of every score and no top-k index tensor
+    (at SD size those were 3.4 GB and 3.4 GB more). With `sharded`, each process holds a shard of every tensor
+    (FSDP) and the counts are summed across processes: a distributed quantile, the same threshold as one process's.
+    """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"mask fraction must be in (0, 1], got {fraction}")
-    flat = torch.cat([s.flatten() for s in scores.values()])
-    keep = max(1, round(fraction * flat.numel()))
-    threshold = torch.topk(flat, keep, sorted=False).values.min()
+    tensors = [s.float() for s in scores.values()]
+    device = tensors[0].device if tensors else "cpu"
+
+    def count_at_least(threshold: torch.Tensor) -> int:
+        count = sum((t >= threshold).sum() for t in tensors) + torch.zeros((), dtype=torch.long, device=device)
+        if sharded:
+            torch.distributed.all_reduce(count)
+        return int(count)
+
+    total = count_at_least(torch.tensor(0.0, device=device))  # every entry: scores are >= 0
+    keep = max(1, round(fraction * total))
+    low, high = 0, 0x7F800000  # bits of 0.0 (count = total >= keep) and +inf (count 0 < keep, scores finite)
+    while high - low > 1:  # invariant: count(>= bits low) >= keep > count(>= bits high)
+        middle = (low + high) // 2
+        threshold = torch.tensor(middle, dtype=torch.int32).view(torch.float32).to(device)
+        if count_at_least(threshold) >= keep:
+            low = middle
+        else:
+            high = middle
+    threshold = torch.tensor(low, dtype=torch.int32).view(torch.float32).to(device)  # the keep-th largest score
     return {name: s >= threshold for name, s in scores.items()}

@@ -14,6 +14,7 @@ from erase.engine import MaskedUpdate, Runtime, endless_batches
 from erase.objectives import require_conditional
 from erase.rl import RELABEL_INSTEAD, RELABEL_ZERO, RLConfig, relabel_parts, start_relabel_run
 from erase.saliency import gradient_magnitude, top_fraction_mask
+from erase.sharding import shard_mask
 
 
 @documented
@@ -31,7 +32,9 @@ def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runti
         with run.timer.phase("mask"):
             batches = endless_batches(forget_data, config.batch_size, runtime.seed + 2, run.accelerator, shard=False)
             magnitude = gradient_magnitude(adapter, batches, config.saliency_batches, run.accelerator)
-            mask = top_fraction_mask(magnitude, config.mask_fraction)
+            mask = top_fraction_mask(magnitude, config.mask_fraction, sharded=run.stepper.sharded)
+    elif run.stepper.sharded:
+        mask = shard_mask(run.params(), mask)
     run.mask = mask
     masked = MaskedUpdate(run.params(), mask)
     forget_part, remain_part = relabel_parts(run, forget_data, remain_data, config)

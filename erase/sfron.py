@@ -30,7 +30,9 @@ from erase.objectives import (
     pseudo_target_losses,
     require_conditional,
 )
+from erase.memory import tensor_bytes
 from erase.saliency import fisher_diagonal, saliency_mask
+from erase.sharding import shard_mask
 
 
 @documented
@@ -131,19 +133,23 @@ def alpha_schedule(base: float, step: int, steps: int, decay: str) -> float:
     return base
 
 
-def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, accelerator, timer: PhaseTimer):
-    """Forget and remain Fisher diagonals -> the SFR-on saliency mask."""
+def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, accelerator, timer: PhaseTimer,
+                 held: dict | None = None):
+    """Forget and remain Fisher diagonals -> the SFR-on saliency mask.
+
+    Both Fishers are float32 (one accumulator per trained entry each); the mask consumes them tensor by tensor and
+    they are gone before the optimizer allocates its state. `held["fisher_bytes"]` records their size."""
     guidance = config.fisher_guidance if adapter.conditional else None
     with timer.phase("fisher"):
-        fisher = {
-            name: fisher_diagonal(
-                adapter, batches, config.fisher_batches, guidance, config.fisher_max_grad_norm, accelerator,
-                f"Fisher ({name})", reduction=config.loss_reduction,
-            )
+        forget, remain = (
+            fisher_diagonal(adapter, batches, config.fisher_batches, guidance, config.fisher_max_grad_norm, accelerator,
+                            f"Fisher ({name})", reduction=config.loss_reduction)
             for name, batches in (("forget", forget_batches), ("remain", remain_batches))
-        }
+        )
+    if held is not None:
+        held["fisher_bytes"] = tensor_bytes(forget.values()) + tensor_bytes(remain.values())
     with timer.phase("mask"):
-        mask = saliency_mask(fisher["forget"], fisher["remain"], config.gamma)
+        mask = saliency_mask(forget, remain, config.gamma, consume=True)
     return mask
 
 
@@ -165,7 +171,10 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
             config,
             run.accelerator,
             run.timer,
+            run.held,
         )
+    elif run.stepper.sharded:
+        mask = shard_mask(run.params(), mask)
     run.mask = mask
     masked = MaskedUpdate(run.params(), mask, restore=config.mask_mode == "restore")
     forget_loss = make_forget_loss(run, forget_data, remain_data, config)

@@ -35,6 +35,8 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
         raise OptionError(f"{option('--steps')} must be at least 1, got {config.steps}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise OptionError(f"{option('--ema-decay')} must be in [0, 1), got {config.ema_decay}")
+    if runtime.fully_shard:
+        raise OptionError(f"erase train does not shard ({option('--fully-shard')}); train on one process or under DDP")
     accelerator, timer, _, stepper = prepare_training(adapter, runtime, lr=config.lr,
                                                       max_grad_norm=config.max_grad_norm, optimizer="adamw")
     params = list(trainable_parameters(adapter.denoiser).values())
@@ -60,6 +62,8 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
     tracked = {"batches": batches, **({"ema": ema} if ema is not None else {})}
     log = run_steps(["train"], config.steps, step, runtime, accelerator, timer, "train", "train", tracked=tracked)
     adapter.denoiser = accelerator.unwrap_model(adapter.denoiser)
+    if stepper.undo_frozen is not None:  # the frozen parts the run cast: the saved folder keeps the originals
+        stepper.undo_frozen()
     digests = weight_digests(accelerator, adapter.denoiser)  # the trained weights, before EMA replaces them
     if ema is not None:
         ema.copy_to(params)

@@ -133,17 +133,28 @@ def test_two_processes_stop_together_on_sigterm_and_resume_bit_for_bit(tmp_path)
     assert len(set(records[0]["process_weight_digests"])) == 1
 
 
-def test_sharded_launches_are_refused_with_the_supported_alternative(monkeypatch):
-    """FSDP / DeepSpeed shard the parameters the masks and Fisher need whole: a clear error, not a wrong mask."""
+@pytest.mark.parametrize("kind, version", [("FSDP", 1), ("DEEPSPEED", None)])
+def test_flat_or_partitioned_launches_are_refused_with_the_supported_alternatives(monkeypatch, kind, version):
+    """FSDP1's flat parameters and DeepSpeed's partitions do not keep the per-parameter tensors (or FSDP2 shards of
+    them) the Fisher and masks work on: a clear error naming what runs, not a wrong mask."""
     import types
 
     import erase.engine as engine
     from erase.errors import UsageError
 
-    class ShardedAccelerator:
+    class PartitionedAccelerator:
         def __init__(self, **kwargs):
-            self.distributed_type = types.SimpleNamespace(name="FSDP")
+            self.distributed_type = types.SimpleNamespace(name=kind)
+            self.state = types.SimpleNamespace(fsdp_plugin=types.SimpleNamespace(fsdp_version=version))
 
-    monkeypatch.setattr(engine, "Accelerator", ShardedAccelerator)
-    with pytest.raises(UsageError, match="not FSDP.*use DDP"):
+    monkeypatch.setattr(engine, "Accelerator", PartitionedAccelerator)
+    with pytest.raises(UsageError, match=f"DDP.*--fsdp_version 2.*not {kind}"):
         engine.make_accelerator(engine.Runtime())
+
+
+def test_methods_that_need_a_whole_frozen_copy_are_refused_sharded():
+    import erase
+    from erase.errors import UsageError
+
+    with pytest.raises(UsageError, match="esd does not run sharded.*sfron"):
+        erase.unlearn(erase.SHIPPED_MODEL, forget=7, method="esd", fully_shard=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -51,6 +51,12 @@ class DiffusionAdapter(Protocol):
 
     def to(self, device) -> "DiffusionAdapter":
         """Move the denoiser and every frozen component (VAE, text encoder) to `device`."""
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """The frozen parts (VAE, text encoders); empty for pixel-space class models."""
+
+    def replace_frozen(self, convert: Callable[[torch.nn.Module], torch.nn.Module]) -> Callable[[], None]:
+        """Put `convert(module)` in place of each frozen part (e.g. a bf16 copy); returns the undo."""
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (N, C, H, W) -> the space the denoiser works in (pixels or latents)."""
@@ -314,6 +320,24 @@ class AdapterBase:
         """The frozen parts that move with the denoiser: the VAE and the text encoders."""
         modules = [getattr(self, name) for name in self.text_encoder_names]
         return [m for m in modules if m is not None] + ([self.vae.vae] if self.vae is not None else [])
+
+    def replace_frozen(self, convert) -> Callable[[], None]:
+        """Put `convert(module)` in place of each frozen part; the returned function puts the originals back (the
+        caller's pipeline shares them, so they are swapped, never cast in place)."""
+        originals = {name: getattr(self, name) for name in self.text_encoder_names if getattr(self, name) is not None}
+        for name, module in originals.items():
+            setattr(self, name, convert(module))
+        vae = self.vae.vae if self.vae is not None else None
+        if vae is not None:
+            self.vae.vae = convert(vae)
+
+        def undo() -> None:
+            for name, module in originals.items():
+                setattr(self, name, module)
+            if vae is not None:
+                self.vae.vae = vae
+
+        return undo
 
     def to(self, device) -> "AdapterBase":
         """Move the denoiser, every frozen component and any prompt-embedding table to `device`."""

@@ -25,7 +25,8 @@ class FrozenVAE:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.vae.device, self.vae.dtype)
-        return (self.vae.encode(images).latent_dist.sample() - self.shift_factor) * self.vae.config.scaling_factor
+        latents = self.vae.encode(images).latent_dist.sample().float()  # a bf16 / fp16 VAE still gives fp32 latents
+        return (latents - self.shift_factor) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

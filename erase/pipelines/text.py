@@ -51,7 +51,8 @@ class PromptConditioning:
         """Ids of `prompts` in the embedding table, encoding the ones not seen before."""
         new = [p for p in dict.fromkeys(prompts) if p not in self.prompt_ids]
         if new:
-            embedded = self.encode_prompts(new)
+            embedded = {k: v.float() if v.is_floating_point() else v  # fp32 even from a bf16 encoder
+                        for k, v in self.encode_prompts(new).items()}
             if self.embeddings is not None:
                 embedded = {k: torch.cat([self.embeddings[k], v.to(self.embeddings[k].device)])
                             for k, v in embedded.items()}

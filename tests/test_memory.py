@@ -1,0 +1,161 @@
+"""Memory near the floor (issue 25): float32 Fisher sums within the stated tolerance of float64 ones, a mask that
+consumes the Fishers, a chunked masked update equal to one whole step, and run.json's per-phase memory record."""
+
+import copy
+import json
+import sys
+
+import pytest
+import torch
+
+import erase
+from erase.data import digits, split_by_class
+from erase.engine import MaskedUpdate, Runtime, Stepper, make_accelerator
+from erase.memory import PhaseMemory
+from erase.objectives import denoising_losses
+from erase.saliency import FISHER_RTOL_PER_BATCH, fisher_diagonal, saliency_mask, trainable_parameters
+from tests.conftest import tiny_adapter
+
+
+def test_float32_fisher_sums_are_within_n_half_ulps_of_float64_sums():
+    """8 clipped batches: the reference squares each batch gradient (clipped to norm 1 with a float64 norm, as the
+    official DDPM code clips) in float64 and sums in float64, here in the test. Each fp32 addition rounds by at
+    most half an ulp and the final division by one more, so |F32 - F64| <= (N + 1) 2^-24 F64 entry by entry."""
+    adapter = tiny_adapter()
+    data = digits(8)
+    batches = [(data.images[i * 8:(i + 1) * 8], data.labels[i * 8:(i + 1) * 8]) for i in range(8)]
+    torch.manual_seed(3)
+    fisher = fisher_diagonal(adapter, iter(batches), num_batches=8, max_grad_norm=1.0, reduction="sum")
+
+    torch.manual_seed(3)  # the same noise and timesteps as inside fisher_diagonal
+    params = trainable_parameters(adapter.denoiser)
+    reference = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+    for images, labels in batches:
+        noise, timesteps = adapter.draw(images)
+        loss = denoising_losses(adapter, images, labels, timesteps, noise, reduction="sum").mean()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params.values())]
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+        scale = (1.0 / (norm + 1e-6)).clamp(max=1.0).float()
+        for name, g in zip(params, grads):
+            reference[name] += (g * scale).double() ** 2  # (float32 g * float32 scale) as the code forms it
+    tolerance = (8 + 1) * FISHER_RTOL_PER_BATCH
+    worst = 0.0
+    for name in params:
+        expected = reference[name] / 8
+        error = (fisher[name].double() - expected).abs()
+        assert fisher[name].dtype == torch.float32
+        assert bool((error <= tolerance * expected + 1e-45).all()), name
+        worst = max(worst, float((error / expected.clamp_min(1e-38)).max()))
+    assert worst > 0.0, "float32 sums rounded nowhere: the comparison would not see a float64 shortcut either"
+
+
+def test_a_consuming_mask_equals_the_plain_mask_and_frees_both_fishers():
+    generator = torch.Generator().manual_seed(0)
+    forget = {"a": torch.rand(64, 32, generator=generator), "b": torch.rand(7, generator=generator) * 1e-20}
+    remain = {"a": torch.rand(64, 32, generator=generator), "b": torch.rand(7, generator=generator) * 1e-20}
+    expected = {name: (forget[name].double() + 1e-15) / (remain[name].double() + 1e-15) >= 1.3 for name in forget}
+    plain = saliency_mask(forget, remain, 1.3)
+    consumed = saliency_mask(copy.deepcopy(forget), remain_copy := copy.deepcopy(remain), 1.3, consume=True)
+    assert remain_copy == {}
+    for name in forget:
+        assert torch.equal(plain[name], consumed[name])
+        agree = float((plain[name] == expected[name]).float().mean())
+        assert agree == 1.0, name  # no entry of these random ratios sits within fp32 rounding of 1.3
+
+
+def test_chunked_masked_step_equals_one_whole_adam_step_with_mask_zero_entries_put_back():
+    """The reference is built here: plain torch Adam on a copy with the gradient masked, then every mask-0 entry
+    set back by torch.where. Chunks of 300 entries split the tiny UNet's tensors into dozens of optimizer steps."""
+    adapter = tiny_adapter()
+    models = {"chunked": adapter.denoiser, "reference": copy.deepcopy(adapter.denoiser)}
+    params = trainable_parameters(models["chunked"])
+    reference = trainable_parameters(models["reference"])
+    torch.manual_seed(0)
+    mask = {name: torch.rand_like(p) < 0.5 for name, p in params.items()}
+    mask["conv_in.bias"] = torch.ones_like(mask["conv_in.bias"])  # an all-ones tensor steps outside the chunks
+    images, labels = digits(8).images[:16], digits(8).labels[:16]
+
+    def loss(model: str, sign: float, seed: int) -> torch.Tensor:
+        adapter.denoiser = models[model]
+        torch.manual_seed(seed)
+        return sign * denoising_losses(adapter, images, labels).mean()
+
+    optimizer = torch.optim.Adam(params.values(), lr=1e-2)
+    stepper = Stepper(make_accelerator(Runtime(seed=0)), models["chunked"], optimizer, max_grad_norm=None)
+    masked = MaskedUpdate(params, mask, chunk_entries=300)
+    assert len(masked.chunks) > 10
+    stepper.step(lambda: (lambda l: (l, l))(loss("chunked", 1.0, 1)))  # an unmasked step: momentum everywhere
+    stepper.step(lambda: (lambda l: (l, l))(loss("chunked", -1.0, 2)), masked)
+
+    reference_optimizer = torch.optim.Adam(reference.values(), lr=1e-2)
+    for sign, seed in ((1.0, 1), (-1.0, 2)):
+        reference_optimizer.zero_grad()
+        loss("reference", sign, seed).backward()
+        before = {name: p.detach().clone() for name, p in reference.items()}
+        with torch.no_grad():
+            if seed == 2:
+                for name, p in reference.items():
+                    p.grad.mul_(mask[name])
+            reference_optimizer.step()
+            if seed == 2:
+                for name, p in reference.items():
+                    p.copy_(torch.where(mask[name], p, before[name]))
+    for name, p in params.items():
+        assert torch.equal(p, reference[name]), name
+        state, expected = optimizer.state[p], reference_optimizer.state[reference[name]]
+        assert torch.equal(state["exp_avg_sq"], expected["exp_avg_sq"]), name
+        assert int(state["step"]) == int(expected["step"]) == 2, name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-phase peaks reset through /proc (Linux)")
+def test_phase_peaks_reset_between_phases():
+    """400 MB touched in one phase must show in its peak and not in the next phase's."""
+    meter = PhaseMemory("cpu")
+    meter.start()
+    big = torch.ones(100_000_000)  # 400 MB, written so every page is resident
+    del big
+    meter.stop("big")
+    meter.start()
+    meter.stop("small")
+    assert meter.resettable
+    assert meter.peaks["big"]["peak_rss_bytes"] - meter.peaks["small"]["peak_rss_bytes"] > 350e6
+
+
+def test_run_json_records_memory_per_phase_and_the_sizes_the_run_held(tmp_path):
+    erase.unlearn(erase.SHIPPED_MODEL, forget=7, data="digits", steps=2, fisher_batches=1, batch_size=4,
+                  out=tmp_path / "out")
+    memory = json.loads((tmp_path / "out" / "run.json").read_text())["memory"]
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(erase.SHIPPED_MODEL / "unet")
+    entries = sum(p.numel() for p in unet.parameters())
+    sizes = memory["sizes"]
+    assert sizes["trained_parameters"] == entries
+    assert sizes["gradients_bytes"] == 4 * entries
+    assert sizes["fisher_bytes"] == 2 * 4 * entries  # forget + remain, float32
+    assert sizes["mask_bytes"] == entries  # bool
+    tensors = len(list(unet.parameters()))
+    assert 8 * entries <= sizes["optimizer_state_bytes"] <= 8 * entries + 8 * tensors  # Adam's two moments + steps
+    assert sizes["floor_bytes"] == (sizes["weights_bytes"] + sizes["gradients_bytes"]
+                                    + sizes["optimizer_state_bytes"] + sizes["frozen_bytes"])
+    assert set(memory["phases"]) >= {"data", "fisher", "mask", "unlearn"}
+    for phase, peaks in memory["phases"].items():
+        assert peaks["peak_rss_bytes"] > sizes["weights_bytes"], phase
+
+
+def test_bisected_salun_threshold_equals_the_top_k_threshold():
+    """Reference: torch.topk over every score concatenated (the form the bisection replaces), with ties, zeros and
+    scores spanning 30 decades."""
+    from erase.saliency import top_fraction_mask
+
+    generator = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(1000, generator=generator) * 10.0 ** torch.randint(-30, 1, (1000,), generator=generator),
+              "b": torch.randint(0, 4, (30, 10), generator=generator).float(), "c": torch.zeros(5)}
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    for fraction in (0.001, 0.1, 0.37, 0.5, 0.9, 1.0):
+        keep = max(1, round(fraction * flat.numel()))
+        threshold = torch.topk(flat, keep).values.min()
+        mask = top_fraction_mask(scores, fraction)
+        for name, s in scores.items():
+            assert torch.equal(mask[name], s >= threshold), (fraction, name)
