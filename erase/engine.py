@@ -219,6 +219,7 @@ class MaskedUpdate:
         self.masks = [mask[name].to(local(params[name]).device, torch.bool) for name in partial]
         self.restore = restore
         self.chunks = self._chunks(chunk_entries or self.CHUNK_ENTRIES) if restore else []
+        self.buffer: torch.Tensor | None = None  # the restore copy, allocated at the first step and kept
 
     def _chunks(self, limit: int) -> list[list[int]]:
         """Indices of self.params in consecutive groups of at most `limit` entries (a larger tensor alone)."""
@@ -251,7 +252,9 @@ class MaskedUpdate:
         partial = {id(p) for p in self.params}
         grads = [p.grad for p in all_params]
         largest = max(sum(local(self.params[i]).numel() for i in chunk) for chunk in chunks)
-        buffer = torch.empty(largest, dtype=local(self.params[0]).dtype, device=local(self.params[0]).device)
+        if self.buffer is None or self.buffer.numel() < largest:
+            self.buffer = torch.empty(largest, dtype=local(self.params[0]).dtype, device=local(self.params[0]).device)
+        buffer = self.buffer
         try:
             for number, chunk in enumerate(chunks):
                 stepping = {id(self.params[i]) for i in chunk}
@@ -427,9 +430,9 @@ class UnlearnRun:
         """Unwrap the model, put back the frozen parts the run cast, and return the result every method returns
         (run.json fields)."""
         self.adapter.denoiser = self.accelerator.unwrap_model(self.adapter.denoiser)
+        sizes = run_sizes(self.adapter, self.optimizer, mask, self.held.get("fisher_bytes"))  # this process's share
         if self.stepper.undo_frozen is not None:
             self.stepper.undo_frozen()
-        sizes = run_sizes(self.adapter, self.optimizer, mask, self.held.get("fisher_bytes"))  # this process's share
         if self.stepper.sharded:  # whole weights and mask on every process, as under DDP, for saving and sampling
             if mask is not None:
                 mask = full_mask(trainable_parameters(self.adapter.denoiser), mask)
@@ -499,13 +502,19 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
                      weight_decay: float = 0.0):
     """(accelerator, timer, optimizer, stepper) for training `adapter.denoiser`'s trainable parameters."""
     accelerator = make_accelerator(runtime)
-    adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
     dtype, undo_frozen = frozen_dtype(runtime, accelerator.device), None
     if dtype != torch.float32 and hasattr(adapter, "replace_frozen"):
         import copy
 
-        # copies: the caller's pipeline shares the frozen parts, and a cast in place would change its weights
-        undo_frozen = adapter.replace_frozen(lambda module: copy.deepcopy(module).to(dtype=dtype))
+        # copies, cast where the originals are (before the move): the caller's pipeline shares the frozen parts and
+        # a cast in place would change its weights; the device then holds only the cast copies
+        put_back = adapter.replace_frozen(lambda module: copy.deepcopy(module).to(dtype=dtype))
+
+        def undo_frozen() -> None:
+            put_back()
+            adapter.to(accelerator.device)  # the originals join the trained denoiser, as without the cast
+
+    adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
     adapter.denoiser.train()
     if runtime.fully_shard:  # FSDP2 by hand; under accelerate's FSDP plugin, prepare() below applies it instead
         shard_model(adapter.denoiser)

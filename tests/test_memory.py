@@ -159,3 +159,41 @@ def test_bisected_salun_threshold_equals_the_top_k_threshold():
         mask = top_fraction_mask(scores, fraction)
         for name, s in scores.items():
             assert torch.equal(mask[name], s >= threshold), (fraction, name)
+
+
+def test_the_8bit_optimizer_holds_a_quarter_of_adams_state_and_still_erases(tmp_path):
+    """bitsandbytes' Adam8bit keeps each moment in 1 byte per entry (plus a float32 scale per 256-entry block and
+    float32 states for tensors under 4096 entries), against Adam's 4: asserted at most 40% of 8 bytes per entry."""
+    pytest.importorskip("bitsandbytes")
+    _, record = erase.unlearn(erase.SHIPPED_MODEL, forget=7, data="digits", steps=2, fisher_batches=1, batch_size=4,
+                              optimizer_8bit=True)
+    sizes = record["memory"]["sizes"]
+    assert record["memory"]["optimizer"] == "Adam8bit"
+    assert 0 < sizes["optimizer_state_bytes"] <= 0.4 * 8 * sizes["trained_parameters"]
+    assert record["losses"]["forget"]["value"][-1] == record["losses"]["forget"]["value"][-1]  # finite, not NaN
+
+
+def test_bf16_frozen_parts_are_copies_the_callers_pipeline_and_the_saved_folder_keep_fp32(tmp_path):
+    """--frozen-dtype bf16 casts copies of the VAE and text encoder for the run; the caller's pipeline shares the
+    originals and must get them back bit for bit, and the saved folder must hold fp32 frozen parts."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.conftest import tiny_stable_diffusion
+
+    parts = tiny_stable_diffusion(tmp_path)
+    pipe = StableDiffusionPipeline(vae=parts.vae.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                   unet=parts.denoiser, scheduler=parts.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    before = {name: t.clone() for name, t in pipe.vae.state_dict().items()}
+    erased, record = erase.unlearn(pipe, forget="a photo of a cat", retain=["a photo of a dog"], steps=2,
+                                   fisher_batches=1, batch_size=2, images_per_condition=2, generation_steps=2,
+                                   frozen_dtype="bf16", out=tmp_path / "out")
+    assert record["memory"]["frozen_dtype"] == "bfloat16"
+    modules = (pipe.vae, pipe.text_encoder)
+    held = sum(2 * t.numel() if t.is_floating_point() else t.numel() * t.element_size()  # integer buffers stay
+               for m in modules for t in (*m.parameters(), *m.buffers()))
+    assert record["memory"]["sizes"]["frozen_bytes"] == held  # the run held the bf16 copies
+    assert erased.vae is pipe.vae and pipe.vae.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    assert all(torch.equal(before[name], t) for name, t in pipe.vae.state_dict().items())
+    saved = StableDiffusionPipeline.from_pretrained(tmp_path / "out")
+    assert saved.vae.dtype == torch.float32 and saved.text_encoder.dtype == torch.float32
