@@ -11,6 +11,12 @@ erase.methods (`from erase.methods import SFRonConfig`); errors derive from eras
 
 __version__ = "0.1.0"
 
+import logging  # noqa: E402
+
+# diffusers imports bitsandbytes wherever it is installed (erase's --optimizer-8bit); on CPUs without the optional
+# `kernels` package it logs a warning about a 4-bit kernel erase never uses, on every command. Errors still show.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 from erase.api import grid, sample, score, unlearn  # noqa: E402
 from erase.errors import (DataError, EraseError, ModelError, NonFiniteLossError, OptionError, OutputError,  # noqa: E402
                           UsageError)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from erase.errors import option
+from erase.errors import UsageError, option
 from erase.objectives import denoising_losses
 from erase.sharding import is_sharded, local, squared_norm
 
@@ -91,6 +91,43 @@ def batch_gradients(loss_fn, values: list, fp16: bool, sharded: bool = False) ->
         scale /= 2.0
 
 
+def partial_gradients(loss_fn, values: list, kept: list[bool], fp16: bool) -> tuple[list, torch.Tensor]:
+    """fp32 gradients of the `kept` parameters of `loss_fn()` and the squared norm of the whole gradient, without
+    the whole gradient ever existing: .backward() with a hook per parameter that adds its gradient's squared norm
+    (float64) and frees it unless kept. fp16 loss scaling as in `batch_gradients`."""
+    scale = 2.0 ** 16 if fp16 else 1.0
+    keep = {id(p) for p, k in zip(values, kept) if k}
+    while True:
+        total = [torch.zeros((), dtype=torch.float64, device=values[0].device)]
+
+        def hook(p: torch.Tensor) -> None:
+            total[0] = total[0] + torch.linalg.vector_norm(p.grad, dtype=torch.float64).square()
+            if id(p) not in keep:
+                p.grad = None
+
+        handles = [p.register_post_accumulate_grad_hook(hook) for p in values]
+        try:
+            for p in values:
+                p.grad = None
+            loss = loss_fn()
+            (loss * scale if fp16 else loss).backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        grads = [torch.zeros_like(p, dtype=torch.float32) if p.grad is None else p.grad.float()
+                 for p, k in zip(values, kept) if k]
+        for p in values:
+            p.grad = None
+        if not fp16:
+            return grads, total[0]
+        if bool(torch.isfinite(total[0])):
+            torch._foreach_div_(grads, scale)
+            return grads, total[0] / scale ** 2
+        if scale <= 1.0:
+            raise FloatingPointError(f"the Fisher gradient overflows fp16 even unscaled; use {option('--mixed-precision')} bf16 or no")
+        scale /= 2.0
+
+
 def fisher_diagonal(
     adapter,
     batches: Iterator,
@@ -100,8 +137,12 @@ def fisher_diagonal(
     accelerator=None,
     description: str = "Fisher",
     reduction: str = "mean",
+    only: set[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher: mean over `num_batches` batches of (grad_theta L(batch))^2.
+
+    `only`: the Fisher of these parameters alone (a group of `--fisher-groups`, one process): the gradient of the
+    rest is still computed, for the clip norm, but freed tensor by tensor as the backward pass makes it.
 
     L is the training loss (denoising squared error, per sample averaged or summed over pixels by `reduction`,
     averaged over the batch); with `guidance_scale` it is evaluated on the guided
@@ -116,20 +157,29 @@ def fisher_diagonal(
     values = list(params.values())
     sharded = is_sharded(adapter.denoiser)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    if only is not None and (sharded or world > 1):
+        raise UsageError(f"{option('--fisher-groups')} works on one process; under DDP or FSDP leave it at 1")
     if sharded:  # each process sums the squares of its shard over every batch: nothing to add up at the end
         rank, world = 0, 1
     fp16 = accelerator is not None and accelerator.mixed_precision == "fp16"
-    fisher = [torch.zeros_like(local(p), dtype=torch.float32) for p in values]  # (same shapes as params' shards)
+    kept = [only is None or name in only for name in params]
+    names = [name for name, k in zip(params, kept) if k]
+    fisher = [torch.zeros_like(local(p), dtype=torch.float32) for p, k in zip(values, kept) if k]  # (as params' shards)
     show = accelerator is None or accelerator.is_main_process
     with local_model(adapter, accelerator):
         for index in tqdm(range(num_batches), desc=description, disable=not show, leave=False):
             x0, conditions, noise, timesteps = fixed_draw(adapter, batches)
             if index % world != rank:
                 continue
-            grads = batch_gradients(lambda: denoising_losses(adapter, x0, conditions, timesteps, noise, guidance_scale,
-                                                             reduction=reduction).mean(), values, fp16, sharded)
+            loss_fn = lambda: denoising_losses(adapter, x0, conditions, timesteps, noise, guidance_scale,  # noqa: E731
+                                               reduction=reduction).mean()
+            if only is None:
+                grads = batch_gradients(loss_fn, values, fp16, sharded)
+                norm = squared_norm(grads, sharded).sqrt() if max_grad_norm is not None else None
+            else:
+                grads, total = partial_gradients(loss_fn, values, kept, fp16)
+                norm = total.sqrt()
             if max_grad_norm is not None:
-                norm = squared_norm(grads, sharded).sqrt()
                 torch._foreach_mul_(grads, (max_grad_norm / (norm + 1e-6)).clamp(max=1.0).float())
             torch._foreach_addcmul_(fisher, grads, grads)
             del grads
@@ -137,7 +187,7 @@ def fisher_diagonal(
         for f in fisher:
             torch.distributed.all_reduce(f)  # in place: no second copy of the sums
     torch._foreach_div_(fisher, float(num_batches))
-    return dict(zip(params, fisher))
+    return dict(zip(names, fisher))
 
 
 def saliency_mask(

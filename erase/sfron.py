@@ -31,7 +31,7 @@ from erase.objectives import (
     require_conditional,
 )
 from erase.memory import tensor_bytes
-from erase.saliency import fisher_diagonal, saliency_mask
+from erase.saliency import fisher_diagonal, saliency_mask, trainable_parameters
 from erase.sharding import shard_mask
 
 
@@ -78,6 +78,11 @@ class SFRonConfig:
     remain_label_dropout: float | None = remain_label_dropout_field()
     gamma: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "saliency threshold on F_forget / F_remain (official: 1.0)"})
     fisher_batches: int = field(default=20, metadata={"range": "[1, inf)", "help": "batches per Fisher estimate (ours; the official code takes a pass)"})
+    fisher_groups: int = field(
+        default=1, metadata={"range": "[1, inf)", "help": "compute the Fisher and mask for 1/G of the parameters at a "
+                                                           "time (one process): G times the Fisher compute, 3/G of "
+                                                           "its memory; the same mask (ours, for large models)"}
+    )
     fisher_batch_size: int | None = field(default=None, metadata={"range": "[1, inf)", "help": "Fisher batch size (default: --batch-size)"})
     fisher_guidance: float | None = field(
         default=3.0, metadata={"range": "[0, inf)", "help": "evaluate the Fisher loss on the guided eps eps_null + s (eps_c - eps_null) at "
@@ -138,19 +143,50 @@ def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, a
     """Forget and remain Fisher diagonals -> the SFR-on saliency mask.
 
     Both Fishers are float32 (one accumulator per trained entry each); the mask consumes them tensor by tensor and
-    they are gone before the optimizer allocates its state. `held["fisher_bytes"]` records their size."""
+    they are gone before the optimizer allocates its state. With `fisher_groups` G > 1 the parameters are split
+    into G groups of about equal size and each group's two Fishers and mask are computed from the same batches,
+    noise and timesteps (streams and random state replayed), so the mask is the one G = 1 gives.
+    `held["fisher_bytes"]` records the largest pair of Fishers held."""
     guidance = config.fisher_guidance if adapter.conditional else None
-    with timer.phase("fisher"):
-        forget, remain = (
-            fisher_diagonal(adapter, batches, config.fisher_batches, guidance, config.fisher_max_grad_norm, accelerator,
-                            f"Fisher ({name})", reduction=config.loss_reduction)
-            for name, batches in (("forget", forget_batches), ("remain", remain_batches))
-        )
-    if held is not None:
-        held["fisher_bytes"] = tensor_bytes(forget.values()) + tensor_bytes(remain.values())
-    with timer.phase("mask"):
-        mask = saliency_mask(forget, remain, config.gamma, consume=True)
-    return mask
+    params = trainable_parameters(adapter.denoiser)
+    groups = parameter_groups(params, config.fisher_groups)
+    random_state = torch.random.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    mask = {}
+    for number, group in enumerate(groups):
+        if number > 0:  # replay: the same batches, noise and timesteps for every group
+            torch.random.set_rng_state(random_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            forget_batches.load_state_dict({"drawn": 0})
+            remain_batches.load_state_dict({"drawn": 0})
+        only = None if len(groups) == 1 else group
+        label = "" if len(groups) == 1 else f", group {number + 1}/{len(groups)}"
+        with timer.phase("fisher"):
+            forget, remain = (
+                fisher_diagonal(adapter, batches, config.fisher_batches, guidance, config.fisher_max_grad_norm,
+                                accelerator, f"Fisher ({name}{label})", reduction=config.loss_reduction, only=only)
+                for name, batches in (("forget", forget_batches), ("remain", remain_batches))
+            )
+        if held is not None:
+            held["fisher_bytes"] = max(held.get("fisher_bytes") or 0,
+                                       tensor_bytes(forget.values()) + tensor_bytes(remain.values()))
+        with timer.phase("mask"):
+            mask.update(saliency_mask(forget, remain, config.gamma, consume=True))
+        del forget, remain
+    return {name: mask[name] for name in params}
+
+
+def parameter_groups(params: dict, count: int) -> list[set[str]]:
+    """`count` groups of parameter names in model order, each about 1/count of the entries."""
+    total = sum(p.numel() for p in params.values())
+    groups, size = [set()], 0
+    for name, p in params.items():
+        if size >= total * len(groups) / count and len(groups) < count:
+            groups.append(set())
+        groups[-1].add(name)
+        size += p.numel()
+    return [group for group in groups if group]
 
 
 def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime, mask=None, monitor=None):
