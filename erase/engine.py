@@ -280,10 +280,10 @@ class MaskedUpdate:
                 kept = self._views("kept", weights)
                 torch._foreach_copy_(kept, weights)
                 optimizer.step()
-                masks = self._float_masks(chunk, weights)
-                torch._foreach_addcmul_(kept, kept, masks, value=-1.0)  # old w (1 - m), exactly: w - w or w - 0
-                torch._foreach_mul_(weights, masks)  # new w where m = 1, 0 where m = 0 ...
-                torch._foreach_add_(weights, kept)  # ... plus the old w where m = 0: exact in both cases
+                # old + m (new - old): torch's lerp is exact at both ends (at weight 1 it returns new - (new - old)
+                # * 0), so mask-1 entries take the new weight and mask-0 entries the old one, bit for bit
+                torch._foreach_lerp_(kept, weights, self._float_masks(chunk, weights))
+                torch._foreach_copy_(weights, kept)
         finally:
             for p, grad in zip(all_params, grads):
                 p.grad = grad
@@ -517,7 +517,8 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
                      weight_decay: float = 0.0):
     """(accelerator, timer, optimizer, stepper) for training `adapter.denoiser`'s trainable parameters."""
     accelerator = make_accelerator(runtime)
-    dtype, undo_frozen = frozen_dtype(runtime, accelerator.device), None
+    dtype = frozen_dtype(runtime, accelerator.device)
+    undo_frozen = None
     if dtype != torch.float32 and hasattr(adapter, "replace_frozen"):
         import copy
 
@@ -525,9 +526,11 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
         # a cast in place would change its weights; the device then holds only the cast copies
         put_back = adapter.replace_frozen(lambda module: copy.deepcopy(module).to(dtype=dtype))
 
-        def undo_frozen() -> None:
+        def restore_originals() -> None:
             put_back()
             adapter.to(accelerator.device)  # the originals join the trained denoiser, as without the cast
+
+        undo_frozen = restore_originals
 
     adapter.to(accelerator.device)  # frozen parts (VAE, text encoder) too; prepare() moves only the denoiser
     adapter.denoiser.train()

@@ -68,6 +68,19 @@ class PhaseMemory:
         self.peaks[name] = peak
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed on the host back to the OS (glibc's malloc_trim): tensors under glibc's mmap threshold
+    (32 MB) are freed into the heap, which keeps them resident, so the Fisher sums of SD's many small tensors would
+    stay in the RSS of every later phase unless the next allocations happen to fit them. No-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def tensor_bytes(tensors) -> int:
     """Bytes held by `tensors` (each counted once; DTensors by their local shard)."""
     seen, total = set(), 0

@@ -14,6 +14,7 @@ from erase.engine import MaskedUpdate, Runtime, endless_batches
 from erase.objectives import require_conditional
 from erase.rl import RELABEL_INSTEAD, RELABEL_ZERO, RLConfig, relabel_parts, start_relabel_run
 from erase.saliency import gradient_magnitude, top_fraction_mask
+from erase.memory import release_freed_memory
 from erase.sharding import shard_mask
 
 
@@ -33,6 +34,8 @@ def salun(adapter, forget_data, remain_data, config: SalUnConfig, runtime: Runti
             batches = endless_batches(forget_data, config.batch_size, runtime.seed + 2, run.accelerator, shard=False)
             magnitude = gradient_magnitude(adapter, batches, config.saliency_batches, run.accelerator)
             mask = top_fraction_mask(magnitude, config.mask_fraction, sharded=run.stepper.sharded)
+            del magnitude  # a float32 copy of every trained weight's size, not needed past the threshold
+            release_freed_memory()
     elif run.stepper.sharded:
         mask = shard_mask(run.params(), mask)
     run.mask = mask

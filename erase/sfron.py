@@ -30,7 +30,7 @@ from erase.objectives import (
     pseudo_target_losses,
     require_conditional,
 )
-from erase.memory import tensor_bytes
+from erase.memory import release_freed_memory, tensor_bytes
 from erase.saliency import fisher_diagonal, saliency_mask, trainable_parameters
 from erase.sharding import shard_mask
 
@@ -173,7 +173,8 @@ def compute_mask(adapter, forget_batches, remain_batches, config: SFRonConfig, a
                                        tensor_bytes(forget.values()) + tensor_bytes(remain.values()))
         with timer.phase("mask"):
             mask.update(saliency_mask(forget, remain, config.gamma, consume=True))
-        del forget, remain
+            del forget, remain
+            release_freed_memory()  # the Fishers' heap pages, before the optimizer allocates its state
     return {name: mask[name] for name in params}
 
 
