@@ -228,7 +228,7 @@ def mode(quick: bool) -> str:
 
 OVERHEAD_BYTES = 0.6e9  # python, torch, diffusers, transformers after import (measured: 0.44 GB) and allocator slack
 ACTIVATION_MARGIN_BYTES = 1e9  # activations and temporaries at 128 px, batch 1, gradient checkpointing
-RESTORE_CHUNK_BYTES = (1 << 26) * 4  # erase.engine.MaskedUpdate.CHUNK_ENTRIES fp32 weights
+RESTORE_CHUNK_BYTES = 2 * (1 << 24) * 4  # erase.engine.MaskedUpdate's two chunk buffers (restore copy, float mask)
 
 
 def parameter_counts(model: str, train_params: str, quick: bool) -> dict:
@@ -571,7 +571,8 @@ def gpu_model(counts: dict, activation_fp32: float, latent_size: int) -> tuple[l
         ("gradients", "fp32, 4 B/param", 4 * p),
         ("Adam state", "two fp32 moments, 8 B/param", 8 * p),
         ("saliency mask", "bool, 1 B/param", p),
-        ("restore buffer", "MaskedUpdate.CHUNK_ENTRIES fp32 weights", RESTORE_CHUNK_BYTES),
+        ("masked-update buffers", "MaskedUpdate's restore copy and float mask chunk, CHUNK_ENTRIES fp32 each",
+         RESTORE_CHUNK_BYTES),
         ("frozen VAE + text encoder", f"bf16 (--frozen-dtype auto on a GPU), 2 B x {frozen / 1e6:.1f}M", 2 * frozen),
         ("autocast weight copies", "bf16 casts of the fp32 weights, which torch autocast caches until the forward "
                                    "returns: 2 B/param (conservative: added to the activations, which peak in the "
