@@ -37,7 +37,7 @@ def held(record: dict) -> int:
 
 @pytest.mark.slow
 def test_two_shards_hold_half_compute_the_one_process_mask_and_train_as_ddp(tmp_path):
-    """Measured: 61-81 s for the three launches on 2 CPU cores shared with another test run.
+    """Measured: 33 s for the three launches on the idle 2-core CPU (61-81 s shared with another test run).
 
     Mask: under FSDP every process computes every Fisher batch (the reduce-scatter averages identical gradients:
     exact for two processes), squares its shard and compares elementwise, so the mask must equal one process's

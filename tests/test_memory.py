@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import erase
-from erase.data import digits, split_by_class
+from erase.data import digits
 from erase.engine import MaskedUpdate, Runtime, Stepper, make_accelerator
 from erase.memory import PhaseMemory
 from erase.objectives import denoising_losses
