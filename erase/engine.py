@@ -519,6 +519,9 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
     accelerator = make_accelerator(runtime)
     dtype = frozen_dtype(runtime, accelerator.device)
     undo_frozen = None
+    if runtime.frozen_dtype != "auto" and not getattr(adapter, "frozen_modules", list)():
+        raise OptionError(f"{option('--frozen-dtype')} {runtime.frozen_dtype}: this {adapter.backbone} model has no "
+                          "frozen VAE or text encoder to cast; leave it at auto")
     if dtype != torch.float32 and hasattr(adapter, "replace_frozen"):
         import copy
 

@@ -22,26 +22,30 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss() -> int:
-    """Peak resident set size of this process in bytes since the last reset (VmHWM), or since it started."""
+def _status_bytes(field: str) -> int | None:
+    """A size field of /proc/self/status (e.g. "VmHWM", "VmRSS") in bytes, or None off Linux."""
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes since the last reset (VmHWM), or since it started."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
 
 
 def current_rss() -> int:
-    try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss()
+    """Resident set size of this process now (VmRSS), or the peak where /proc is absent."""
+    current = _status_bytes("VmRSS")
+    return current if current is not None else peak_rss()
 
 
 class PhaseMemory:

@@ -215,3 +215,10 @@ def test_fisher_groups_give_the_same_mask_and_run_with_a_third_of_the_fisher_mem
         assert one.keys() == three.keys() and all(torch.equal(one[k], three[k]) for k in one), name
     held = [runs[groups]["memory"]["sizes"]["fisher_bytes"] for groups in (1, 3)]
     assert held[1] <= 0.45 * held[0], held
+
+
+def test_a_frozen_dtype_for_a_model_without_frozen_parts_is_refused():
+    """The shipped pixel-space digit model has no VAE or text encoder: --frozen-dtype bf16 would change nothing."""
+    with pytest.raises(erase.OptionError, match="frozen.dtype bf16.*no frozen VAE or text encoder"):
+        erase.unlearn(erase.SHIPPED_MODEL, forget=7, data="digits", steps=1, fisher_batches=1, batch_size=4,
+                      frozen_dtype="bf16")

@@ -61,7 +61,7 @@ def register(commands) -> None:
                             "Flux); noxattn, the rest but the time, text and output embeddings (ESD-u) "
                             "(default: %(default)s)")
     model.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                       help="recompute activations in the backward pass: less memory, about a third more compute "
+                       help="recompute activations in the backward pass: less memory, a second forward per step "
                             "(default: on for denoisers of 300M parameters or more, e.g. every Stable Diffusion UNet)")
     probe = parser.add_argument_group("monitoring (class models): forgetting accuracy during the run, untimed")
     probe.add_argument("--monitor-every", type=int, default=0,
