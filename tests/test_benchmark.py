@@ -80,7 +80,7 @@ def small_base(tmp_path_factory):
 def benchmark(base, out, rt_cache, cache):
     return main(["benchmark", "--model", str(base), "--forget-classes", "3,5", "--methods", "sfron,ga",
                  "--per-class", "3", "--sample-steps", "3", "--monitor-every", "2", "--monitor-samples", "3",
-                 "--steps", "4", "--rt-steps", "20", "--out", str(out), "--rt-cache", str(rt_cache),
+                 "--steps", "4", "--rt-steps", "20", "--extra-seeds", "0", "--out", str(out), "--rt-cache", str(rt_cache),
                  "--cache-dir", str(cache)])
 
 
@@ -131,7 +131,8 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     argv = ["benchmark", "--model", str(small_base), "--tune", "--dev-classes", "1", "--forget-classes", "3",
             "--methods", "sfron,ga", "--per-class", "3", "--tune-per-class", "3", "--sample-steps", "3",
             "--monitor-every", "2", "--monitor-samples", "3", "--steps", "4", "--rt-steps", "20",
-            "--relearn-steps", "1,2", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+            "--relearn-steps", "1,2", "--extra-seeds", "1", "--all-digits", "3,4", "--all-digits-per-class", "2",
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     tuning = results["tuning"]
@@ -144,8 +145,21 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     relearned = {r["method"]: r["relearn"] for r in results["rows"] if r["seed"] == 0 and r["method"] != "base"}
     assert all([p["step"] for p in curve] == [1, 2] for curve in relearned.values()), relearned
     report = (tmp_path / "out" / "benchmark.md").read_text()
-    assert "## Tuning protocol" in report and "## Relearning" in report and "## Seeds" in report
-    assert (tmp_path / "out" / "benchmark-pareto.png").is_file()
+    assert "## Tuning protocol" in report and "## Relearning" in report and "## Seeds: how often" in report
+    assert (tmp_path / "out" / "benchmark-pareto.png").is_file() and (tmp_path / "out" / "benchmark-seeds.png").is_file()
+    # the seeds: each cell of the mean table is the mean over seeds of the per-seed class means, with their range
+    sfron = [r["forgetting_accuracy"] for r in results["rows"] if r["method"] == "sfron"]
+    fa_cell = next(line for line in report.splitlines() if line.startswith("| sfron |")).split(" | ")[1]
+    assert fa_cell.startswith(f"{sum(sfron) / 2:.1%}")
+    assert (fa_cell == f"{sfron[0]:.1%}") == (sfron[0] == sfron[1])  # a range only where the seeds differ
+    # every digit: SFR-on and the best baseline on digits 3 (a test digit: its seed-0 run reused) and 4
+    every = results["every_digit"]
+    assert every["methods"] == ["sfron", "ga"] and [(r["method"], r["class"]) for r in every["rows"]] == [
+        ("sfron", 3), ("sfron", 4), ("ga", 3), ("ga", 4)]
+    assert "## Every digit" in report and (tmp_path / "out" / "tuned" / "sfron-4").is_dir()
+    probed = {name: json.loads((tmp_path / "out" / "tuned" / name / "run.json").read_text())["monitor"]
+              for name in ("sfron-3", "sfron-3-seed1", "sfron-4")}
+    assert probed["sfron-3"]["history"] and probed["sfron-3-seed1"] is None and probed["sfron-4"] is None
 
     import erase.eval.class_scores
 

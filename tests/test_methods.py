@@ -8,11 +8,11 @@ from diffusers import StableDiffusionPipeline, UNet2DModel
 
 from erase.data import ImageDataset, split_by_class
 from erase.engine import Runtime
-from erase.errors import UsageError
+from erase.errors import OptionError, UsageError
 from erase.esd import ESDConfig, esd, esd_target
 from erase.ga import GAConfig, ga
 from erase.methods import METHODS
-from erase.nabla_tau import NablaTauConfig, nabla_tau, nabla_tau_forget_term
+from erase.nabla_tau import NablaTauConfig, gap_slope, nabla_tau, nabla_tau_forget_term
 from erase.objectives import denoising_losses, pseudo_target_losses
 from erase.rl import RLConfig, rl
 from erase.sa import SAConfig, add_ewc_gradient, sa
@@ -100,6 +100,74 @@ def test_nabla_tau_forget_term_vanishes_above_tau_leaving_pure_remain_descent(tr
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(combined, remain_only))
 
 
+def test_nabla_tau_per_sample_gap_stops_each_sample_at_tau_on_its_own():
+    losses = torch.tensor([0.2, 0.7, 0.5, 0.9], requires_grad=True)  # two below tau = 0.6, two above
+    term = nabla_tau_forget_term(losses, tau=0.6, gap="absolute", over="sample")
+    term.backward()
+    assert term.item() == pytest.approx((0.4**2 + 0.1**2) / 4)
+    # d/dl_i mean_j ReLU(tau - l_j)^2 = -2 (tau - l_i) / 4 below tau, exactly 0 at or above it
+    assert losses.grad.tolist() == pytest.approx([-0.2, 0.0, -0.05, 0.0]) and losses.grad[[1, 3]].eq(0).all()
+    closed = torch.tensor([0.6, 0.8], requires_grad=True)  # every sample at or above tau: nothing left to ascend
+    term = nabla_tau_forget_term(closed, tau=0.6, gap="relative", over="sample")
+    term.backward()
+    assert term.item() == 0.0 and closed.grad.eq(0).all()
+    # the batch form sees only the mean (0.575 < 0.6 here): it still ascends every sample, the one above tau too
+    batch = torch.tensor([0.2, 0.95], requires_grad=True)
+    nabla_tau_forget_term(batch, tau=0.6, gap="absolute", over="batch").backward()
+    assert batch.grad.lt(0).all()
+
+
+def test_nabla_tau_gap_slope_is_the_ascents_own_strength_and_zero_once_the_gap_closes():
+    losses = torch.tensor([0.1, 0.3, 0.4, 0.9])
+    # -d/dl ReLU(1 - l/tau)^2 = 2 (1 - l/tau) / tau below tau (tau = 0.4), 0 at and above it
+    assert gap_slope(losses, 0.4, "relative").tolist() == pytest.approx([3.75, 1.25, 0.0, 0.0])
+    assert gap_slope(losses, 0.4, "absolute").tolist() == pytest.approx([0.6, 0.2, 0.0, 0.0])  # 2 (tau - l)
+    for gap in ("relative", "absolute"):  # the slope is the ascent term's gradient, computed by autograd here
+        l = losses.clone().requires_grad_()
+        nabla_tau_forget_term(l, 0.4, gap, over="sample").backward()
+        assert (-l.grad * len(losses)).tolist() == pytest.approx(gap_slope(losses, 0.4, gap).tolist())
+
+
+def test_nabla_tau_pseudo_direction_stops_once_every_sample_reaches_tau(trained_model_dir, digit_split):
+    """--direction pseudo: the forget term moves the forget class's prediction toward another class's, weighted
+    per sample by the gap's slope. Once every sample's loss is above tau the term is zero with zero gradient: the
+    run is then pure remain descent, step for step the same as the ascent form's, whose gap is closed too."""
+    forget, remain = digit_split
+
+    def run(direction: str, tau: float):
+        adapter = load_adapter(trained_model_dir)
+        config = NablaTauConfig(steps=2, batch_size=8, tau_source="value", tau_value=tau, direction=direction)
+        result = nabla_tau(adapter, forget, remain, config, Runtime(seed=0))
+        return {n: p.detach().clone() for n, p in trainable_parameters(adapter.denoiser).items()}, result
+
+    closed_pseudo, record = run("pseudo", 1e-9)
+    closed_ascent, _ = run("ascent", 1e-9)
+    assert record["record"]["direction"] == "pseudo" and record["record"]["pseudo_class"] == 8  # 7 -> the next
+    assert all(torch.equal(closed_pseudo[n], closed_ascent[n]) for n in closed_pseudo)
+    open_pseudo, _ = run("pseudo", 1e3)  # far below tau: the term acts, and differently from the ascent
+    open_ascent, _ = run("ascent", 1e3)
+    assert any(not torch.equal(open_pseudo[n], closed_pseudo[n]) for n in open_pseudo)
+    assert any(not torch.equal(open_pseudo[n], open_ascent[n]) for n in open_pseudo)
+
+
+def test_nabla_tau_with_a_saliency_mask_moves_only_the_masked_entries(trained_model_dir, digit_split):
+    forget, remain = digit_split
+    before = {name: p.detach().clone() for name, p in trainable_parameters(load_adapter(trained_model_dir).denoiser).items()}
+    adapter = load_adapter(trained_model_dir)
+    config = NablaTauConfig(steps=3, batch_size=8, tau_samples=16, mask_fraction=0.3, saliency_batches=2)
+    result = nabla_tau(adapter, forget, remain, config, Runtime(seed=0))
+    mask = result["mask"]
+    kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+    assert kept == pytest.approx(0.3, abs=0.01)
+    after = trainable_parameters(adapter.denoiser)
+    moved = outside = 0
+    for name, m in mask.items():
+        m = m.bool()
+        outside += int((after[name].detach()[~m] != before[name][~m]).sum())
+        moved += int((after[name].detach()[m] != before[name][m]).sum())
+    assert outside == 0 and moved > 0.5 * sum(int(m.sum()) for m in mask.values())
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e-2, 256.0])  # pixel-mean denoising, classifier CE, pixel-sum at 16x16
 def test_nabla_tau_relative_gap_pushes_equally_hard_at_any_loss_scale(scale):
     def push(gap: str) -> float:  # the forget term's gradient on the loss, expressed per unit of relative loss change
@@ -130,6 +198,23 @@ def test_nabla_tau_records_tau_at_every_refresh(trained_model_dir, digit_split):
     relative = nabla_tau(adapter, forget, remain, NablaTauConfig(steps=5, batch_size=8, tau_every=2, tau_samples=16,
                                                                  tau_source="relative", tau_factor=1.5), Runtime(seed=0))
     assert relative["record"]["tau"] == [{"step": 0, "tau": pytest.approx(1.5 * start)}]  # fixed, never refreshed
+
+
+def test_nabla_tau_class_tau_is_the_forget_label_on_the_other_classes_images(trained_model_dir, digit_split):
+    forget, remain = digit_split  # digit 7 against the other nine
+    adapter = load_adapter(trained_model_dir)
+    others = ImageDataset(remain.images, torch.full_like(remain.labels, 7), remain.class_names)  # built here
+    with torch.no_grad():
+        expected = fixed_draw_loss(adapter, others, 16, seed=0)
+        own = fixed_draw_loss(adapter, forget, 16, seed=0)
+    config = NablaTauConfig(steps=2, batch_size=8, tau_samples=16, tau_source="auto")
+    record = nabla_tau(adapter, forget, remain, config, Runtime(seed=0))["record"]
+    assert record["tau_source"] == "class" and record["tau"][0]["tau"] == pytest.approx(expected, rel=1e-5)
+    assert expected > own  # label 7 explains the 7s better than it explains the other digits
+    mixed = ImageDataset(torch.cat([forget.images[:4], remain.images[:4]]),
+                         torch.cat([forget.labels[:4], remain.labels[:4]]), forget.class_names)
+    with pytest.raises(OptionError, match="tau_source class is for class removal"):  # not a whole class
+        nabla_tau(adapter, mixed, remain, NablaTauConfig(steps=1, batch_size=4, tau_source="class"), Runtime(seed=0))
 
 
 def test_salun_mask_keeps_the_stated_fraction(trained_model_dir, digit_split):

@@ -16,7 +16,7 @@ from erase.cli.tuning import DEV_CLASSES, TUNE_PER_CLASS
 SETTINGS = {
     "sfron": [],  # the defaults users get: the cfg_unet preset (official DDPM conventions, docs/ablation.md)
     "joint": [],
-    "nabla_tau": ["--steps", 150, "--batch-size", 64],
+    "nabla_tau": [],  # the cfg_unet preset (erase/nabla_tau.py NABLA_TAU_PRESETS, docs/nabla-tau.md)
     "ga": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],  # SalUn DDPM: 1000 at 1e-5 -> 100 at 1e-4
     "rl": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
     "salun": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
@@ -25,9 +25,10 @@ SETTINGS = {
 }
 SCALING_NOTE = (
     "Iteration counts of 1000 at lr 1e-5 (GA, RL, SalUn, ESD: SalUn's and ESD's settings) and 1000 at 1e-4 (SA) "
-    "become 100 at 10x the learning rate (same lr x steps); SFR-on, its joint variant and Nabla-tau keep the SFR-on "
-    "DDPM setting of lr 1e-4; SFR-on and joint run at `erase unlearn`'s defaults for class UNets (the cfg_unet "
-    "preset), Nabla-tau at 150 iterations. Batches are 64 (the base model's training batch) instead of 128; "
+    "become 100 at 10x the learning rate (same lr x steps); SFR-on and its joint variant run at `erase unlearn`'s "
+    "defaults for class UNets (the cfg_unet preset: the SFR-on DDPM setting), and so does Nabla-tau (its cfg_unet "
+    "preset: 150 iterations at lr 3e-4 with the directed forget term, docs/nabla-tau.md). Batches are 64 (the base "
+    "model's training batch) instead of 128; "
     "ESD keeps one condition per step. Every other hyperparameter is the method's default (the papers' values, "
     "under the loss conventions each paper's code used, or converted exactly: RL and SalUn weigh a pixel-mean remain "
     "term by 3.072, SalUn's 1e-3 on a pixel sum at 3x32x32; see each method's --loss-reduction / --remain-reduction)."
@@ -48,7 +49,7 @@ DEFAULT_METHODS = [method for method in SETTINGS if method != "joint"]
 # erase/config.py check_ranges: this command's numeric flags, refused before any model loads
 RANGES = {"steps": "[1, inf)", "rt_steps": "[1, inf)", "tune_per_class": "[1, inf)", "extra_seeds": "[0, inf)",
           "per_class": "[1, inf)", "sample_steps": "[1, inf)", "monitor_every": "[1, inf)",
-          "monitor_samples": "[1, inf)", "seed": "[0, 4294967295]"}
+          "monitor_samples": "[1, inf)", "seed": "[0, 4294967295]", "all_digits_per_class": "[1, inf)"}
 RECIPE_FLAGS = ("steps", "batch_size", "lr", "label_dropout", "ema_decay", "max_grad_norm")
 
 
@@ -83,9 +84,15 @@ def register(commands) -> None:
                         help="development digits the grid is tried on; never test digits (default: %(default)s)")
     tuning.add_argument("--tune-per-class", type=int, default=TUNE_PER_CLASS,
                         help="samples per class scoring a tuning run (default: %(default)s)")
-    tuning.add_argument("--extra-seeds", type=int, default=1,
-                        help="with --tune: further run seeds for SFR-on and the best baseline, reported as mean and "
-                             "range (default: %(default)s)")
+    parser.add_argument("--extra-seeds", type=int, default=2,
+                        help="further run seeds (--seed + 1, ...) for every method on every test digit; tables give "
+                             "the mean and the range over seeds (default: %(default)s)")
+    parser.add_argument("--all-digits", default="none",
+                        help="with --tune: SFR-on's and the best baseline's chosen configurations also erase each of "
+                             "these digits (seed --seed), e.g. 'rest' (every digit but the development ones) or "
+                             "0,2,4; 'none' skips it (default: %(default)s)")
+    parser.add_argument("--all-digits-per-class", type=int, default=100,
+                        help="samples per class scoring the --all-digits runs (default: %(default)s)")
     parser.add_argument("--relearn-steps", default="10,25,50",
                         help="relearning probe: FA after fine-tuning each erased model (and RT) for these many steps "
                              f"on {RELEARN_IMAGES} real images of the forget digit; 'none' skips it (default: %(default)s)")
@@ -139,12 +146,15 @@ def retrained_model(args, model: Path, forget_class: int, guidance_scale: float)
 
 def erased_model(args, data: str, method: str, forget_class: int, settings: list, seed: int) -> tuple[Path, dict]:
     """The method's erased model and its run.json, reused when the same flags produced it before (tuned runs live in
-    OUT/tuned, runs at SETTINGS in OUT/runs)."""
+    OUT/tuned, runs at SETTINGS in OUT/runs). Runs with the first seed on a test digit probe FA along the way; the
+    further seeds and the --all-digits runs do not (the probes cost about as much as the final samples)."""
     from erase.cli.common import cached_unlearn
+    from erase.data import parse_class_ids
 
+    probed = seed == args.seed and forget_class in parse_class_ids(args.forget_classes)
+    monitor = ["--monitor-every", args.monitor_every, "--monitor-samples", args.monitor_samples] if probed else []
     flags = ["--model", args.model, "--data", data, "--forget-class", forget_class, "--method", method, *settings,
-             *(["--steps", args.steps] if args.steps else []), "--monitor-every", args.monitor_every,
-             "--monitor-samples", args.monitor_samples, "--seed", seed]
+             *(["--steps", args.steps] if args.steps else []), *monitor, "--seed", seed]
     name = f"{method}-{forget_class}" + (f"-seed{seed}" if seed != args.seed else "")
     folder = args.out / ("tuned" if args.tune else "runs") / name
     return folder, cached_unlearn(folder, flags)
@@ -187,6 +197,7 @@ def tau_reference(base, rt, erased, data, forget_class: int, run_record: dict, s
     samples = run_record["config"]["tau_samples"]
     record = run_record["method_record"]
     return {"class": forget_class, "tau_source": record["tau_source"], "gap": record.get("gap", "absolute"),
+            "direction": record.get("direction", "ascent"),
             "tau_factor": run_record["config"]["tau_factor"], "tau_start": record["tau"][0]["tau"],
             "tau_star": fixed_draw_loss(rt, forget, samples, seed=seed),
             "base_loss": fixed_draw_loss(base, forget, samples, seed=seed),
@@ -218,6 +229,8 @@ def run(args) -> None:
     check_ranges(vars(args), RANGES)
     milestones = relearn_milestones(args.relearn_steps)
     forget_classes = parse_class_ids(args.forget_classes)
+    if args.all_digits.strip().lower() != "none" and not args.tune:
+        raise UsageError("--all-digits runs the tuned configurations: add --tune, or pass --all-digits none")
     started = time.time()
     base = load_adapter(args.model)
     if base.backbone != "cfg_unet":
@@ -230,18 +243,16 @@ def run(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tuning = tune(args, methods, classifier, record, resolution) if args.tune else None
     settings = {m: tuning["chosen"][m]["flags"] if tuning else SETTINGS[m] for m in methods}
-    seeds = {m: [args.seed] for m in methods}
-    if tuning:
-        for method in {"sfron", tuning["best_baseline"]} & set(methods):
-            seeds[method] += [args.seed + k for k in range(1, args.extra_seeds + 1)]
+    seeds = {m: [args.seed + k for k in range(args.extra_seeds + 1)] for m in methods}
     data = load_dataset(record["data"], resolution)
 
-    def sample(adapter, folder: Path, name: str, file: str):
+    def sample(adapter, folder: Path, name: str, file: str, per_class: int | None = None):
         """The model's scored samples, cached in OUT/samples under the model's digest and the sampling flags."""
-        key = {"model": model_digest(folder), "per_class": args.per_class, "sample_steps": args.sample_steps,
+        per_class = per_class or args.per_class
+        key = {"model": model_digest(folder), "per_class": per_class, "sample_steps": args.sample_steps,
                "seed": args.seed}
         return cached_samples(args.out / "samples" / f"{file}.safetensors", key, lambda: sample_classes(
-            adapter, args.per_class, args.seed, args.sample_steps, description=f"sample {name}"))
+            adapter, per_class, args.seed, args.sample_steps, description=f"sample {name}"))
 
     base_samples = sample(base, args.model, "base", "base")
     rows, grids, curves, taus = [], {}, {}, []
@@ -275,7 +286,7 @@ def run(args) -> None:
                                  f"{folder.parent.name}-{folder.name}")
                 seconds = method_seconds(run_record["timings"])
                 run_seconds["test"] += sum(run_record["timings"].values())
-                history = run_record["monitor"]["history"]
+                history = run_record["monitor"]["history"] if run_record.get("monitor") else None
                 if seed == args.seed:
                     grids[forget_class][method] = samples.column()
                     curves.setdefault(forget_class, {})[method] = history
@@ -283,17 +294,42 @@ def run(args) -> None:
                     taus.append(tau_reference(base, rt, adapter, data, forget_class, run_record, args.seed))
                 rows.append({"class": forget_class, "method": method, "seed": seed, "steps": run_record["config"]["steps"],
                              "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
-                             "first_step_fa_below_5pct": first_step_below(history, 0.05),
+                             "first_step_fa_below_5pct": first_step_below(history, 0.05) if history else None,
                              "settings": settings[method], "mask_sparsity": run_record["mask_sparsity"],
                              "relearn": relearning(args, milestones, adapter, folder, {"run": str(folder)}, real_images,
                                                    forget_class, classifier) if seed == args.seed else None,
                              **class_scores(samples, [forget_class], classifier, real, rt_samples)})
+    every_digit = None
+    if args.all_digits.strip().lower() != "none":
+        started_every = time.time()
+        if args.all_digits.strip().lower() == "rest":
+            digits = [c for c in range(base.num_classes) if c not in tuning["dev_classes"]]
+        else:
+            digits = parse_class_ids(args.all_digits)
+            base.check_class_ids(digits)
+        pair = [m for m in ("sfron", tuning["best_baseline"]) if m in methods]
+        per_class = args.all_digits_per_class
+        base_many = sample(base, args.model, "base", f"base-{per_class}", per_class)
+        every_digit = {"digits": digits, "methods": pair, "per_class": per_class, "seed": args.seed, "rows": []}
+        for method in pair:
+            for digit in digits:
+                folder, run_record = erased_model(args, record["data"], method, digit, settings[method], args.seed)
+                many = sample(load_adapter(folder), folder, f"{method} without {digit}", f"every-{folder.name}-{per_class}",
+                              per_class)
+                mine, before = class_scores(many, [digit], classifier), class_scores(base_many, [digit], classifier)
+                if digit not in forget_classes:  # the test digits' runs are counted with the test runs
+                    run_seconds["every_digit"] = run_seconds.get("every_digit", 0.0) + sum(run_record["timings"].values())
+                every_digit["rows"].append({
+                    "method": method, "class": digit, "fa": mine["forgetting_accuracy"],
+                    "ra": mine["remaining_accuracy_mean"], "base_fa": before["forgetting_accuracy"],
+                    "base_ra": before["remaining_accuracy_mean"]})
+        every_digit["seconds"] = time.time() - started_every
     results = {
         "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
         "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
         "seeds": seeds, "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples,
         "steps_override": args.steps, "rt_steps_override": args.rt_steps, "settings": settings,
-        "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES, "nabla_tau": taus,
+        "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES, "nabla_tau": taus, "every_digit": every_digit,
         "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
         "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
         "run_seconds": {**run_seconds, "tuning": tuning["run_seconds"] if tuning else 0.0},

@@ -29,25 +29,49 @@ def cell(value, fmt: str) -> str:
     return fmt.format(int(value) if fmt == "{:d}" else value)
 
 
+RANGED = ("forgetting_accuracy", "remaining_accuracy_mean", "fid_real")  # shown as mean [min, max] over seeds
+
+
 def table(rows: list[dict]) -> list[str]:
     lines = ["| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in rows:
-        lines.append(f"| {row['method']} | " + " | ".join(cell(row.get(k), f) for _, k, f in COLUMNS) + " |")
+        cells = []
+        for _, key, fmt in COLUMNS:
+            text = cell(row.get(key), fmt)
+            low_high = row.get(f"{key}_range")
+            if low_high is not None and low_high[0] != low_high[1]:
+                text += f" [{cell(low_high[0], fmt)}, {cell(low_high[1], fmt)}]"
+            cells.append(text)
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return lines
 
 
-def mean_rows(rows: list[dict], methods: list[str]) -> list[dict]:
-    """Per method, the mean over forget classes; 'steps to FA<5%' only when every class reached it."""
+def class_mean(rows: list[dict], key: str):
+    values = [r.get(key) for r in rows]
+    return None if not values or None in values else sum(values) / len(values)
+
+
+def mean_rows(rows: list[dict], methods: list[str], first_seed: int | None = None) -> list[dict]:
+    """Per method, the mean over forget classes, then over seeds; FA, mean RA and FID real also get
+    "<key>_range" = [min, max] over seeds of the class means. 'steps to FA<5%' (probed on `first_seed` only) only when
+    every class reached it."""
     means = []
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        row = {"method": method}
+        seeds = sorted({r.get("seed") for r in mine}, key=lambda s: (s is None, s))
+        row = {"method": method, "seeds": seeds}
         for _, key, _ in COLUMNS:
-            values = [r.get(key) for r in mine]
-            if None in values:
+            probed = [r for r in mine if first_seed is None or r.get("seed") == first_seed]
+            if key == "first_step_fa_below_5pct":
+                row[key] = class_mean(probed, key)
+                continue
+            per_seed = [class_mean([r for r in mine if r.get("seed") == seed], key) for seed in seeds]
+            if not per_seed or None in per_seed:
                 row[key] = None
-            else:
-                row[key] = sum(values) / len(values)
+                continue
+            row[key] = sum(per_seed) / len(per_seed)
+            if key in RANGED:
+                row[f"{key}_range"] = [min(per_seed), max(per_seed)]
         means.append(row)
     return means
 
@@ -116,9 +140,9 @@ def tuning_section(results: dict, directory: Path) -> list[str]:
              f"digit(s) {dev}, which are never test digits, scored from {tuning['per_class']} samples per class. "
              f"Selection rule, fixed before any run: the highest mean RA among configurations with FA <= "
              f"{tuning['fa_max']:.0%} on the development digits, else the lowest FA. The chosen configuration then "
-             f"runs once per test digit; SFR-on and the best baseline (the same rule over the baselines' chosen "
-             f"configurations: **{tuning['best_baseline']}**) run with seeds "
-             f"{', '.join(map(str, results['seeds'].get('sfron', [results['seed']])))}.",
+             f"runs on each test digit with seeds "
+             f"{', '.join(map(str, next(iter(results['seeds'].values()), [results['seed']])))}. The best baseline "
+             f"(the same rule over the baselines' chosen configurations) is **{tuning['best_baseline']}**.",
              "", "| method | chosen | flags | dev FA | dev mean RA | dev FID |", "|---|---|---|---|---|---|"]
     for method, pick in tuning["chosen"].items():
         lines.append(f"| {method} | #{pick['config']} | `{flags_text(pick['flags'])}` | {pick['fa']:.1%} | "
@@ -144,28 +168,116 @@ def tuning_section(results: dict, directory: Path) -> list[str]:
     return lines
 
 
-def seeds_section(results: dict) -> list[str]:
-    """Methods run with several seeds: mean over forget classes per seed, reported as mean and range over seeds."""
-    several = {m: seeds for m, seeds in results.get("seeds", {}).items() if len(seeds) > 1}
-    if not several:
+FAILED_FA = 0.05  # a run "fails" when its FA is above this
+BIMODAL_GAP = 0.2  # seeds of one digit both at or below FAILED_FA and above FAILED_FA + this: bimodal
+
+
+def seeds_section(results: dict, directory: Path) -> list[str]:
+    """How often each method fails across (digit, seed) runs, which methods are bimodal, and the spread plot."""
+    rows = [r for r in results["rows"] if r["method"] not in ("base", "RT")]
+    seeds = sorted({r["seed"] for r in rows})
+    if len(seeds) < 2:
         return []
-    lines = ["", "## Seeds", "", "Mean over forget classes per seed; mean [min, max] over seeds "
-             f"({', '.join(map(str, next(iter(several.values()))))}).", "",
-             "| method | FA | mean RA | FID real | steps to FA<5% |", "|---|---|---|---|---|"]
-    for method, seeds in several.items():
-        cells = []
-        for key, fmt in (("forgetting_accuracy", "{:.1%}"), ("remaining_accuracy_mean", "{:.1%}"),
-                         ("fid_real", "{:.2f}"), ("first_step_fa_below_5pct", "{:.0f}")):
-            per_seed = []
-            for seed in seeds:
-                values = [r.get(key) for r in results["rows"] if r["method"] == method and r["seed"] == seed]
-                per_seed.append(None if None in values or not values else sum(values) / len(values))
-            if None in per_seed:
-                cells.append("-")
-            else:
-                mean = sum(per_seed) / len(per_seed)
-                cells.append(f"{fmt.format(mean)} [{fmt.format(min(per_seed))}, {fmt.format(max(per_seed))}]")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines = ["", "## Seeds: how often each method fails", "",
+             f"Every method erases every test digit with seeds {', '.join(map(str, seeds))}. A run fails when its FA "
+             f"is above {FAILED_FA:.0%}. Bimodal: on some digit one seed erases (FA <= {FAILED_FA:.0%}) and another "
+             f"leaves FA above {FAILED_FA + BIMODAL_GAP:.0%}.", "",
+             "| method | failed runs | bimodal | " + " | ".join(f"FA digit {c} (per seed)" for c in results["forget_classes"])
+             + " |", "|---" * (3 + len(results["forget_classes"])) + "|"]
+    for method in results["methods"]:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        failed = sum(r["forgetting_accuracy"] > FAILED_FA for r in mine)
+        per_digit, bimodal = [], False
+        for digit in results["forget_classes"]:
+            fas = [r["forgetting_accuracy"] for r in sorted(mine, key=lambda r: r["seed"]) if r["class"] == digit]
+            per_digit.append(" / ".join(f"{fa:.0%}" for fa in fas))
+            bimodal |= min(fas) <= FAILED_FA and max(fas) > FAILED_FA + BIMODAL_GAP
+        lines.append(f"| {method} | {failed} of {len(mine)} | {'yes' if bimodal else 'no'} | " + " | ".join(per_digit)
+                     + " |")
+    spread_plot(results, directory / "benchmark-seeds.png")
+    lines += ["", "![FA vs mean RA of every run on the test digits](benchmark-seeds.png)", "",
+              "One panel per method: every (digit, seed) run as a dot coloured by digit; the cross is the mean over "
+              "digits and seeds, its bars the range of the per-seed means; dashed: FA 5%; star: RT's mean."]
+    return lines
+
+
+def spread_plot(results: dict, path: Path, ra_floor: float = 0.8) -> None:
+    """FA (x) against mean RA (y) of every test run, one panel per method, with the seed spread as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in results["methods"] if any(r["method"] == m for r in results["rows"])]
+    digits = results["forget_classes"]
+    colours = dict(zip(digits, plt.get_cmap("tab10").colors))
+    columns = min(4, len(methods))
+    lines = -(-len(methods) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines + 0.6), sharex=True, sharey=True,
+                                squeeze=False)
+    rts = [r for r in results["rows"] if r["method"] == "RT"]
+    for axis, method, mean in zip(axes.flat, methods, mean_rows(results["rows"], methods)):
+        for r in (r for r in results["rows"] if r["method"] == method):
+            axis.scatter([r["forgetting_accuracy"]], [max(r["remaining_accuracy_mean"], ra_floor + 0.004)], s=14,
+                         color=colours[r["class"]], alpha=0.7, label=f"digit {r['class']}", zorder=2)
+        (fa_low, fa_high), (ra_low, ra_high) = mean["forgetting_accuracy_range"], mean["remaining_accuracy_mean_range"]
+        fa, ra = mean["forgetting_accuracy"], max(mean["remaining_accuracy_mean"], ra_floor + 0.004)
+        axis.errorbar([fa], [ra], xerr=[[fa - fa_low], [fa_high - fa]],
+                      yerr=[[max(ra - max(ra_low, ra_floor), 0)], [max(ra_high - ra, 0)]], fmt="x", color="black",
+                      capsize=3, zorder=3)
+        if rts:
+            axis.scatter([class_mean(rts, "forgetting_accuracy")], [class_mean(rts, "remaining_accuracy_mean")],
+                         marker="*", color="black", s=50, zorder=3)
+        axis.axvline(FAILED_FA, color="grey", linestyle="--", linewidth=1)
+        axis.set_title(method, fontsize=10)
+        axis.set_xlim(-0.05, 1.05)
+        axis.set_ylim(ra_floor, 1.005)
+    for axis in axes.flat[len(methods):]:
+        axis.axis("off")
+    for axis in axes[-1]:
+        axis.set_xlabel("FA")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("mean RA")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    figure.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8)
+    figure.subplots_adjust(bottom=0.22 if lines == 1 else 0.13, hspace=0.3)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def every_digit_section(results: dict) -> list[str]:
+    """The chosen configurations of SFR-on and the best baseline on every non-development digit."""
+    every = results.get("every_digit")
+    if not every:
+        return []
+    lines = ["", "## Every digit", "",
+             f"Does the setting chosen on the development digits hold on every other digit? The chosen configurations "
+             f"of {' and '.join(every['methods'])} erase each of digits {', '.join(map(str, every['digits']))} (seed "
+             f"{every['seed']}); every model, the base included, is sampled with {every['per_class']} images per class. "
+             "RA change: the erased model's mean RA minus the base model's on the same nine digits, in points. "
+             f"This section took {every['seconds'] / 60:.1f} min in this invocation.", "",
+             "| digit | base FA | base mean RA | " + " | ".join(f"{m} FA | {m} mean RA (change)" for m in every["methods"])
+             + " |", "|---" * (3 + 2 * len(every["methods"])) + "|"]
+    by = {(r["method"], r["class"]): r for r in every["rows"]}
+    for digit in every["digits"]:
+        first = by[(every["methods"][0], digit)]
+        cells = [f"{first['base_fa']:.0%}", f"{first['base_ra']:.1%}"]
+        for method in every["methods"]:
+            r = by[(method, digit)]
+            cells += [f"{r['fa']:.0%}", f"{r['ra']:.1%} ({100 * (r['ra'] - r['base_ra']):+.1f})"]
+        lines.append(f"| {digit} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for method in every["methods"]:
+        mine = [r for r in every["rows"] if r["method"] == method]
+        worst_fa = max(mine, key=lambda r: r["fa"])
+        worst_ra = min(mine, key=lambda r: r["ra"] - r["base_ra"])
+        erased = sum(r["fa"] <= FAILED_FA for r in mine)
+        lines.append(f"- {method}: FA <= {FAILED_FA:.0%} on {erased} of {len(mine)} digits; highest FA on digit "
+                     f"{worst_fa['class']} ({worst_fa['fa']:.0%}); largest RA drop on digit {worst_ra['class']} "
+                     f"({100 * (worst_ra['ra'] - worst_ra['base_ra']):+.1f} points).")
     return lines
 
 
@@ -209,6 +321,7 @@ def tau_section(results: dict) -> list[str]:
           if r["method"] == "nabla_tau" and r.get("seed", results["seed"]) == results["seed"]}
     for row in taus:
         source = row["tau_source"] + (f" x{row['tau_factor']:g}" if row["tau_source"] == "relative" else "")
+        source += f", {row.get('direction', 'ascent')}"
         lines.append(f"| {row['class']} | {row['base_loss']:.4f} | {row['tau_star']:.4f} | "
                      f"{row['tau_star'] / row['base_loss']:.2f} | {row['tau_start']:.4f} ({source}, gap "
                      f"{row['gap']}) | {row['tau_start'] / row['base_loss']:.2f} | "
@@ -262,7 +375,9 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         f"Date: {datetime.datetime.fromtimestamp(results['started']).strftime('%Y-%m-%d')}; "
         f"this invocation {results['seconds'] / 60:.1f} min"
         + ("; the runs it used, cached or new, recorded RT training {rt:.0f} min, tuning {tuning:.0f} min, test "
-           "runs {test:.0f} min (sampling and scoring come on top)".format(**{k: v / 60 for k, v in results["run_seconds"].items()})
+           "runs {test:.0f} min".format(**{k: v / 60 for k, v in results["run_seconds"].items()})
+           + (f", every-digit runs {results['run_seconds']['every_digit'] / 60:.0f} min"
+              if results["run_seconds"].get("every_digit") else "") + " (sampling and scoring come on top)"
            if "run_seconds" in results else ""),
         "",
         f"Model `{results['model']}` at guidance scale {results['guidance_scale']:g}; forget classes "
@@ -284,12 +399,13 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
     if results["steps_override"] or results["rt_steps_override"]:
         lines.append(f"- **Quick run**: steps overridden to {results['steps_override']} (methods) and "
                      f"{results['rt_steps_override']} (RT); not the benchmark's settings.")
-    first_seed = [r for r in results["rows"] if r.get("seed", results["seed"]) == results["seed"]]
-    lines += ["", "## Mean over forget classes", ""]
-    if results.get("tuning"):
-        lines += ["Every method at its tuned configuration (see Tuning protocol); run seed "
-                  f"{results['seed']}.", ""]
-    means = mean_rows(first_seed, methods)
+    seeds = sorted({r["seed"] for r in results["rows"] if r["method"] not in ("base", "RT")})
+    lines += ["", "## Mean over forget classes", "",
+              ("Every method at its tuned configuration (see Tuning protocol). " if results.get("tuning") else "")
+              + f"Each method runs every forget class with seeds {', '.join(map(str, seeds))}: the cells are the mean "
+              "over classes and seeds, and in brackets the lowest and highest of the per-seed means. FA is probed "
+              f"during the runs with seed {results['seed']} only ('steps to FA<5%').", ""]
+    means = mean_rows(results["rows"], methods, results["seed"])
     lines += table(means)
     collapsed = [row["method"] for row in means if row["method"] not in ("base", "RT")
                  and (row["remaining_accuracy_mean"] or 0.0) < COLLAPSE_RA]
@@ -298,12 +414,13 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         lines += ["", f"Below {COLLAPSE_RA:.0%} mean RA (the other classes are not kept):", ""]
         lines += [f"- {method}: {reasons.get(method, 'no explanation recorded; treat this setting as failed')}"
                   for method in collapsed]
-    lines += seeds_section(results) + relearn_section(results, methods) + tau_section(results)
+    lines += (seeds_section(results, directory) + every_digit_section(results) + relearn_section(results, methods)
+              + tau_section(results))
     if results.get("tuning"):
         lines += tuning_section(results, directory)
     for forget_class in results["forget_classes"]:
-        rows = [r for r in first_seed if r["class"] == forget_class]
-        lines += ["", f"## Forget class {forget_class}", ""] + table(rows)
+        rows = mean_rows([r for r in results["rows"] if r["class"] == forget_class], methods, results["seed"])
+        lines += ["", f"## Forget class {forget_class}", "", "Mean over seeds [lowest, highest].", ""] + table(rows)
         grid = f"benchmark-grid-class-{forget_class}.png"
         image_grid(grids[forget_class], [str(c) for c in range(10)]).save(directory / grid)
         lines += ["", f"![samples without class {forget_class}]({grid})",
