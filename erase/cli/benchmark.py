@@ -144,14 +144,13 @@ def retrained_model(args, model: Path, forget_class: int, guidance_scale: float)
     return folder
 
 
-def erased_model(args, data: str, method: str, forget_class: int, settings: list, seed: int) -> tuple[Path, dict]:
+def erased_model(args, data: str, method: str, forget_class: int, settings: list, seed: int,
+                 probed: bool) -> tuple[Path, dict]:
     """The method's erased model and its run.json, reused when the same flags produced it before (tuned runs live in
-    OUT/tuned, runs at SETTINGS in OUT/runs). Runs with the first seed on a test digit probe FA along the way; the
-    further seeds and the --all-digits runs do not (the probes cost about as much as the final samples)."""
+    OUT/tuned, runs at SETTINGS in OUT/runs). `probed` runs probe FA along the way: the first seed's on the test
+    digits; the further seeds and the --all-digits runs do not (the probes cost about as much as the final samples)."""
     from erase.cli.common import cached_unlearn
-    from erase.data import parse_class_ids
 
-    probed = seed == args.seed and forget_class in parse_class_ids(args.forget_classes)
     monitor = ["--monitor-every", args.monitor_every, "--monitor-samples", args.monitor_samples] if probed else []
     flags = ["--model", args.model, "--data", data, "--forget-class", forget_class, "--method", method, *settings,
              *(["--steps", args.steps] if args.steps else []), *monitor, "--seed", seed]
@@ -229,13 +228,16 @@ def run(args) -> None:
     check_ranges(vars(args), RANGES)
     milestones = relearn_milestones(args.relearn_steps)
     forget_classes = parse_class_ids(args.forget_classes)
-    if args.all_digits.strip().lower() != "none" and not args.tune:
+    every_spec = args.all_digits.strip().lower()
+    if every_spec not in ("none", "rest"):
+        every_spec = parse_class_ids(args.all_digits)  # refused here, not after hours of runs
+    if every_spec != "none" and not args.tune:
         raise UsageError("--all-digits runs the tuned configurations: add --tune, or pass --all-digits none")
     started = time.time()
     base = load_adapter(args.model)
     if base.backbone != "cfg_unet":
         raise UsageError(f"the benchmark compares class erasure on a CFG UNet written by `erase train`; got {base.backbone}")
-    base.check_class_ids(forget_classes)
+    base.check_class_ids(forget_classes + (every_spec if isinstance(every_spec, list) else []))
     record, _ = training_recipe(args.model)
     guidance = base.info.get("guidance_scale", 1.0)
     classifier = load_classifier("digits")
@@ -280,7 +282,7 @@ def run(args) -> None:
         for method in methods:
             for seed in seeds[method]:
                 folder, run_record = erased_model(args, record["data"], method, forget_class,
-                                                 settings[method], seed)
+                                                 settings[method], seed, probed=seed == args.seed)
                 adapter = load_adapter(folder)
                 samples = sample(adapter, folder, f"{method} without {forget_class}, seed {seed}",
                                  f"{folder.parent.name}-{folder.name}")
@@ -300,23 +302,22 @@ def run(args) -> None:
                                                    forget_class, classifier) if seed == args.seed else None,
                              **class_scores(samples, [forget_class], classifier, real, rt_samples)})
     every_digit = None
-    if args.all_digits.strip().lower() != "none":
+    if every_spec != "none":
         started_every = time.time()
-        if args.all_digits.strip().lower() == "rest":
-            digits = [c for c in range(base.num_classes) if c not in tuning["dev_classes"]]
-        else:
-            digits = parse_class_ids(args.all_digits)
-            base.check_class_ids(digits)
+        digits = every_spec if isinstance(every_spec, list) else \
+            [c for c in range(base.num_classes) if c not in tuning["dev_classes"]]
         pair = [m for m in ("sfron", tuning["best_baseline"]) if m in methods]
         per_class = args.all_digits_per_class
         base_many = sample(base, args.model, "base", f"base-{per_class}", per_class)
+        before_all = {digit: class_scores(base_many, [digit], classifier) for digit in digits}
         every_digit = {"digits": digits, "methods": pair, "per_class": per_class, "seed": args.seed, "rows": []}
         for method in pair:
-            for digit in digits:
-                folder, run_record = erased_model(args, record["data"], method, digit, settings[method], args.seed)
+            for digit in digits:  # a test digit reuses its probed seed-0 run
+                folder, run_record = erased_model(args, record["data"], method, digit, settings[method], args.seed,
+                                                  probed=digit in forget_classes)
                 many = sample(load_adapter(folder), folder, f"{method} without {digit}", f"every-{folder.name}-{per_class}",
                               per_class)
-                mine, before = class_scores(many, [digit], classifier), class_scores(base_many, [digit], classifier)
+                mine, before = class_scores(many, [digit], classifier), before_all[digit]
                 if digit not in forget_classes:  # the test digits' runs are counted with the test runs
                     run_seconds["every_digit"] = run_seconds.get("every_digit", 0.0) + sum(run_record["timings"].values())
                 every_digit["rows"].append({

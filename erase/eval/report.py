@@ -76,24 +76,52 @@ def mean_rows(rows: list[dict], methods: list[str], first_seed: int | None = Non
     return means
 
 
+def method_panels(count: int):
+    """A figure of `count` panels (one per method), at most 4 per row, sharing their FA and RA axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, count)
+    lines = -(-count // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines + 0.6), sharex=True, sharey=True,
+                                squeeze=False)
+    return figure, axes
+
+
+def finish_panels(figure, axes, used: int, fa_line: float, ra_floor: float, right: float = 0.95) -> None:
+    """The dashed FA line and the shared limits on the first `used` panels, the rest hidden, axis labels, and one
+    legend of the labels drawn (each once) under the panels."""
+    for axis in axes.flat[:used]:
+        axis.axvline(fa_line, color="grey", linestyle="--", linewidth=1)
+        axis.set_xlim(-0.05, 1.05)
+        axis.set_ylim(ra_floor, 1.005)
+    for axis in axes.flat[used:]:
+        axis.axis("off")
+    for axis in axes[-1]:
+        axis.set_xlabel("FA")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("mean RA")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    figure.legend(unique.values(), unique.keys(), loc="lower center", ncol=max(len(unique), 1), fontsize=8)
+    figure.subplots_adjust(bottom=0.22 if axes.shape[0] == 1 else 0.13, right=right, hspace=0.3)
+
+
 def pareto_plot(tuning: dict, references: dict[str, tuple[float, float]], path: Path, ra_floor: float = 0.8) -> None:
     """One panel per method: FA (x) against mean RA (y) of every configuration tried on the development digits,
     FID as colour (log scale, shared), the chosen configuration ringed, and reference points (base, RT). RA below
     `ra_floor` (a lost model) is drawn as a down-triangle on the floor with its value written, so the axis keeps the
     resolution where the methods differ."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
     sweep = tuning["sweep"]
     fids = [max(row["fid"], 1e-3) for rows in sweep.values() for row in rows]
     norm = LogNorm(vmin=min(fids), vmax=max(max(fids), min(fids) * 1.01))
-    columns = min(4, len(sweep))
-    lines = -(-len(sweep) // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines + 0.6), sharex=True, sharey=True,
-                                squeeze=False)
+    figure, axes = method_panels(len(sweep))
+    import matplotlib.pyplot as plt  # after method_panels has chosen the Agg backend
+
     points = None
     for axis, (method, rows) in zip(axes.flat, sweep.items()):
         for row in rows:
@@ -108,19 +136,8 @@ def pareto_plot(tuning: dict, references: dict[str, tuple[float, float]], path: 
                      linewidths=1.5, zorder=4)
         for (label, (fa, ra)), marker in zip(references.items(), ("*", "s")):
             axis.scatter([fa], [ra], marker=marker, color="black", s=50, zorder=2, label=label)
-        axis.axvline(tuning["fa_max"], color="grey", linestyle="--", linewidth=1)
         axis.set_title(method, fontsize=10)
-        axis.set_xlim(-0.05, 1.05)
-        axis.set_ylim(ra_floor, 1.005)
-    for axis in axes.flat[len(sweep):]:
-        axis.axis("off")
-    for axis in axes[-1]:
-        axis.set_xlabel("FA")
-    for axis in axes[:, 0]:
-        axis.set_ylabel("mean RA")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    figure.subplots_adjust(bottom=0.22 if lines == 1 else 0.13, right=0.86, hspace=0.3)
+    finish_panels(figure, axes, len(sweep), tuning["fa_max"], ra_floor, right=0.86)
     figure.colorbar(points, ax=axes.ravel().tolist(), label="FID real (remaining classes)", shrink=0.8)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -205,18 +222,11 @@ def seeds_section(results: dict, directory: Path) -> list[str]:
 
 def spread_plot(results: dict, path: Path, ra_floor: float = 0.8) -> None:
     """FA (x) against mean RA (y) of every test run, one panel per method, with the seed spread as bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = [m for m in results["methods"] if any(r["method"] == m for r in results["rows"])]
-    digits = results["forget_classes"]
-    colours = dict(zip(digits, plt.get_cmap("tab10").colors))
-    columns = min(4, len(methods))
-    lines = -(-len(methods) // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines + 0.6), sharex=True, sharey=True,
-                                squeeze=False)
+    figure, axes = method_panels(len(methods))
+    import matplotlib.pyplot as plt  # after method_panels has chosen the Agg backend
+
+    colours = dict(zip(results["forget_classes"], plt.get_cmap("tab10").colors))
     rts = [r for r in results["rows"] if r["method"] == "RT"]
     for axis, method, mean in zip(axes.flat, methods, mean_rows(results["rows"], methods)):
         for r in (r for r in results["rows"] if r["method"] == method):
@@ -230,20 +240,8 @@ def spread_plot(results: dict, path: Path, ra_floor: float = 0.8) -> None:
         if rts:
             axis.scatter([class_mean(rts, "forgetting_accuracy")], [class_mean(rts, "remaining_accuracy_mean")],
                          marker="*", color="black", s=50, zorder=3)
-        axis.axvline(FAILED_FA, color="grey", linestyle="--", linewidth=1)
         axis.set_title(method, fontsize=10)
-        axis.set_xlim(-0.05, 1.05)
-        axis.set_ylim(ra_floor, 1.005)
-    for axis in axes.flat[len(methods):]:
-        axis.axis("off")
-    for axis in axes[-1]:
-        axis.set_xlabel("FA")
-    for axis in axes[:, 0]:
-        axis.set_ylabel("mean RA")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    figure.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8)
-    figure.subplots_adjust(bottom=0.22 if lines == 1 else 0.13, hspace=0.3)
+    finish_panels(figure, axes, len(methods), FAILED_FA, ra_floor)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
