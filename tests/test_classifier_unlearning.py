@@ -101,6 +101,16 @@ def test_class_forgetting_keeps_every_other_training_image(tiny_classifier, tmp_
     assert record["remain_images"] == int((train_labels != 3).sum())
 
 
+def test_nabla_tau_refuses_options_that_would_change_nothing(tiny_classifier, trained_model_dir, tmp_path, capsys):
+    code, err = run_cli(capsys, "unlearn", "--model", tiny_classifier, "--method", "nabla_tau", "--forget-class", 1,
+                        "--direction", "pseudo", "--out", tmp_path / "a")
+    assert code == 2 and "--direction pseudo moves a denoiser's prediction" in err
+    code, err = run_cli(capsys, "unlearn", "--model", trained_model_dir, "--data", "digits", "--method", "nabla_tau",
+                        "--forget-class", 7, "--direction", "ascent", "--pseudo-class", 3, "--out", tmp_path / "b")
+    assert code == 2 and "--pseudo-class is the target of --direction pseudo" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_nabla_tau_follows_its_authors_rules_on_a_classifier(tiny_classifier, tmp_path, capsys):
     code, err = run_cli(capsys, "unlearn", "--model", tiny_classifier, "--method", "nabla_tau", "--forget-random", 0.1,
                         "--out", tmp_path / "nt")

@@ -136,7 +136,8 @@ def test_nabla_tau_pseudo_direction_stops_once_every_sample_reaches_tau(trained_
 
     def run(direction: str, tau: float):
         adapter = load_adapter(trained_model_dir)
-        config = NablaTauConfig(steps=2, batch_size=8, tau_source="value", tau_value=tau, direction=direction)
+        config = NablaTauConfig(steps=2, batch_size=8, tau_source="value", tau_value=tau, direction=direction,
+                                gap_over="sample")
         result = nabla_tau(adapter, forget, remain, config, Runtime(seed=0))
         return {n: p.detach().clone() for n, p in trainable_parameters(adapter.denoiser).items()}, result
 

@@ -50,7 +50,7 @@ GRIDS = {
     # seed 0: RA 93.0% against 95.9%); tau 2x (RT has 1.6-2.4x the base's loss on the forget digit); and the
     # authors' plain ascent (FA 0-57% on digit 7 across seeds: a coin flip).
     "nabla_tau": star({"lr": 3e-4, "tau_factor": 4, "direction": "pseudo"}, lr=[1e-3], pseudo_random=[False],
-                      tau_factor=[2], direction=["ascent"]),
+                      tau_factor=[2]) + grid(lr=[3e-4], tau_factor=[4], direction=["ascent"], gap_over=["batch"]),
     # SalUn DDPM: 1000 steps at 1e-5 (= 100 at 1e-4 at equal lr x steps), GA without a remain term; 3e-5 a third of
     # the ascent; remain weight 3.072 (SalUn's 1e-3 on a pixel sum) for RL, SalUn and as GA's other weight.
     "ga": star({"lr": 1e-4, "remain_alpha": 0}, {"steps": 100, "batch_size": 64}, lr=[3e-5], remain_alpha=[3.072]),
