@@ -366,15 +366,17 @@ def unlearn(
             result = run_fn(adapter, forget_set, remain_set, config, runtime, mask=saliency, monitor=monitor)
         except ValueError as error:  # a mask that does not fit this model
             raise OptionError(f"{error}; compute a new mask by leaving out {option('--mask')}") from None
-        adapter.info["erased"] = {"method": method, "source": opened.description,
-                                  **({"forget_prompts": sorted(targets.condition_sets()[0])} if targets.by_prompt
-                                     else {"forget_classes": list(targets.forget)})}
+        adapter.info["erased"] = erasure_sequence(adapter.info.get("erased"), {
+            "method": method, "source": opened.description,
+            **({"forget_prompts": sorted(targets.condition_sets()[0])} if targets.by_prompt
+               else {"forget_classes": list(targets.forget)})})
         if data_record["source"] == "generated" and data_cache is None:
             data_record["folder"] = str(out / "generated") if out is not None else None  # kept only with out
         record = as_json({
             "command": "unlearn", "method": method, "model": opened.description, "backbone": adapter.backbone,
             "training_target": adapter.training_record() if adapter.generative else None,
             "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": forget_random,
+            "erasure_sequence": adapter.info["erased"]["sequence"],
             "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
             "replacement_prompt": replacement_prompt, "train_params": adapter.info.get("train_params"),
             "train_params_rule": adapter.info.get("train_params_rule"),
@@ -404,6 +406,20 @@ def unlearn(
         if checkpoints is not None and result["is_main_process"]:
             discard_checkpoints(checkpoints)
     return to_diffusers(opened), record
+
+
+def erasure_sequence(previous: dict | None, step: dict) -> dict:
+    """The `_erase.erased` facts after `step` on a model that `previous` describes (None: never erased): what this run
+    erased (method, source) and, for `erase score` and `erase attack` to default to, everything erased so far, with
+    the chain of runs in order under "sequence" (sequential erasure: A, then B from the result, then C)."""
+    earlier = [] if previous is None else previous.get("sequence") or [
+        {k: v for k, v in previous.items() if k != "sequence"}]  # a folder written before sequences were recorded
+    sequence = [*earlier, step]
+    facts = {**step, "sequence": sequence}
+    for key in ("forget_classes", "forget_prompts"):
+        if any(key in s for s in sequence):
+            facts[key] = sorted({item for s in sequence for item in s.get(key, [])})
+    return facts
 
 
 CHECKPOINTING_FROM = 300_000_000  # denoiser parameters from which gradient checkpointing is on by default

@@ -22,7 +22,7 @@ from PIL import Image
 from erase.engine import Runtime
 from erase.methods import METHODS
 from erase.train import ClassifierTrainConfig, TrainConfig
-from erase.cli import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
+from erase.cli import (ablation, attack, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
                      train, unlearn)
 from erase.cli.main import main
 from erase.config import field_ranges
@@ -390,6 +390,7 @@ PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases
     "train-classifier": (classifier.RANGES, ["train-classifier", "--data", "{nowhere}"]),
     "benchmark-classifier": (benchmark_classifier.RANGES, ["benchmark-classifier"]),
     "mia": (mia.RANGES, ["mia", "--models", "{nowhere}", "--forget-class", "1"]),
+    "attack": (attack.RANGES, ["attack", "--model", "{nowhere}", "--forget-class", "1", "--out", "{nowhere}"]),
 }
 RANGE_CASES = [
     *method_range_cases(),

@@ -13,7 +13,7 @@ import threading
 
 from erase import __version__
 
-SUBCOMMANDS = ("train", "train-classifier", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "benchmark-classifier", "mia", "ablation")
+SUBCOMMANDS = ("train", "train-classifier", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "benchmark-classifier", "mia", "attack", "ablation")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,7 +25,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from erase.cli import (ablation, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
+    from erase.cli import (ablation, attack, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
                          train, unlearn)
 
     parser = OneLineParser(
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"erase {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for module in (train, classifier, guidance, unlearn, sample, grid, score, demo, benchmark, benchmark_classifier, mia,
-                   ablation):
+                   attack, ablation):
         module.register(commands)
     return parser
 

@@ -16,10 +16,11 @@ from erase.objectives import denoising_losses
 
 RELEARN_STEPS = (10, 25, 50)
 RELEARN_IMAGES = 32
+RELEARN_LR = 1e-4
 
 
 def relearn_curve(adapter, images: torch.Tensor, labels: torch.Tensor, evaluate: Callable[[object], dict],
-                  milestones: Sequence[int] = RELEARN_STEPS, lr: float = 1e-4, seed: int = 0) -> list[dict]:
+                  milestones: Sequence[int] = RELEARN_STEPS, lr: float = RELEARN_LR, seed: int = 0) -> list[dict]:
     """[{"step": k, **evaluate(adapter)}] after k full-batch Adam steps on (images, labels), for k in `milestones`
     (step 0 is not evaluated: the erased model's own scores are the caller's). `adapter.denoiser` is unchanged on
     return."""

@@ -1,0 +1,114 @@
+"""Attacks that try to bring an erased class back (erase/eval/attack.py, inversion.py): concept inversion has power
+on the shipped digit model (a digit hidden by a few gradient-ascent steps returns under a learned class vector), no
+attack writes the attacked model's weights, and `erase attack` refuses bad input with one line and exit code 2."""
+
+import json
+
+import pytest
+import torch
+
+import erase
+from erase.cli.main import main
+from erase.eval.attack import attack
+from erase.eval.inversion import class_tables, invert_class, overridden_class
+from tests.conftest import tiny_adapter, tree_digest
+from tests.test_backbones import tiny_dit_adapter
+
+
+def test_inversion_brings_back_a_digit_that_gradient_ascent_hid(tmp_path, capsys):
+    erased = tmp_path / "ga7"
+    erase.unlearn(erase.SHIPPED_MODEL, forget=7, method="ga", steps=10, lr=1e-4, batch_size=32, out=erased)
+    before = tree_digest(erased)
+    out = tmp_path / "attack.json"
+    assert main(["attack", "--model", erased, "--steps", "100", "--samples", "30", "--out", out]) == 0
+    record = json.loads(out.read_text())
+    (row,) = record["rows"]
+    assert record["forget_classes"] == [7]  # read from the erased model's record
+    assert row["fa_before"] <= 0.4  # hidden (measured 23%)
+    assert row["fa_after"] >= row["fa_before"] + 0.4, row  # and back (measured 90%)
+    assert row["loss_end"] < row["loss_start"]
+    assert tree_digest(erased) == before  # the attacked folder is never written
+    assert record["budget"] == {"images": 25, "steps": 100, "lr": 0.08}
+    assert f"class 7 FA {row['fa_before']:.1%} -> {row['fa_after']:.1%}" in capsys.readouterr().out
+
+
+def in_memory_pair():
+    adapter = tiny_adapter()
+    return adapter.denoiser, adapter.scheduler
+
+
+@pytest.mark.parametrize("kind", ["inversion", "relearn"])
+def test_no_attack_writes_the_attacked_weights(kind):
+    unet, scheduler = in_memory_pair()
+    weights = {name: value.clone() for name, value in unet.state_dict().items()}
+    table = unet.class_embedding
+    rng = torch.get_rng_state()
+    record = attack((unet, scheduler), forget=3, attack=kind, images=4, steps=3, relearn_steps=[1, 2], samples=2,
+                    sample_steps=2, data="digits")
+    assert all(torch.equal(weights[name], value) for name, value in unet.state_dict().items())
+    assert unet.class_embedding is table  # the wrapped table is put back
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert record["weights_unchanged"] and record["rows"][0]["class"] == 3
+    if kind == "relearn":
+        assert [point["step"] for point in record["rows"][0]["curve"]] == [1, 2]
+
+
+def test_an_overridden_class_changes_that_class_only_in_every_class_table():
+    adapter = tiny_dit_adapter()
+    adapter.denoiser.eval()  # DiT drops labels at random in training mode
+    tables = class_tables(adapter)
+    blocks = len(adapter.denoiser.transformer_blocks)
+    assert len(tables) == blocks  # DiT keeps a label table per block
+    x = torch.randn(2, *adapter.latent_shape)
+    t = torch.tensor([500, 500])
+    labels = torch.tensor([3, 4])
+    with torch.no_grad():
+        plain = adapter.model_output(x, t, labels)
+        vectors = [torch.randn(table.embedding_dim) for _, _, table in tables]
+        with overridden_class(adapter, 3, vectors):
+            changed = adapter.model_output(x, t, labels)
+        again = adapter.model_output(x, t, labels)
+    assert not torch.allclose(plain[0], changed[0])  # class 3 reads the new vectors
+    assert torch.allclose(plain[1], changed[1])  # class 4 does not
+    assert torch.equal(plain, again)  # and the tables are back
+
+
+def test_inversion_lowers_the_denoising_loss_of_its_images_only_through_the_new_vector():
+    adapter = tiny_adapter()
+    images = torch.rand(6, 1, 8, 8) * 2 - 1
+    result = invert_class(adapter, images, 2, steps=30, lr=0.05)
+    (table,) = [t for _, _, t in class_tables(adapter)]
+    assert not torch.equal(result["vectors"][0], table.weight[2])  # it learned
+    assert result["loss_end"] < result["loss_start"]
+    with pytest.raises(ValueError, match="positive"):
+        invert_class(adapter, images, 2, steps=0)
+
+
+def test_attack_refusals_are_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "a.json"
+    cases = [
+        (["--model", erase.SHIPPED_MODEL], "records no erased class"),  # the base model erased nothing
+        (["--model", erase.SHIPPED_MODEL, "--forget-class", "12"], "do not exist"),
+        (["--model", erase.SHIPPED_MODEL, "--forget-class", "7", "--steps", "0"], "steps"),
+        (["--model", erase.SHIPPED_MODEL, "--forget-class", "7", "--attack", "relearn", "--relearn-steps", "a"],
+         "relearn-steps"),
+    ]
+    for flags, message in cases:
+        assert main(["attack", *flags, "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_several_classes_at_once_then_another_in_sequence_are_all_recorded(tmp_path, trained_model_dir):
+    first, second = tmp_path / "without-1-3", tmp_path / "without-1-3-7"
+    _, record = erase.unlearn(trained_model_dir, forget=[1, 3], method="ga", steps=1, data="digits", out=first)
+    assert record["forget"] == [1, 3] and len(record["erasure_sequence"]) == 1
+    _, record = erase.unlearn(first, forget=7, method="rl", steps=1, data="digits", out=second)
+    facts = json.loads((second / "model_index.json").read_text())["_erase"]["erased"]
+    assert facts["forget_classes"] == [1, 3, 7]  # everything erased so far: what score and attack default to
+    assert [(step["method"], step["forget_classes"], step["source"]) for step in facts["sequence"]] == [
+        ("ga", [1, 3], str(trained_model_dir)), ("rl", [7], str(first))]
+    assert record["forget"] == [7] and record["erasure_sequence"] == facts["sequence"]
+    attacked = attack(second, attack="relearn", images=2, relearn_steps=[1], samples=1, sample_steps=1, data="digits")
+    assert [row["class"] for row in attacked["rows"]] == [1, 3, 7]
