@@ -80,7 +80,8 @@ def small_base(tmp_path_factory):
 def benchmark(base, out, rt_cache, cache):
     return main(["benchmark", "--model", str(base), "--forget-classes", "3,5", "--methods", "sfron,ga",
                  "--per-class", "3", "--sample-steps", "3", "--monitor-every", "2", "--monitor-samples", "3",
-                 "--steps", "4", "--rt-steps", "20", "--extra-seeds", "0", "--out", str(out), "--rt-cache", str(rt_cache),
+                 "--steps", "4", "--rt-steps", "20", "--extra-seeds", "0", "--inversion-steps", "2", "--out", str(out),
+                 "--rt-cache", str(rt_cache),
                  "--cache-dir", str(cache)])
 
 
@@ -132,6 +133,7 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
             "--methods", "sfron,ga", "--per-class", "3", "--tune-per-class", "3", "--sample-steps", "3",
             "--monitor-every", "2", "--monitor-samples", "3", "--steps", "4", "--rt-steps", "20",
             "--relearn-steps", "1,2", "--extra-seeds", "1", "--all-digits", "3,4", "--all-digits-per-class", "2",
+            "--inversion-steps", "2", "--multi-concept", "3,4",
             "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -157,16 +159,35 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     assert every["methods"] == ["sfron", "ga"] and [(r["method"], r["class"]) for r in every["rows"]] == [
         ("sfron", 3), ("sfron", 4), ("ga", 3), ("ga", 4)]
     assert "## Every digit" in report and (tmp_path / "out" / "tuned" / "sfron-4").is_dir()
+    # concept inversion on every first-seed model, the base and RT; the further seeds are not attacked
+    attacked = {(r["method"], r["seed"]): r["fa_inversion"] for r in results["rows"]}
+    assert all(0 <= attacked[(m, 0)] <= 1 for m in ("base", "RT", "sfron", "ga"))
+    assert attacked[("sfron", 1)] is None and attacked[("ga", 1)] is None
+    assert "## Under attack: concept inversion" in report and (tmp_path / "out" / "benchmark-attack.png").is_file()
+    # several digits: at once, and in sequence from the test run of the first digit, against RT without both
+    multi = results["multi_concept"]
+    assert [(r["method"], r["mode"]) for r in multi["rows"]] == [
+        ("base", "-"), ("RT", "retrained without all"), ("sfron", "at once"), ("sfron", "in sequence"),
+        ("ga", "at once"), ("ga", "in sequence")]
+    assert all(len(r["fa"]) == 2 for r in multi["rows"]) and "## Several digits" in report
+    chain = json.loads((tmp_path / "out" / "tuned" / "sfron-3-then-4" / "run.json").read_text())["erasure_sequence"]
+    assert [(step["forget_classes"], step["source"]) for step in chain] == [
+        ([3], str(small_base)), ([4], str(tmp_path / "out" / "tuned" / "sfron-3"))]
+    at_once = json.loads((tmp_path / "out" / "tuned" / "sfron-3-4-at-once" / "run.json").read_text())
+    assert at_once["forget"] == [3, 4]
+    assert (tmp_path / "out" / "rt" / "without-3-4").is_dir()
     probed = {name: json.loads((tmp_path / "out" / "tuned" / name / "run.json").read_text())["monitor"]
               for name in ("sfron-3", "sfron-3-seed1", "sfron-4")}
     assert probed["sfron-3"]["history"] and probed["sfron-3-seed1"] is None and probed["sfron-4"] is None
 
     import erase.eval.class_scores
+    import erase.eval.inversion
 
     calls, sampled = [], []
     real_run, real_sample = erase.cli.common.run_command, erase.eval.class_scores.sample_classes
     monkeypatch.setattr(erase.cli.common, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
     monkeypatch.setattr(erase.eval.class_scores, "sample_classes", lambda *a, **k: (sampled.append(a), real_sample(*a, **k))[1])
+    monkeypatch.setattr(erase.eval.inversion, "invert_class", lambda *a, **k: sampled.append("inversion"))
     assert main(argv) == 0
     assert [c for c in calls if c[0] == "unlearn"] == [] and sampled == []  # every run and every sample reused
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]

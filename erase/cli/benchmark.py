@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from erase.eval.inversion import INVERSION_IMAGES, INVERSION_LR, INVERSION_STEPS
 from erase.eval.relearn import RELEARN_IMAGES
 from erase.cli.common import add_scoring_arguments, method_seconds
 from erase.models import SHIPPED_MODEL
@@ -48,6 +49,7 @@ COLLAPSE_REASONS = {
 DEFAULT_METHODS = [method for method in SETTINGS if method != "joint"]
 # erase/config.py check_ranges: this command's numeric flags, refused before any model loads
 RANGES = {"steps": "[1, inf)", "rt_steps": "[1, inf)", "tune_per_class": "[1, inf)", "extra_seeds": "[0, inf)",
+          "inversion_steps": "[0, inf)",
           "per_class": "[1, inf)", "sample_steps": "[1, inf)", "monitor_every": "[1, inf)",
           "monitor_samples": "[1, inf)", "seed": "[0, 4294967295]", "all_digits_per_class": "[1, inf)"}
 RECIPE_FLAGS = ("steps", "batch_size", "lr", "label_dropout", "ema_decay", "max_grad_norm")
@@ -96,6 +98,14 @@ def register(commands) -> None:
     parser.add_argument("--relearn-steps", default="10,25,50",
                         help="relearning probe: FA after fine-tuning each erased model (and RT) for these many steps "
                              f"on {RELEARN_IMAGES} real images of the forget digit; 'none' skips it (default: %(default)s)")
+    parser.add_argument("--inversion-steps", type=int, default=INVERSION_STEPS,
+                        help="concept inversion (erase attack): steps of the attack on the base, RT and every method's first-seed "
+                             "model for each forget class, FA of the attacked samples in the tables; 0 skips it "
+                             "(default: %(default)s)")
+    parser.add_argument("--multi-concept", default="none",
+                        help="with --tune: SFR-on and the best baseline erase these digits at once and one after "
+                             "another (each from the previous result), against RT retrained without all of them, "
+                             "e.g. 1,3,7; 'none' skips it (default: %(default)s)")
     parser.add_argument("--report-dir", type=Path, default=None,
                         help="where benchmark.md and its pictures go (default: OUT; the project's is docs/)")
     add_scoring_arguments(parser)
@@ -122,16 +132,19 @@ def training_recipe(model: Path) -> tuple[dict, list]:
     return record, flags
 
 
-def retrained_model(args, model: Path, forget_class: int, guidance_scale: float) -> Path:
-    """RT for `forget_class`: reused from the cache when its recorded flags match, else trained now."""
+def retrained_model(args, model: Path, forget_class: int | list[int], guidance_scale: float) -> Path:
+    """RT without `forget_class` (a class or several): reused from the cache when its recorded flags match, else
+    trained now."""
     from erase.errors import UsageError
     from erase.cli.common import run_command
 
     _, flags = training_recipe(model)
     if args.rt_steps is not None:
         flags += ["--steps", args.rt_steps]
-    flags = [str(f) for f in flags + ["--exclude-classes", forget_class, "--guidance-scale", guidance_scale]]
-    folder = (args.rt_cache or args.out / "rt") / f"without-{forget_class}"
+    classes = forget_class if isinstance(forget_class, list) else [forget_class]
+    flags = [str(f) for f in flags + ["--exclude-classes", ",".join(map(str, classes)), "--guidance-scale",
+                                      guidance_scale]]
+    folder = (args.rt_cache or args.out / "rt") / f"without-{'-'.join(map(str, classes))}"
     stamp = folder / "benchmark-flags.json"
     if stamp.is_file():
         if json.loads(stamp.read_text()) == flags:
@@ -144,17 +157,18 @@ def retrained_model(args, model: Path, forget_class: int, guidance_scale: float)
     return folder
 
 
-def erased_model(args, data: str, method: str, forget_class: int, settings: list, seed: int,
-                 probed: bool) -> tuple[Path, dict]:
+def erased_model(args, data: str, method: str, forget_class: int | str, settings: list, seed: int,
+                 probed: bool, model: Path | None = None, name: str | None = None) -> tuple[Path, dict]:
     """The method's erased model and its run.json, reused when the same flags produced it before (tuned runs live in
     OUT/tuned, runs at SETTINGS in OUT/runs). `probed` runs probe FA along the way: the first seed's on the test
-    digits; the further seeds and the --all-digits runs do not (the probes cost about as much as the final samples)."""
+    digits; the further seeds and the --all-digits runs do not (the probes cost about as much as the final samples).
+    `model` (default --model) is what is erased from; `name` the run's folder name (default METHOD-CLASS[-seedN])."""
     from erase.cli.common import cached_unlearn
 
     monitor = ["--monitor-every", args.monitor_every, "--monitor-samples", args.monitor_samples] if probed else []
-    flags = ["--model", args.model, "--data", data, "--forget-class", forget_class, "--method", method, *settings,
+    flags = ["--model", model or args.model, "--data", data, "--forget-class", forget_class, "--method", method, *settings,
              *(["--steps", args.steps] if args.steps else []), *monitor, "--seed", seed]
-    name = f"{method}-{forget_class}" + (f"-seed{seed}" if seed != args.seed else "")
+    name = name or f"{method}-{forget_class}" + (f"-seed{seed}" if seed != args.seed else "")
     folder = args.out / ("tuned" if args.tune else "runs") / name
     return folder, cached_unlearn(folder, flags)
 
@@ -184,6 +198,59 @@ def relearning(args, milestones: list[int] | None, adapter, folder: Path, key: d
     key = {**key, "milestones": milestones, "images": RELEARN_IMAGES, "samples": args.monitor_samples, "seed": args.seed}
     return cached_json(folder / "relearn.json", key, lambda: relearn_curve(
         adapter, *real_images, lambda a: {"fa": probe(a)["fa"]}, milestones, seed=args.seed))
+
+
+def inversion_fa(args, adapter, path: Path, key: dict, data: str, forget_class: int, classifier) -> float | None:
+    """FA of `adapter`'s samples of `forget_class` under concept inversion (erase attack's), cached in `path`; None
+    when --inversion-steps is 0."""
+    from erase.cli.common import cached_json
+    from erase.eval.attack import attack_class
+
+    if not args.inversion_steps:
+        return None
+    budget = {"images": INVERSION_IMAGES, "steps": args.inversion_steps, "lr": INVERSION_LR}
+    key = {**key, **budget, "samples": args.monitor_samples, "seed": args.seed}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return cached_json(path, key, lambda: attack_class(adapter, forget_class, "inversion", budget, [], classifier, data,
+                                                       args.monitor_samples, 25, args.seed))["fa_after"]
+
+
+def multi_concept(args, data: str, classes: list[int], pair: list[str], settings: dict, guidance: float, classifier,
+                  sample, base_samples) -> dict:
+    """SFR-on and the best baseline erasing `classes` at once and in sequence (each run erases the next class from
+    the previous run's model, the first is the test run of seed --seed), against RT without all of them: FA per
+    erased class and mean RA of the others, from the same seeds as every other model."""
+    from erase.eval.classifier import forgetting_metrics, predict_probabilities
+    from erase.pipelines import load_adapter
+
+    joined = "-".join(map(str, classes))
+
+    def scores(name: str, mode: str, samples) -> dict:
+        probabilities = predict_probabilities(classifier, samples.images)
+        every = forgetting_metrics(probabilities, samples.conditions, classes)
+        return {"method": name, "mode": mode, "ra": every["remaining_accuracy_mean"],
+                "fa": [forgetting_metrics(probabilities, samples.conditions, [c])["forgetting_accuracy"]
+                       for c in classes]}  # in the order of `classes`
+
+    rt_folder = retrained_model(args, args.model, classes, guidance)
+    rows = [scores("base", "-", base_samples),
+            scores("RT", "retrained without all", sample(load_adapter(rt_folder), rt_folder,
+                                                         f"RT without {joined}", f"RT-{joined}"))]
+    for method in pair:
+        folder, _ = erased_model(args, data, method, ",".join(map(str, classes)), settings[method], args.seed,
+                                 probed=False, name=f"{method}-{joined}-at-once")
+        rows.append(scores(method, "at once", sample(load_adapter(folder), folder, f"{method} without {joined}",
+                                                     f"multi-{folder.name}")))
+        model, done = None, []
+        for c in classes:
+            done.append(c)
+            name = None if len(done) == 1 else f"{method}-{'-then-'.join(map(str, done))}"
+            folder, _ = erased_model(args, data, method, c, settings[method], args.seed,
+                                     probed=len(done) == 1 and c in args.forget_class_ids, model=model, name=name)
+            model = folder
+        rows.append(scores(method, "in sequence", sample(load_adapter(folder), folder, f"{method} {joined} in sequence",
+                                                         f"multi-{folder.name}")))
+    return {"classes": classes, "methods": pair, "seed": args.seed, "rows": rows}
 
 
 def tau_reference(base, rt, erased, data, forget_class: int, run_record: dict, seed: int) -> dict:
@@ -233,11 +300,16 @@ def run(args) -> None:
         every_spec = parse_class_ids(args.all_digits)  # refused here, not after hours of runs
     if every_spec != "none" and not args.tune:
         raise UsageError("--all-digits runs the tuned configurations: add --tune, or pass --all-digits none")
+    multi_classes = None if args.multi_concept.strip().lower() == "none" else parse_class_ids(args.multi_concept)
+    if multi_classes is not None and (not args.tune or len(multi_classes) < 2):
+        raise UsageError("--multi-concept erases two or more digits with the tuned configurations: pass --tune and "
+                         "digits like 1,3,7, or --multi-concept none")
+    args.forget_class_ids = forget_classes
     started = time.time()
     base = load_adapter(args.model)
     if base.backbone != "cfg_unet":
         raise UsageError(f"the benchmark compares class erasure on a CFG UNet written by `erase train`; got {base.backbone}")
-    base.check_class_ids(forget_classes + (every_spec if isinstance(every_spec, list) else []))
+    base.check_class_ids(forget_classes + (every_spec if isinstance(every_spec, list) else []) + (multi_classes or []))
     record, _ = training_recipe(args.model)
     guidance = base.info.get("guidance_scale", 1.0)
     classifier = load_classifier("digits")
@@ -272,12 +344,17 @@ def run(args) -> None:
         grids[forget_class] = {"base": base_samples.column(), "RT": rt_samples.column()}
         rows.append({"class": forget_class, "method": "base", "seed": args.seed, "steps": 0, "seconds": 0.0,
                      "fraction_of_rt": 0.0, "first_step_fa_below_5pct": None,
+                     "fa_inversion": inversion_fa(args, base, args.out / "attacks" / f"base-{forget_class}.json",
+                                                  {"model": model_digest(args.model)}, record["data"], forget_class,
+                                                  classifier),
                      **class_scores(base_samples, [forget_class], classifier, real, rt_samples)})
         rt_key = {"rt": json.loads((rt_folder / "benchmark-flags.json").read_text())}
         rows.append({"class": forget_class, "method": "RT", "seed": args.seed, "steps": rt_record["config"]["steps"],
                      "seconds": rt_seconds, "fraction_of_rt": 1.0, "first_step_fa_below_5pct": None,
                      "relearn": relearning(args, milestones, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key,
                                            real_images, forget_class, classifier),
+                     "fa_inversion": inversion_fa(args, rt, args.out / "attacks" / f"RT-{forget_class}.json", rt_key,
+                                                  record["data"], forget_class, classifier),
                      **class_scores(rt_samples, [forget_class], classifier, real, None)})
         for method in methods:
             for seed in seeds[method]:
@@ -300,6 +377,9 @@ def run(args) -> None:
                              "settings": settings[method], "mask_sparsity": run_record["mask_sparsity"],
                              "relearn": relearning(args, milestones, adapter, folder, {"run": str(folder)}, real_images,
                                                    forget_class, classifier) if seed == args.seed else None,
+                             "fa_inversion": inversion_fa(args, adapter, folder / "inversion.json", {"run": str(folder)},
+                                                          record["data"], forget_class, classifier)
+                             if seed == args.seed else None,
                              **class_scores(samples, [forget_class], classifier, real, rt_samples)})
     every_digit = None
     if every_spec != "none":
@@ -325,12 +405,21 @@ def run(args) -> None:
                     "ra": mine["remaining_accuracy_mean"], "base_fa": before["forgetting_accuracy"],
                     "base_ra": before["remaining_accuracy_mean"]})
         every_digit["seconds"] = time.time() - started_every
+    multi = None
+    if multi_classes is not None:
+        started_multi = time.time()
+        pair = [m for m in ("sfron", tuning["best_baseline"]) if m in methods]
+        multi = multi_concept(args, record["data"], multi_classes, pair, settings, guidance, classifier, sample,
+                              base_samples)
+        multi["seconds"] = time.time() - started_multi
     results = {
         "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
         "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
         "seeds": seeds, "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples,
         "steps_override": args.steps, "rt_steps_override": args.rt_steps, "settings": settings,
         "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES, "nabla_tau": taus, "every_digit": every_digit,
+        "multi_concept": multi, "inversion": {"images": INVERSION_IMAGES, "steps": args.inversion_steps,
+                                              "lr": INVERSION_LR} if args.inversion_steps else None,
         "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
         "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
         "run_seconds": {**run_seconds, "tuning": tuning["run_seconds"] if tuning else 0.0},

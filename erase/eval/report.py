@@ -12,6 +12,7 @@ from erase.eval.grid import image_grid
 
 COLUMNS = (  # (header, row key, format)
     ("FA", "forgetting_accuracy", "{:.1%}"),
+    ("FA inversion", "fa_inversion", "{:.1%}"),
     ("mean RA", "remaining_accuracy_mean", "{:.1%}"),
     ("FID real", "fid_real", "{:.2f}"),
     ("FID vs RT", "fid_reference", "{:.2f}"),
@@ -29,6 +30,7 @@ def cell(value, fmt: str) -> str:
     return fmt.format(int(value) if fmt == "{:d}" else value)
 
 
+FIRST_SEED_ONLY = ("first_step_fa_below_5pct", "fa_inversion")  # measured on the first seed's runs only
 RANGED = ("forgetting_accuracy", "remaining_accuracy_mean", "fid_real")  # shown as mean [min, max] over seeds
 
 
@@ -62,7 +64,7 @@ def mean_rows(rows: list[dict], methods: list[str], first_seed: int | None = Non
         row = {"method": method, "seeds": seeds}
         for _, key, _ in COLUMNS:
             probed = [r for r in mine if first_seed is None or r.get("seed") == first_seed]
-            if key == "first_step_fa_below_5pct":
+            if key in FIRST_SEED_ONLY:
                 row[key] = class_mean(probed, key)
                 continue
             per_seed = [class_mean([r for r in mine if r.get("seed") == seed], key) for seed in seeds]
@@ -279,6 +281,94 @@ def every_digit_section(results: dict) -> list[str]:
     return lines
 
 
+def attack_section(results: dict, methods: list[str], directory: Path) -> list[str]:
+    """FA of each model's forget-class samples under concept inversion (erase attack), per digit, and the picture of
+    how far each method's point moves under the attack."""
+    budget = results.get("inversion")
+    rows = [r for r in results["rows"] if r.get("fa_inversion") is not None]
+    if not budget or not rows:
+        return []
+    classes = results["forget_classes"]
+    lines = ["", "## Under attack: concept inversion", "",
+             f"An erased digit that a new condition brings back was hidden behind its label, not removed. `erase attack "
+             f"--attack inversion` learns one new class-embedding vector (every other weight frozen) on "
+             f"{budget['images']} real images of the digit ({budget['steps']} Adam steps at lr {budget['lr']:g}, "
+             f"Pham et al.'s budget for images and rate), then samples the digit with it ({results['monitor_samples']} "
+             f"samples, DDIM 25) and classifies. The same attack on RT, which never learned the digit, is the floor "
+             f"an erasure can reach; on the base model, the ceiling. Seed {results['seed']}'s runs.", "",
+             "| method | " + " | ".join(f"FA {c} / under inversion" for c in classes) + " | mean under inversion | "
+             "vs RT (points) |", "|---" * (len(classes) + 3) + "|"]
+    by = {(r["method"], r["class"]): r for r in rows}
+    floor = class_mean([by[("RT", c)] for c in classes if ("RT", c) in by], "fa_inversion")
+    for method in methods:
+        mine = [by.get((method, c)) for c in classes]
+        if None in mine:
+            continue
+        mean = class_mean(mine, "fa_inversion")
+        lines.append(f"| {method} | " + " | ".join(f"{r['forgetting_accuracy']:.0%} / {r['fa_inversion']:.0%}"
+                                                     for r in mine)
+                     + f" | {mean:.1%} | {'-' if floor is None or method == 'RT' else f'{100 * (mean - floor):+.1f}'} |")
+    attack_plot(results, methods, directory / "benchmark-attack.png")
+    lines += ["", "![FA before and under concept inversion](benchmark-attack.png)", "",
+              "Each method's mean over the test digits (seed-{0} runs): hollow at its FA, filled under inversion, "
+              "joined; the dashed line is RT's FA under the same attack.".format(results["seed"])]
+    return lines
+
+
+def attack_plot(results: dict, methods: list[str], path: Path, ra_floor: float = 0.8) -> None:
+    """FA (x) against mean RA (y) for every model before and under concept inversion (mean over the test digits)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.2, 4.2))
+    colours = plt.get_cmap("tab10").colors
+    rows = [r for r in results["rows"] if r.get("fa_inversion") is not None]
+    for k, method in enumerate(methods):
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        fa, under = class_mean(mine, "forgetting_accuracy"), class_mean(mine, "fa_inversion")
+        ra = max(class_mean(mine, "remaining_accuracy_mean"), ra_floor + 0.004)
+        colour = colours[k % len(colours)]
+        axis.plot([fa, under], [ra, ra], color=colour, linewidth=1)
+        axis.scatter([fa], [ra], facecolors="none", edgecolors=[colour], s=45, zorder=3)
+        axis.scatter([under], [ra], color=colour, s=45, zorder=3, label=method)
+        if method == "RT":
+            axis.axvline(under, color="grey", linestyle="--", linewidth=1)
+    axis.set_xlim(-0.05, 1.05)
+    axis.set_ylim(ra_floor, 1.005)
+    axis.set_xlabel("FA (hollow) / FA under concept inversion (filled)")
+    axis.set_ylabel("mean RA")
+    axis.legend(fontsize=7, loc="lower left", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def multi_concept_section(results: dict) -> list[str]:
+    """Several digits erased at once and one after another, against RT retrained without all of them."""
+    multi = results.get("multi_concept")
+    if not multi:
+        return []
+    classes = multi["classes"]
+    base_ra = next(r["ra"] for r in multi["rows"] if r["method"] == "base")
+    lines = ["", "## Several digits: at once and in sequence", "",
+             f"Digits {', '.join(map(str, classes))} erased together in one run (`--forget-class "
+             f"{','.join(map(str, classes))}`) and one after another (erase {classes[0]}, then "
+             f"{' then '.join(map(str, classes[1:]))} from each result; run.json's erasure_sequence chains them), "
+             f"with each method's chosen configuration, seed {multi['seed']}; RT is retrained without all of them. "
+             f"FA per erased digit; mean RA over the other {10 - len(classes)} digits, and its change against the base "
+             f"in points. This section took {multi['seconds'] / 60:.1f} min in this invocation.", "",
+             "| model | how | " + " | ".join(f"FA {c}" for c in classes) + " | mean RA, other digits | change |",
+             "|---" * (len(classes) + 4) + "|"]
+    for r in multi["rows"]:
+        lines.append(f"| {r['method']} | {r['mode']} | " + " | ".join(f"{fa:.0%}" for fa in r["fa"])
+                     + f" | {r['ra']:.1%} | {100 * (r['ra'] - base_ra):+.1f} |")
+    return lines
+
+
 def relearn_section(results: dict, methods: list[str]) -> list[str]:
     """FA of each erased model (and RT) after the relearning probe's fine-tuning steps, mean over forget classes."""
     rows = [r for r in results["rows"] if r.get("relearn")]
@@ -412,8 +502,8 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         lines += ["", f"Below {COLLAPSE_RA:.0%} mean RA (the other classes are not kept):", ""]
         lines += [f"- {method}: {reasons.get(method, 'no explanation recorded; treat this setting as failed')}"
                   for method in collapsed]
-    lines += (seeds_section(results, directory) + every_digit_section(results) + relearn_section(results, methods)
-              + tau_section(results))
+    lines += (seeds_section(results, directory) + every_digit_section(results) + attack_section(results, methods, directory)
+              + multi_concept_section(results) + relearn_section(results, methods) + tau_section(results))
     if results.get("tuning"):
         lines += tuning_section(results, directory)
     for forget_class in results["forget_classes"]:
