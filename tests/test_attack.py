@@ -23,13 +23,13 @@ def test_inversion_brings_back_a_digit_that_gradient_ascent_hid(tmp_path, capsys
     assert main(["attack", "--model", erased, "--steps", "100", "--samples", "30", "--out", out]) == 0
     record = json.loads(out.read_text())
     (row,) = record["rows"]
-    assert record["forget_classes"] == [7]  # read from the erased model's record
+    assert record["concepts"] == [7]  # read from the erased model's record
     assert row["fa_before"] <= 0.4  # hidden (measured 23%)
     assert row["fa_after"] >= row["fa_before"] + 0.4, row  # and back (measured 90%)
     assert row["loss_end"] < row["loss_start"]
     assert tree_digest(erased) == before  # the attacked folder is never written
     assert record["budget"] == {"images": 25, "steps": 100, "lr": 0.08}
-    assert f"class 7 FA {row['fa_before']:.1%} -> {row['fa_after']:.1%}" in capsys.readouterr().out
+    assert f"7 FA {row['fa_before']:.1%} -> {row['fa_after']:.1%}" in capsys.readouterr().out
 
 
 def in_memory_pair():
@@ -48,7 +48,7 @@ def test_no_attack_writes_the_attacked_weights(kind):
     assert all(torch.equal(weights[name], value) for name, value in unet.state_dict().items())
     assert unet.class_embedding is table  # the wrapped table is put back
     assert torch.equal(torch.get_rng_state(), rng)
-    assert record["weights_unchanged"] and record["rows"][0]["class"] == 3
+    assert record["weights_unchanged"] and record["rows"][0]["concept"] == 3
     if kind == "relearn":
         assert [point["step"] for point in record["rows"][0]["curve"]] == [1, 2]
 
@@ -87,7 +87,7 @@ def test_inversion_lowers_the_denoising_loss_of_its_images_only_through_the_new_
 def test_attack_refusals_are_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "a.json"
     cases = [
-        (["--model", erase.SHIPPED_MODEL], "records no erased class"),  # the base model erased nothing
+        (["--model", erase.SHIPPED_MODEL], "records nothing erased"),  # the base model erased nothing
         (["--model", erase.SHIPPED_MODEL, "--forget-class", "12"], "do not exist"),
         (["--model", erase.SHIPPED_MODEL, "--forget-class", "7", "--steps", "0"], "steps"),
         (["--model", erase.SHIPPED_MODEL, "--forget-class", "7", "--attack", "relearn", "--relearn-steps", "a"],
@@ -111,4 +111,39 @@ def test_several_classes_at_once_then_another_in_sequence_are_all_recorded(tmp_p
         ("ga", [1, 3], str(trained_model_dir)), ("rl", [7], str(first))]
     assert record["forget"] == [7] and record["erasure_sequence"] == facts["sequence"]
     attacked = attack(second, attack="relearn", images=2, relearn_steps=[1], samples=1, sample_steps=1, data="digits")
-    assert [row["class"] for row in attacked["rows"]] == [1, 3, 7]
+    assert [row["concept"] for row in attacked["rows"]] == [1, 3, 7]
+
+
+@pytest.mark.parametrize("kind", ["inversion", "adversarial", "relearn"])
+def test_prompt_attacks_leave_text_model_weights_and_token_table_untouched(tmp_path, kind):
+    from tests.conftest import tiny_stable_diffusion
+
+    adapter = tiny_stable_diffusion(tmp_path, pixel_space=True, image_size=8)
+    pipeline = adapter.to_pipeline()
+    before = {name: {k: v.clone() for k, v in module.state_dict().items()}
+              for name, module in (("unet", pipeline.unet), ("text_encoder", pipeline.text_encoder))}
+    table = pipeline.text_encoder.get_input_embeddings()
+    record = attack(pipeline, forget=["a photo of the digit seven"], attack=kind, images=4, steps=4, tokens=2,
+                    relearn_steps=[1], samples=2, sample_steps=2, concept_class=7, data="digits")
+    for name, module in (("unet", pipeline.unet), ("text_encoder", pipeline.text_encoder)):
+        assert all(torch.equal(before[name][k], v) for k, v in module.state_dict().items()), name
+    assert pipeline.text_encoder.get_input_embeddings() is table
+    (row,) = record["rows"]
+    assert row["concept"] == "a photo of the digit seven" and 0 <= row["fa_after"] <= 1
+    if kind == "adversarial":  # a prompt anyone can type: two vocabulary tokens, then the erased prompt
+        assert row["prompt"].endswith(" a photo of the digit seven") and len(row["prompt"]) > 27
+        assert record["budget"]["tokens"] == 2
+
+
+def test_projected_tokens_read_their_nearest_vocabulary_row_and_pass_the_gradient_on():
+    from erase.eval.prompt_attacks import TokenOverride
+
+    table = torch.nn.Embedding(5, 3)
+    vector = (table.weight[2].detach() * 1.5 + 0.01).unsqueeze(0).requires_grad_(True)
+    override = TokenOverride(table, vector, project=True)
+    out = override(torch.tensor([[0, 5]]))
+    assert torch.equal(out[0, 0], table.weight[0]) and torch.allclose(out[0, 1], table.weight[2])
+    out[0, 1].sum().backward()
+    assert torch.equal(vector.grad, torch.ones(1, 3))  # straight through to the continuous vector
+    plain = TokenOverride(table, vector, project=False)(torch.tensor([5]))
+    assert torch.equal(plain[0], vector[0])

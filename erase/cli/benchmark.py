@@ -204,15 +204,16 @@ def inversion_fa(args, adapter, path: Path, key: dict, data: str, forget_class: 
     """FA of `adapter`'s samples of `forget_class` under concept inversion (erase attack's), cached in `path`; None
     when --inversion-steps is 0."""
     from erase.cli.common import cached_json
-    from erase.eval.attack import attack_class
+    from erase.eval.attack import attack_concept, make_judge
 
     if not args.inversion_steps:
         return None
     budget = {"images": INVERSION_IMAGES, "steps": args.inversion_steps, "lr": INVERSION_LR}
     key = {**key, **budget, "samples": args.monitor_samples, "seed": args.seed}
     path.parent.mkdir(parents=True, exist_ok=True)
-    return cached_json(path, key, lambda: attack_class(adapter, forget_class, "inversion", budget, [], classifier, data,
-                                                       args.monitor_samples, 25, args.seed))["fa_after"]
+    judge = make_judge(classifier, forget_class, False, 0.6)
+    return cached_json(path, key, lambda: attack_concept(adapter, forget_class, forget_class, "inversion", budget, judge,
+                                                         data, args.monitor_samples, 25, args.seed))["fa_after"]
 
 
 def multi_concept(args, data: str, classes: list[int], pair: list[str], settings: dict, guidance: float, classifier,
