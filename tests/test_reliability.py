@@ -390,7 +390,7 @@ PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases
     "train-classifier": (classifier.RANGES, ["train-classifier", "--data", "{nowhere}"]),
     "benchmark-classifier": (benchmark_classifier.RANGES, ["benchmark-classifier"]),
     "mia": (mia.RANGES, ["mia", "--models", "{nowhere}", "--forget-class", "1"]),
-    "attack": (attack.RANGES, ["attack", "--model", "{nowhere}", "--forget-class", "1", "--out", "{nowhere}"]),
+    "attack": (attack.RANGES, ["attack", "--model", "{nowhere}", "--forget-class", "1"]),
 }
 RANGE_CASES = [
     *method_range_cases(),
@@ -465,7 +465,7 @@ def ddpm_model_dir(tmp_path_factory) -> Path:
     return directory
 
 
-OUTPUT = {"grid": ("--out", "grid.png"), "score": ("--out", "scores.json"), "guidance": ("--json", "sweep.json")}
+OUTPUT = {"grid": ("--out", "grid.png"), "score": ("--out", "scores.json"), "attack": ("--out", "attack.json"), "guidance": ("--json", "sweep.json")}
 
 
 def output(argv: list[str]) -> tuple[str, str]:
