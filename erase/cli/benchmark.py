@@ -62,7 +62,8 @@ def register(commands) -> None:
                     "recipe (RT), erases the class from the base with every method (settings in "
                     "erase/cli/benchmark.py SETTINGS) while probing FA every --monitor-every steps, samples every "
                     "model with the same seeds and scores FA, mean RA, FID of the remaining classes vs real digits "
-                    "and vs RT samples (classifier features). Writes OUT/results.json, OUT/benchmark.md, grids and "
+                    "and vs RT samples (classifier features), and FA under concept inversion (erase attack) of the "
+                    "base, RT and each method's first-seed model. Writes OUT/results.json, OUT/benchmark.md, grids and "
                     "an FA-vs-step plot; finished runs, their scores and samples are reused when rerun with the same "
                     "flags (OUT/tune, OUT/tuned or OUT/runs, OUT/samples).",
     )
@@ -217,7 +218,7 @@ def inversion_fa(args, adapter, path: Path, key: dict, data: str, forget_class: 
 
 
 def multi_concept(args, data: str, classes: list[int], pair: list[str], settings: dict, guidance: float, classifier,
-                  sample, base_samples) -> dict:
+                  sample, base_samples, test_classes: list[int]) -> dict:
     """SFR-on and the best baseline erasing `classes` at once and in sequence (each run erases the next class from
     the previous run's model, the first is the test run of seed --seed), against RT without all of them: FA per
     erased class and mean RA of the others, from the same seeds as every other model."""
@@ -247,7 +248,7 @@ def multi_concept(args, data: str, classes: list[int], pair: list[str], settings
             done.append(c)
             name = None if len(done) == 1 else f"{method}-{'-then-'.join(map(str, done))}"
             folder, _ = erased_model(args, data, method, c, settings[method], args.seed,
-                                     probed=len(done) == 1 and c in args.forget_class_ids, model=model, name=name)
+                                     probed=len(done) == 1 and c in test_classes, model=model, name=name)
             model = folder
         rows.append(scores(method, "in sequence", sample(load_adapter(folder), folder, f"{method} {joined} in sequence",
                                                          f"multi-{folder.name}")))
@@ -305,7 +306,6 @@ def run(args) -> None:
     if multi_classes is not None and (not args.tune or len(multi_classes) < 2):
         raise UsageError("--multi-concept erases two or more digits with the tuned configurations: pass --tune and "
                          "digits like 1,3,7, or --multi-concept none")
-    args.forget_class_ids = forget_classes
     started = time.time()
     base = load_adapter(args.model)
     if base.backbone != "cfg_unet":
@@ -411,7 +411,7 @@ def run(args) -> None:
         started_multi = time.time()
         pair = [m for m in ("sfron", tuning["best_baseline"]) if m in methods]
         multi = multi_concept(args, record["data"], multi_classes, pair, settings, guidance, classifier, sample,
-                              base_samples)
+                              base_samples, forget_classes)
         multi["seconds"] = time.time() - started_multi
     results = {
         "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
