@@ -1,1 +1,2 @@
-"""Evaluation: classifier accuracy (FA/RA), FID and NudeNet nudity rates over generated images."""
+"""Evaluation: classifier accuracy (FA/RA), FID, NudeNet nudity rates, membership inference, and attacks that try to
+bring an erased concept back (concept inversion, adversarial prompts, relearning) over generated images."""
