@@ -222,11 +222,11 @@ def attack_concept(adapter, concept, label: int, attack: str, budget: dict, judg
                               seed=seed)
         row.update(fa_after=curve[-1]["fa"], curve=curve)
     elif adapter.takes_prompts:
-        from erase.eval.prompt_attacks import adversarial_prompt, extra_prompt, invert_prompt
+        from erase.eval.prompt_attacks import adversarial_prompt, invert_prompt
 
         if attack == "inversion":
             learned = invert_prompt(adapter, real, concept, budget["steps"], budget["lr"], seed)
-            with extra_prompt(adapter, f"<inversion of {concept!r}>", learned["embedded"]) as inverted:
+            with adapter.temporary_prompt(f"<inversion of {concept!r}>", learned["embedded"]) as inverted:
                 row["fa_after"] = rate(adapter, inverted)
             row["prompt"] = learned["template"].format("<learned token>")
         else:

@@ -7,9 +7,8 @@
   vocabulary tokens (projected, straight-through), so the result is a prompt anyone can type; it is decoded and its
   samples are judged.
 Both optimise only rows of the text encoder's input-embedding table, read through `TokenOverride` while they run;
-the text encoder, tokenizer and denoiser are never written. They apply to text encoders whose token table the
-adapter holds as `text_encoder` + `tokenizer` (Stable Diffusion 1.x / 2.x); the multi-encoder families (SDXL, SD 3,
-Flux) are refused by name.
+the text encoder, tokenizer and denoiser are never written. They apply to the families with one text encoder
+(`token_encoder()`: Stable Diffusion 1.x / 2.x); the multi-encoder families (SDXL, SD 3, Flux) are refused by name.
 """
 
 from __future__ import annotations
@@ -57,16 +56,6 @@ class TokenOverride(nn.Module):
         return torch.where((new >= 0).unsqueeze(-1), picked, out)
 
 
-def text_parts(adapter):
-    """(text encoder, tokenizer) of a single-encoder text model; other families are refused by name."""
-    from erase.errors import ModelError
-
-    if getattr(adapter, "text_encoder_names", None) != ("text_encoder",) or not hasattr(adapter, "tokenizer"):
-        raise ModelError(f"prompt attacks learn tokens of a single CLIP text encoder (Stable Diffusion 1.x / 2.x); "
-                         f"this {adapter.backbone} model has {list(getattr(adapter, 'text_encoder_names', []))}")
-    return adapter.text_encoder, adapter.tokenizer
-
-
 def token_ids(tokenizer, text: str, extra: list[int], at_start: bool) -> torch.Tensor:
     """(1, max_length) ids of `text` with the `extra` ids right after the start token or right before the end token,
     padded as the pipeline pads."""
@@ -87,19 +76,6 @@ def overridden_tokens(text_encoder, vectors: torch.Tensor, project: bool = False
         text_encoder.set_input_embeddings(table)
 
 
-@contextmanager
-def extra_prompt(adapter, name: str, embedded: dict[str, torch.Tensor]) -> Iterator[int]:
-    """Within the block, prompt id `yield`ed conditions on `embedded` (one row per key); the table is restored."""
-    saved = (list(adapter.prompts), dict(adapter.prompt_ids), dict(adapter.embeddings))
-    adapter.embeddings = {k: torch.cat([v, embedded[k].to(v.device, v.dtype)]) for k, v in adapter.embeddings.items()}
-    adapter.prompt_ids[name] = len(adapter.prompts)
-    adapter.prompts.append(name)
-    try:
-        yield adapter.prompt_ids[name]
-    finally:
-        adapter.prompts, adapter.prompt_ids, adapter.embeddings = saved
-
-
 def learn_tokens(adapter, images: torch.Tensor, text: str, count: int, at_start: bool, init: torch.Tensor, steps: int,
                  lr: float, seed: int, project: bool) -> dict:
     """Optimise `count` new tokens placed in `text` (after the start token, or before the end token) with the mean
@@ -107,7 +83,7 @@ def learn_tokens(adapter, images: torch.Tensor, text: str, count: int, at_start:
     take in `token_ids`, the projected vocabulary ids and the loss at the start and the end (first and last tenth)."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
-    text_encoder, tokenizer = text_parts(adapter)
+    text_encoder, tokenizer = adapter.token_encoder()
     denoiser = adapter.denoiser
     device = next(denoiser.parameters()).device
     first = text_encoder.get_input_embeddings().num_embeddings
@@ -148,7 +124,7 @@ def learn_tokens(adapter, images: torch.Tensor, text: str, count: int, at_start:
 
 def prompt_embedding_init(adapter, text: str) -> torch.Tensor:
     """The mean input embedding of `text`'s tokens (CI starts from the concept's word)."""
-    text_encoder, tokenizer = text_parts(adapter)
+    text_encoder, tokenizer = adapter.token_encoder()
     ids = tokenizer(text).input_ids[1:-1] or tokenizer("a").input_ids[1:-1]
     table = text_encoder.get_input_embeddings().weight
     return table[torch.tensor(ids, device=table.device)].detach().float().mean(0)
@@ -168,7 +144,7 @@ def adversarial_prompt(adapter, images, prompt: str, steps: int = ADVERSARIAL_ST
                        count: int = ADVERSARIAL_TOKENS, seed: int = 0) -> dict:
     """`count` vocabulary tokens in front of `prompt`, chosen by projected optimisation on `images`; returns
     learn_tokens' dict plus "prompt", the adversarial prompt as text."""
-    _, tokenizer = text_parts(adapter)
+    _, tokenizer = adapter.token_encoder()
     result = learn_tokens(adapter, images, prompt, count, True, prompt_embedding_init(adapter, prompt), steps, lr, seed,
                           project=True)
     words = tokenizer.decode(result["nearest"]).strip()

@@ -142,6 +142,14 @@ class TextConditioned(Protocol):
     def select_trainable(self, choice: str) -> None:
         """Train `full`, `xattn` (the attention that reads the text) or `noxattn` parameters only."""
 
+    def token_encoder(self) -> tuple[torch.nn.Module, Any]:
+        """(text encoder, tokenizer) whose token table prompt attacks learn rows of; families with several text
+        encoders refuse (ModelError)."""
+
+    def temporary_prompt(self, name: str, embedded: dict[str, torch.Tensor]):
+        """Context manager: within it, prompt `name` (its id yielded) conditions on `embedded`, the text encoders'
+        output for one prompt; the prompt table is restored on exit."""
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Shared mechanics of the adapters in this package (each backbone file adds only what differs).

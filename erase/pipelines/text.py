@@ -13,8 +13,9 @@ with `text_attention(name)`; `noxattn`, everything else but the time embedding a
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -82,6 +83,29 @@ class PromptConditioning:
 
     def join_conditions(self, first: dict, second: dict) -> dict:
         return {k: torch.cat([first[k], second[k]]) for k in first}
+
+    def token_encoder(self):
+        """(text encoder, tokenizer) of a family with one text encoder (Stable Diffusion 1.x / 2.x)."""
+        from erase.errors import ModelError
+
+        names = getattr(self, "text_encoder_names", ())
+        if tuple(names) != ("text_encoder",):
+            raise ModelError(f"prompt attacks learn tokens of a single CLIP text encoder (Stable Diffusion 1.x / 2.x); "
+                             f"this {self.backbone} model has {list(names)}")
+        return self.text_encoder, self.tokenizer
+
+    @contextmanager
+    def temporary_prompt(self, name: str, embedded: dict[str, torch.Tensor]) -> Iterator[int]:
+        """Within the block, prompt `name` (the id yielded) conditions on `embedded` (one row per key); the prompt
+        table is restored afterwards."""
+        saved = (list(self.prompts), dict(self.prompt_ids), dict(self.embeddings))
+        self.embeddings = {k: torch.cat([v, embedded[k].to(v.device, v.dtype)]) for k, v in self.embeddings.items()}
+        self.prompt_ids[name] = len(self.prompts)
+        self.prompts.append(name)
+        try:
+            yield self.prompt_ids[name]
+        finally:
+            self.prompts, self.prompt_ids, self.embeddings = saved
 
     def null_condition(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(batch_size, dtype=torch.long, device=self.device)
