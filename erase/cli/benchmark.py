@@ -201,9 +201,10 @@ def relearning(args, milestones: list[int] | None, adapter, folder: Path, key: d
         adapter, *real_images, lambda a: {"fa": probe(a)["fa"]}, milestones, seed=args.seed))
 
 
-def inversion_fa(args, adapter, path: Path, key: dict, data: str, forget_class: int, classifier) -> float | None:
+def inversion_fa(args, adapter, path: Path, key: dict, data: str, forget_class: int, classifier,
+                 spent: dict) -> float | None:
     """FA of `adapter`'s samples of `forget_class` under concept inversion (erase attack's), cached in `path`; None
-    when --inversion-steps is 0."""
+    when --inversion-steps is 0. The attack's recorded seconds are added to spent["attacks"]."""
     from erase.cli.common import cached_json
     from erase.eval.attack import attack_concept, make_judge
 
@@ -213,8 +214,10 @@ def inversion_fa(args, adapter, path: Path, key: dict, data: str, forget_class: 
     key = {**key, **budget, "samples": args.monitor_samples, "seed": args.seed}
     path.parent.mkdir(parents=True, exist_ok=True)
     judge = make_judge(classifier, forget_class, False, 0.6)
-    return cached_json(path, key, lambda: attack_concept(adapter, forget_class, forget_class, "inversion", budget, judge,
-                                                         data, args.monitor_samples, 25, args.seed))["fa_after"]
+    row = cached_json(path, key, lambda: attack_concept(adapter, forget_class, forget_class, "inversion", budget, judge,
+                                                        data, args.monitor_samples, 25, args.seed))
+    spent["attacks"] = spent.get("attacks", 0.0) + row.get("seconds", 0.0)
+    return row["fa_after"]
 
 
 def multi_concept(args, data: str, classes: list[int], pair: list[str], settings: dict, guidance: float, classifier,
@@ -235,24 +238,27 @@ def multi_concept(args, data: str, classes: list[int], pair: list[str], settings
                        for c in classes]}  # in the order of `classes`
 
     rt_folder = retrained_model(args, args.model, classes, guidance)
+    spent = json.loads((rt_folder / "run.json").read_text())["timings"]["train"]
     rows = [scores("base", "-", base_samples),
             scores("RT", "retrained without all", sample(load_adapter(rt_folder), rt_folder,
                                                          f"RT without {joined}", f"RT-{joined}"))]
     for method in pair:
-        folder, _ = erased_model(args, data, method, ",".join(map(str, classes)), settings[method], args.seed,
-                                 probed=False, name=f"{method}-{joined}-at-once")
+        folder, run_record = erased_model(args, data, method, ",".join(map(str, classes)), settings[method], args.seed,
+                                          probed=False, name=f"{method}-{joined}-at-once")
+        spent += sum(run_record["timings"].values())
         rows.append(scores(method, "at once", sample(load_adapter(folder), folder, f"{method} without {joined}",
                                                      f"multi-{folder.name}")))
         model, done = None, []
         for c in classes:
             done.append(c)
             name = None if len(done) == 1 else f"{method}-{'-then-'.join(map(str, done))}"
-            folder, _ = erased_model(args, data, method, c, settings[method], args.seed,
-                                     probed=len(done) == 1 and c in test_classes, model=model, name=name)
+            folder, run_record = erased_model(args, data, method, c, settings[method], args.seed,
+                                              probed=len(done) == 1 and c in test_classes, model=model, name=name)
+            spent += sum(run_record["timings"].values()) if len(done) > 1 else 0.0  # the first is a test run
             model = folder
         rows.append(scores(method, "in sequence", sample(load_adapter(folder), folder, f"{method} {joined} in sequence",
                                                          f"multi-{folder.name}")))
-    return {"classes": classes, "methods": pair, "seed": args.seed, "rows": rows}
+    return {"classes": classes, "methods": pair, "seed": args.seed, "rows": rows, "run_seconds": spent}
 
 
 def tau_reference(base, rt, erased, data, forget_class: int, run_record: dict, seed: int) -> dict:
@@ -347,7 +353,7 @@ def run(args) -> None:
                      "fraction_of_rt": 0.0, "first_step_fa_below_5pct": None,
                      "fa_inversion": inversion_fa(args, base, args.out / "attacks" / f"base-{forget_class}.json",
                                                   {"model": model_digest(args.model)}, record["data"], forget_class,
-                                                  classifier),
+                                                  classifier, run_seconds),
                      **class_scores(base_samples, [forget_class], classifier, real, rt_samples)})
         rt_key = {"rt": json.loads((rt_folder / "benchmark-flags.json").read_text())}
         rows.append({"class": forget_class, "method": "RT", "seed": args.seed, "steps": rt_record["config"]["steps"],
@@ -355,7 +361,7 @@ def run(args) -> None:
                      "relearn": relearning(args, milestones, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key,
                                            real_images, forget_class, classifier),
                      "fa_inversion": inversion_fa(args, rt, args.out / "attacks" / f"RT-{forget_class}.json", rt_key,
-                                                  record["data"], forget_class, classifier),
+                                                  record["data"], forget_class, classifier, run_seconds),
                      **class_scores(rt_samples, [forget_class], classifier, real, None)})
         for method in methods:
             for seed in seeds[method]:
@@ -379,7 +385,7 @@ def run(args) -> None:
                              "relearn": relearning(args, milestones, adapter, folder, {"run": str(folder)}, real_images,
                                                    forget_class, classifier) if seed == args.seed else None,
                              "fa_inversion": inversion_fa(args, adapter, folder / "inversion.json", {"run": str(folder)},
-                                                          record["data"], forget_class, classifier)
+                                                          record["data"], forget_class, classifier, run_seconds)
                              if seed == args.seed else None,
                              **class_scores(samples, [forget_class], classifier, real, rt_samples)})
     every_digit = None
@@ -413,6 +419,7 @@ def run(args) -> None:
         multi = multi_concept(args, record["data"], multi_classes, pair, settings, guidance, classifier, sample,
                               base_samples, forget_classes)
         multi["seconds"] = time.time() - started_multi
+        run_seconds["multi_concept"] = multi["run_seconds"]
     results = {
         "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
         "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,

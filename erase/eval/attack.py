@@ -210,6 +210,7 @@ def attack_concept(adapter, concept, label: int, attack: str, budget: dict, judg
 
     from erase.eval.relearn import relearn_curve
 
+    started = time.perf_counter()
     real, source = concept_images(adapter, data, label, budget["images"])
     condition = concept
     if adapter.takes_prompts:
@@ -240,6 +241,7 @@ def attack_concept(adapter, concept, label: int, attack: str, budget: dict, judg
         with overridden_class(adapter, concept, learned["vectors"]):
             row["fa_after"] = rate(adapter)
         row.update(loss_start=learned["loss_start"], loss_end=learned["loss_end"])
+    row["seconds"] = time.perf_counter() - started  # the attack and both judgements
     print(f"{attack} on {concept!r}: FA {row['fa_before']:.1%} -> {row['fa_after']:.1%}"
           + (f" with the prompt {row['prompt']!r}" if "prompt" in row else ""))
     return row

@@ -465,7 +465,11 @@ def write_report(results: dict, grids: dict[int, dict[str, torch.Tensor]], direc
         + ("; the runs it used, cached or new, recorded RT training {rt:.0f} min, tuning {tuning:.0f} min, test "
            "runs {test:.0f} min".format(**{k: v / 60 for k, v in results["run_seconds"].items()})
            + (f", every-digit runs {results['run_seconds']['every_digit'] / 60:.0f} min"
-              if results["run_seconds"].get("every_digit") else "") + " (sampling and scoring come on top)"
+              if results["run_seconds"].get("every_digit") else "")
+           + (f", multi-concept runs (their RT included) {results['run_seconds']['multi_concept'] / 60:.0f} min"
+              if results["run_seconds"].get("multi_concept") else "")
+           + (f", concept-inversion attacks (with their samples) {results['run_seconds']['attacks'] / 60:.0f} min"
+              if results["run_seconds"].get("attacks") else "") + " (sampling and scoring come on top)"
            if "run_seconds" in results else ""),
         "",
         f"Model `{results['model']}` at guidance scale {results['guidance_scale']:g}; forget classes "
