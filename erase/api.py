@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import operator
 import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from erase.config import as_list, class_ids
 from erase.errors import OptionError, option
 
 # Allowed values of the plain (non-config) options, refused before any model loads (erase/config.py check_ranges).
@@ -27,32 +27,6 @@ SAMPLE_RANGES = {**CONDITION_RANGES, "n_per_condition": "[1, inf)", "seed": "[0,
 GRID_RANGES = {**CONDITION_RANGES, "cell": "[8, inf)"}
 SCORE_RANGES = {"threshold": "[0, 1]"}
 DEFAULT_CACHE = Path.home() / ".cache" / "erase"  # real-image FID statistics
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, os.PathLike, int)):
-        return [value]
-    return list(value)
-
-
-def _class_ids(items: list, what: str) -> list[int]:
-    """Class ids from ints or 'a-b,c' strings."""
-    from erase.data import parse_class_ids
-
-    ids: set[int] = set()
-    for item in items:
-        if isinstance(item, str):
-            ids.update(parse_class_ids(item))
-            continue
-        try:
-            if isinstance(item, bool):
-                raise TypeError
-            ids.add(operator.index(item))  # ints, numpy integers, 0-d integer tensors
-        except TypeError:
-            raise OptionError(f"{what}: {item!r} is not a class id") from None
-    return sorted(ids)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,7 +75,7 @@ def read_targets(adapter, forget, retain, forget_random):
     from erase.eval.prompts import PromptRow, read_prompts
     from erase.sources import Targets
 
-    forget_items, retain_items = _as_list(forget), _as_list(retain)
+    forget_items, retain_items = as_list(forget), as_list(retain)
     if forget_random is not None:
         if adapter.generative:
             raise OptionError(f"{option('--forget-random')} forgets a share of a classifier's training split; for this "
@@ -142,10 +116,10 @@ def read_targets(adapter, forget, retain, forget_random):
     if adapter.takes_prompts:
         raise OptionError("this text-to-image model erases prompts; use "
                           f"{option('--forget-prompt or --forget-prompts', 'forget=[prompts]')}")
-    forget_ids = _class_ids(forget_items, option("--forget-class", "forget"))
+    forget_ids = class_ids(forget_items, option("--forget-class", "forget"))
     if adapter.conditional:
         adapter.check_class_ids(forget_ids)
-    remain_ids = _class_ids(retain_items, option("--remain-classes", "retain")) if retain_items else None
+    remain_ids = class_ids(retain_items, option("--remain-classes", "retain")) if retain_items else None
     return Targets(forget_ids, remain_ids)
 
 
@@ -351,7 +325,7 @@ def unlearn(
     with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
         data_memory.start()
         forget_set, remain_set, data_record = load_data(
-            adapter, targets, data=data, forget_random=forget_random, retain_given=bool(_as_list(retain)),
+            adapter, targets, data=data, forget_random=forget_random, retain_given=bool(as_list(retain)),
             data_cache=data_cache, images_per_condition=images_per_condition, generation_steps=generation_steps,
             seed=runtime.seed, staging_hint=Path(scratch) / "generated")
         data_memory.stop("data")
@@ -467,7 +441,7 @@ def build_jobs(adapter, classes, prompts, seeds: Sequence[int], guidance_scale: 
             raise OptionError(f"this {adapter.backbone} model takes class ids, not prompts; use "
                               f"{option('--classes', 'classes')}")
         rows = []
-        for item in _as_list(prompts):
+        for item in as_list(prompts):
             if isinstance(item, os.PathLike):
                 rows += read_prompts(item, limit)
             else:
@@ -475,7 +449,7 @@ def build_jobs(adapter, classes, prompts, seeds: Sequence[int], guidance_scale: 
         return prompt_jobs(rows[:limit] if limit else rows, len(seeds), seeds[0], guidance_scale)
     if not adapter.conditional:
         raise OptionError("this model is unconditional; it has no classes to choose")
-    ids = _class_ids(_as_list(classes), option("--classes", "classes"))
+    ids = class_ids(as_list(classes), option("--classes", "classes"))
     adapter.check_class_ids(ids)
     return class_jobs(ids, seeds, adapter.class_names, guidance_scale)
 
@@ -567,7 +541,7 @@ def grid(
         out = check_output_file(out, overwrite)
     if not models:
         raise OptionError(f"give at least one model to show ({option('--model NAME=DIR', 'models={name: model}')})")
-    seed_list = _class_ids(_as_list(seeds) if not isinstance(seeds, str) else [seeds], option("--seeds", "seeds"))
+    seed_list = class_ids(as_list(seeds) if not isinstance(seeds, str) else [seeds], option("--seeds", "seeds"))
     opened = {name: open_model(model, train_params=None) for name, model in models.items()}
     adapters = {name: o.adapter for name, o in opened.items()}
     for adapter in adapters.values():  # every model must accept the conditions: fail before sampling anything
@@ -670,13 +644,13 @@ def score(
         raise DataError(f"images must be a folder or an (N, C, H, W) tensor, not {type(images).__name__}")
     header = {k: v for k, v in header.items() if k != "images"}
     conditions = [r.get("condition") for r in records]
-    class_ids = all(isinstance(c, int) for c in conditions)
+    by_class_id = all(isinstance(c, int) for c in conditions)
     if clip is not None and not all(isinstance(c, str) for c in conditions):
         raise DataError(f"{repr(str(folder)) if folder is not None else 'the record'} has no prompt per image "
                         f"(index.json 'condition'); CLIP score needs images drawn with "
                         f"{option('erase sample --prompts', 'erase.sample(prompts=...)')}")
     if forget is not None:
-        forget_classes = _class_ids(_as_list(forget), option("--forget-class", "forget"))
+        forget_classes = class_ids(as_list(forget), option("--forget-class", "forget"))
     else:
         forget_classes = (header.get("model_info") or {}).get("erased", {}).get("forget_classes", [])
     scores: dict = {"images": str(folder) if folder is not None else "in-memory tensor", "image_count": len(pixels),
@@ -692,7 +666,7 @@ def score(
     if classifier:
         from erase.eval.classifier import forgetting_metrics, predict_probabilities
 
-        if not class_ids:
+        if not by_class_id:
             raise DataError(f"{scores['images']!r} has no class id per image (index.json); FA/RA need images drawn "
                             f"with {option('erase sample --classes', 'erase.sample(classes=...)')}")
         started = time.perf_counter()
@@ -705,7 +679,7 @@ def score(
 
         started = time.perf_counter()
         keep = torch.ones(len(pixels), dtype=torch.bool)
-        if fid_classes == "remain" and forget_classes and class_ids:
+        if fid_classes == "remain" and forget_classes and by_class_id:
             keep = ~torch.isin(torch.tensor(conditions), torch.tensor(forget_classes))
         extractor = ClassifierFeatures(judge) if fid_features == "classifier" else InceptionFeatures()
         fid = FID(extractor, fid_features)

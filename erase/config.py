@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import operator
+import os
 import re
 
 from erase.errors import OptionError, option
@@ -93,3 +95,30 @@ def documented(cls: type) -> type:
                      + (f" ({extra})" if extra else ""))
     cls.__doc__ = "\n".join(lines) + "\n"
     return cls
+
+
+def as_list(value) -> list:
+    """A value or several as a list (None: empty; a string, path or int: one item)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike, int)):
+        return [value]
+    return list(value)
+
+
+def class_ids(items: list, what: str) -> list[int]:
+    """Class ids from ints or 'a-b,c' strings (`what` names the option in the error)."""
+    from erase.data import parse_class_ids
+
+    ids: set[int] = set()
+    for item in items:
+        if isinstance(item, str):
+            ids.update(parse_class_ids(item))
+            continue
+        try:
+            if isinstance(item, bool):
+                raise TypeError
+            ids.add(operator.index(item))  # ints, numpy integers, 0-d integer tensors
+        except TypeError:
+            raise OptionError(f"{what}: {item!r} is not a class id") from None
+    return sorted(ids)

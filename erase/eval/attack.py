@@ -129,8 +129,7 @@ def attack(
     """
     import torch
 
-    from erase.api import _as_list, _class_ids
-    from erase.config import check_ranges
+    from erase.config import as_list, check_ranges, class_ids
     from erase.errors import ModelError
     from erase.eval.classifier import load_classifier
     from erase.eval.inversion import INVERSION_IMAGES, INVERSION_LR, INVERSION_STEPS
@@ -156,7 +155,7 @@ def attack(
         raise ModelError(f"erase attack runs on conditional diffusion models; this is a {adapter.backbone} model")
     erased = adapter.info.get("erased") or {}
     if adapter.takes_prompts:
-        concepts = [str(p) for p in _as_list(forget)] or list(erased.get("forget_prompts", []))
+        concepts = [str(p) for p in as_list(forget)] or list(erased.get("forget_prompts", []))
         if concept_class is None:
             raise OptionError(f"{option('--concept-class', 'concept_class')}: the label of the concept's real images in "
                               f"{option('--data', 'data')} (and the class the classifier looks for)")
@@ -164,7 +163,7 @@ def attack(
         if attack == "adversarial":
             raise OptionError(f"{option('--attack', 'attack')} adversarial optimises prompt tokens; this "
                               f"{adapter.backbone} model takes class ids: use inversion")
-        concepts = _class_ids(_as_list(forget), option("--forget-class", "forget")) if forget is not None else \
+        concepts = class_ids(as_list(forget), option("--forget-class", "forget")) if forget is not None else \
             list(erased.get("forget_classes", []))
     if not concepts:
         what = option("--forget-prompt", "forget") if adapter.takes_prompts else option("--forget-class", "forget")
