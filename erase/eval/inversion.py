@@ -74,34 +74,29 @@ def overridden_class(adapter, class_id: int, vectors: list[torch.Tensor]) -> Ite
             setattr(parent, name, table)
 
 
-def invert_class(adapter, images: torch.Tensor, class_id: int, steps: int = INVERSION_STEPS, lr: float = INVERSION_LR,
-                 seed: int = 0) -> dict:
-    """Learn class `class_id`'s condition from `images` ((K, C, H, W) in [-1, 1]) on the frozen model: full-batch Adam
-    on the mean denoising loss, starting from the model's own row for the class (CI starts from the concept's word).
-    Returns {"vectors": [...], "loss_start", "loss_end"} (mean loss over the first and the last tenth of the steps);
-    the model's weights and the global random state are
-    unchanged."""
+def optimise_frozen(adapter, vectors: list[torch.Tensor], condition, x0: torch.Tensor, steps: int, lr: float,
+                    seed: int, description: str) -> dict:
+    """Full-batch Adam on `vectors` alone for the mean denoising loss of `x0` under `condition()` (called each step,
+    so a condition built from the vectors stays in the graph), with the denoiser frozen and in eval mode (no dropout;
+    DiT's label dropout is off) and the global random state forked at `seed`. The caller wraps this in what makes
+    the vectors part of the model. Returns the mean loss over the first and the last tenth of the steps (each step
+    draws its own noise); requires_grad flags and the training mode are put back."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     denoiser = adapter.denoiser
-    device = next(denoiser.parameters()).device
-    tables = class_tables(adapter)
-    vectors = [table.weight[class_id].detach().clone().float().requires_grad_(True) for _, _, table in tables]
+    device = x0.device
     flags = [p.requires_grad for p in denoiser.parameters()]
     was_training = denoiser.training
-    x0 = adapter.encode(images.to(device))
-    labels = torch.full((len(x0),), class_id, dtype=torch.long, device=device)
     optimizer = torch.optim.Adam(vectors, lr=lr)
     losses = []
     try:
-        denoiser.eval()  # no dropout; DiT's label dropout is off in eval mode
+        denoiser.eval()
         denoiser.requires_grad_(False)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                overridden_class(adapter, class_id, vectors):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for _ in tqdm(range(steps), desc="concept inversion", leave=False):
+            for _ in tqdm(range(steps), desc=description, leave=False):
                 optimizer.zero_grad(set_to_none=True)
-                loss = denoising_losses(adapter, x0, labels).mean()
+                loss = denoising_losses(adapter, x0, condition()).mean()
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.detach())
@@ -110,6 +105,21 @@ def invert_class(adapter, images: torch.Tensor, class_id: int, steps: int = INVE
             parameter.requires_grad_(flag)
         denoiser.train(was_training)
     curve = torch.stack(losses)
-    window = max(1, len(curve) // 10)  # each step draws its own noise: compare the first and last tenth of the steps
-    return {"vectors": [v.detach() for v in vectors], "loss_start": float(curve[:window].mean()),
-            "loss_end": float(curve[-window:].mean())}
+    window = max(1, len(curve) // 10)
+    return {"loss_start": float(curve[:window].mean()), "loss_end": float(curve[-window:].mean())}
+
+
+def invert_class(adapter, images: torch.Tensor, class_id: int, steps: int = INVERSION_STEPS, lr: float = INVERSION_LR,
+                 seed: int = 0) -> dict:
+    """Learn class `class_id`'s condition from `images` ((K, C, H, W) in [-1, 1]) on the frozen model
+    (`optimise_frozen`), starting from the model's own row for the class (CI starts from the concept's word).
+    Returns {"vectors": [...], "loss_start", "loss_end"}; the model's weights and the global random state are
+    unchanged."""
+    device = next(adapter.denoiser.parameters()).device
+    vectors = [table.weight[class_id].detach().clone().float().requires_grad_(True)
+               for _, _, table in class_tables(adapter)]
+    x0 = adapter.encode(images.to(device))
+    labels = torch.full((len(x0),), class_id, dtype=torch.long, device=device)
+    with overridden_class(adapter, class_id, vectors):
+        losses = optimise_frozen(adapter, vectors, lambda: labels, x0, steps, lr, seed, "concept inversion")
+    return {"vectors": [v.detach() for v in vectors], **losses}

@@ -18,14 +18,13 @@ from typing import Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from erase.objectives import denoising_losses
+from erase.eval.inversion import optimise_frozen
 
 INVERSION_TEMPLATE = "a photo of {}"  # CI's object template
-ADVERSARIAL_TOKENS = 5  # UnlearnDiffAtk: 5 adversarial tokens in front of the prompt
-ADVERSARIAL_STEPS = 40  # UnlearnDiffAtk: 40 attack iterations
-ADVERSARIAL_LR = 0.01  # UnlearnDiffAtk: attack learning rate
+ADVERSARIAL_TOKENS = 5  # UnlearnDiffAtk as recalled from its paper (not checked here): 5 tokens in front
+ADVERSARIAL_STEPS = 40  # ... 40 attack iterations
+ADVERSARIAL_LR = 0.01  # ... learning rate 0.01
 
 
 class TokenOverride(nn.Module):
@@ -81,45 +80,23 @@ def learn_tokens(adapter, images: torch.Tensor, text: str, count: int, at_start:
     """Optimise `count` new tokens placed in `text` (after the start token, or before the end token) with the mean
     denoising loss on `images` ((K, C, H, W) in [-1, 1]), everything else frozen. Returns the vectors, the ids they
     take in `token_ids`, the projected vocabulary ids and the loss at the start and the end (first and last tenth)."""
-    if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
     text_encoder, tokenizer = adapter.token_encoder()
-    denoiser = adapter.denoiser
-    device = next(denoiser.parameters()).device
+    device = next(adapter.denoiser.parameters()).device
     first = text_encoder.get_input_embeddings().num_embeddings
-    extra = list(range(first, first + count))
-    ids = token_ids(tokenizer, text, extra, at_start).to(text_encoder.device)
+    ids = token_ids(tokenizer, text, list(range(first, first + count)), at_start).to(text_encoder.device)
     vectors = init.detach().float().clone().expand(count, -1).clone().requires_grad_(True)
-    flags = [p.requires_grad for p in denoiser.parameters()]
-    was_training = denoiser.training
     x0 = adapter.encode(images.to(device))
-    optimizer = torch.optim.Adam([vectors], lr=lr)
-    losses = []
-    try:
-        denoiser.eval()
-        denoiser.requires_grad_(False)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                overridden_tokens(text_encoder, vectors, project) as override:
-            torch.manual_seed(seed)
-            for _ in tqdm(range(steps), desc="adversarial prompt" if project else "concept inversion", leave=False):
-                optimizer.zero_grad(set_to_none=True)
-                hidden = text_encoder(ids)[0].float().to(device)
-                condition = {"encoder_hidden_states": hidden.expand(len(x0), -1, -1)}
-                loss = denoising_losses(adapter, x0, condition).mean()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach())
-            nearest = override.nearest()
-            with torch.no_grad():
-                hidden = text_encoder(ids)[0].float()
-    finally:
-        for parameter, flag in zip(denoiser.parameters(), flags):
-            parameter.requires_grad_(flag)
-        denoiser.train(was_training)
-    curve = torch.stack(losses)
-    window = max(1, len(curve) // 10)
-    return {"vectors": vectors.detach(), "nearest": nearest.tolist(), "hidden": hidden,
-            "loss_start": float(curve[:window].mean()), "loss_end": float(curve[-window:].mean())}
+
+    def condition():  # through the text encoder, so the loss reaches the token vectors
+        return {"encoder_hidden_states": text_encoder(ids)[0].float().to(device).expand(len(x0), -1, -1)}
+
+    with overridden_tokens(text_encoder, vectors, project) as override:
+        losses = optimise_frozen(adapter, [vectors], condition, x0, steps, lr, seed,
+                                 "adversarial prompt" if project else "concept inversion")
+        nearest = override.nearest()
+        with torch.no_grad():
+            hidden = text_encoder(ids)[0].float()
+    return {"vectors": vectors.detach(), "nearest": nearest.tolist(), "hidden": hidden, **losses}
 
 
 def prompt_embedding_init(adapter, text: str) -> torch.Tensor:
