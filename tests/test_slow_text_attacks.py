@@ -12,23 +12,17 @@ projected to the vocabulary) each try to bring seven back, judged by the digit c
 import pytest
 
 import erase
-from erase.data import ImageDataset, mnist, split_by_class
+from erase.data import split_by_class
 from erase.engine import Runtime
 from erase.ga import GAConfig, ga
-from erase.train import TrainConfig, train
-from tests.conftest import tiny_stable_diffusion
-from tests.test_slow_text_erasure import PROMPTS
+from tests.test_slow_text_erasure import PROMPTS, trained_text_digit_model
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="the prompt attacks lower the loss but do not bring seven back yet "
                                         "(docs/attacks.md, 'Text models')")
 def test_inversion_and_an_adversarial_prompt_bring_back_a_hidden_prompt(tmp_path):
-    adapter = tiny_stable_diffusion(tmp_path, pixel_space=True, image_size=16)
-    ids = adapter.register_prompts(PROMPTS)
-    data = mnist(16)
-    by_prompt = ImageDataset(data.images, ids[data.labels], adapter.class_names, "mnist16-prompts")
-    train(adapter, by_prompt, TrainConfig(steps=3000, batch_size=64, lr=1e-3), Runtime(seed=0, log_every=500))
+    adapter, ids, by_prompt = trained_text_digit_model(tmp_path)
     adapter.info["guidance_scale"] = 2.0  # the scale test_slow_text_erasure measured the model at
     forget, remain = split_by_class(by_prompt, [int(ids[7])])
     ga(adapter, forget, remain, GAConfig(steps=10, lr=1e-4, batch_size=32), Runtime(seed=0))

@@ -28,13 +28,19 @@ def digit_scores(adapter, classifier, guidance=2.0, per_digit=30):
     return forgetting_metrics(predict_probabilities(classifier, images), digits, forget_classes=[7])
 
 
-@pytest.mark.slow
-def test_erasing_seven_by_prompt_drops_its_accuracy_and_keeps_the_others(tmp_path):
+def trained_text_digit_model(tmp_path):
+    """(adapter, its prompt ids, MNIST labelled by prompt id) after 3000 training steps (the slow part)."""
     adapter = tiny_stable_diffusion(tmp_path, pixel_space=True, image_size=16)
     ids = adapter.register_prompts(PROMPTS)
     data = mnist(16)
     by_prompt = ImageDataset(data.images, ids[data.labels], adapter.class_names, "mnist16-prompts")
     train(adapter, by_prompt, TrainConfig(steps=3000, batch_size=64, lr=1e-3), Runtime(seed=0, log_every=100))
+    return adapter, ids, by_prompt
+
+
+@pytest.mark.slow
+def test_erasing_seven_by_prompt_drops_its_accuracy_and_keeps_the_others(tmp_path):
+    adapter, ids, by_prompt = trained_text_digit_model(tmp_path)
     classifier = load_classifier("digits")
     base = digit_scores(adapter, classifier)
     assert base["forgetting_accuracy"] >= 0.8 and base["remaining_accuracy_mean"] >= 0.8, base
