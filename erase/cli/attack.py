@@ -41,7 +41,7 @@ def register(commands) -> None:
                         help="learning rate (default: inversion 0.08, textual inversion's 5e-3 scaled by batch 16 as "
                              "Pham et al.; adversarial 0.01; relearn 1e-4)")
     parser.add_argument("--tokens", type=int, default=None,
-                        help="adversarial: tokens put in front of the prompt (default: 5, as UnlearnDiffAtk)")
+                        help="adversarial: tokens put in front of the prompt (default: 5, UnlearnDiffAtk as recalled, unchecked)")
     parser.add_argument("--relearn-steps", default="10,25,50",
                         help="relearn: FA after these many fine-tuning steps (default: %(default)s)")
     parser.add_argument("--data", default="auto",

@@ -120,7 +120,7 @@ def attack(
 
     attack: "inversion" (`steps` Adam steps at `lr` on a new class vector or token, from `images` real images;
         defaults from Pham et al.: 25 images, lr 0.08), "adversarial" (text models: `tokens` vocabulary tokens in front
-        of the prompt; UnlearnDiffAtk: 5 tokens, 40 steps, lr 0.01) or "relearn" (fine-tuning on `images` images, FA
+        of the prompt; 5 tokens, 40 steps, lr 0.01: UnlearnDiffAtk as recalled, unchecked) or "relearn" (fine-tuning on `images` images, FA
         after each of `relearn_steps`, lr 1e-4).
     data / concept_class: where the real images come from ('auto': the model's own source, MNIST for the digit
         models) and, on text models, their label there (class models take the attacked class).
