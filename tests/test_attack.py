@@ -10,6 +10,7 @@ import torch
 import erase
 from erase.cli.main import main
 from erase.eval.attack import attack
+from erase.errors import OptionError
 from erase.eval.inversion import class_tables, invert_class, overridden_class
 from tests.conftest import tiny_adapter, tree_digest
 from tests.test_backbones import tiny_dit_adapter
@@ -147,3 +148,40 @@ def test_projected_tokens_read_their_nearest_vocabulary_row_and_pass_the_gradien
     assert torch.equal(vector.grad, torch.ones(1, 3))  # straight through to the continuous vector
     plain = TokenOverride(table, vector, project=False)(torch.tensor([5]))
     assert torch.equal(plain[0], vector[0])
+
+
+def test_the_adversarial_prompt_is_judged_on_the_token_ids_it_optimised(tmp_path):
+    """Decoding BPE ids to text and tokenizing the text again need not give the same ids (on the tiny character
+    vocabulary most random sequences do not): the samples must come from the ids the attack chose."""
+    from erase.eval.prompt_attacks import adversarial_prompt
+    from erase.data import load_dataset
+    from tests.conftest import tiny_stable_diffusion
+
+    adapter = tiny_stable_diffusion(tmp_path, pixel_space=True, image_size=8)
+    text_encoder, tokenizer = adapter.token_encoder()
+    prompt = "a photo of the digit seven"
+    images = load_dataset("digits", 8, 1).images[:4]
+    learned = adversarial_prompt(adapter, images, prompt, steps=3, count=3)
+    base = tokenizer(prompt).input_ids
+    ids = [base[0], *learned["nearest"], *base[1:]]
+    ids += [tokenizer.pad_token_id] * (tokenizer.model_max_length - len(ids))
+    with torch.no_grad():
+        expected = text_encoder(torch.tensor([ids]))[0]
+    assert torch.allclose(learned["embedded"]["encoder_hidden_states"], expected.float(), atol=1e-6)
+    typed = tokenizer(learned["prompt"], padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert learned["round_trip"] == (typed == ids)
+
+
+def test_the_inversion_template_places_the_new_token_where_its_braces_are(tmp_path):
+    from erase.eval.prompt_attacks import token_ids
+    from tests.conftest import tiny_stable_diffusion
+
+    _, tokenizer = tiny_stable_diffusion(tmp_path, pixel_space=True, image_size=8).token_encoder()
+    new = len(tokenizer) + 5
+    ids = token_ids(tokenizer, "a photo of the", [new], "digit")[0].tolist()
+    words = tokenizer("a photo of the digit").input_ids  # start, the words' tokens, end
+    the, digit = tokenizer("a photo of the").input_ids[1:-1], tokenizer("digit").input_ids[1:-1]
+    assert ids[:len(words) + 1] == [words[0], *the, new, *digit, words[-1]]
+    assert len(ids) == tokenizer.model_max_length
+    with pytest.raises(OptionError, match="must hold one {}"):
+        attack(tmp_path / "missing", forget=["x"], template="a photo of the digit")

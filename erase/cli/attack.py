@@ -40,6 +40,9 @@ def register(commands) -> None:
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: inversion 0.08, textual inversion's 5e-3 scaled by batch 16 as "
                              "Pham et al.; adversarial 0.01; relearn 1e-4)")
+    parser.add_argument("--template", default=None,
+                        help="inversion on text models: the prompt the learned token is put in, with {} for it (default: "
+                             "'a photo of {}', Pham et al.'s object template); use your model's own caption form")
     parser.add_argument("--tokens", type=int, default=None,
                         help="adversarial: tokens put in front of the prompt (default: 5, UnlearnDiffAtk as recalled, unchecked)")
     parser.add_argument("--relearn-steps", default="10,25,50",
@@ -72,7 +75,7 @@ def run(args) -> None:
     except ValueError:
         raise UsageError(f"--relearn-steps {args.relearn_steps!r}: write step counts like 10,25,50") from None
     record = attack(args.model, args.forget_prompt or args.forget_class, attack=args.attack, images=args.images,
-                    steps=args.steps, lr=args.lr, tokens=args.tokens, relearn_steps=milestones, samples=args.samples,
+                    steps=args.steps, lr=args.lr, tokens=args.tokens, template=args.template, relearn_steps=milestones, samples=args.samples,
                     sample_steps=args.sample_steps, classifier=None if args.nudenet else args.classifier,
                     concept_class=args.concept_class, nudenet=args.nudenet, threshold=args.threshold, data=args.data,
                     seed=args.seed, out=args.out, overwrite=args.overwrite)

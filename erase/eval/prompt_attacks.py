@@ -4,8 +4,8 @@
   images of the concept, in the prompt "a photo of {token}"; the samples of that prompt are judged.
 - Adversarial prompt (UnlearnDiffAtk's idea, Zhang et al. 2024): `count` tokens put in front of the erased prompt and
   optimised with the same denoising loss on the concept's images, each step's forward pass using the nearest real
-  vocabulary tokens (projected, straight-through), so the result is a prompt anyone can type; it is decoded and its
-  samples are judged.
+  vocabulary tokens (projected, straight-through), so the result is a sequence of real tokens; its samples are judged
+  on exactly those ids, and it is decoded as text for the record (which says whether the text tokenizes back to them).
 Both optimise only rows of the text encoder's input-embedding table, read through `TokenOverride` while they run;
 the text encoder, tokenizer and denoiser are never written. They apply to the families with one text encoder
 (`token_encoder()`: Stable Diffusion 1.x / 2.x); the multi-encoder families (SDXL, SD 3, Flux) are refused by name.
@@ -55,12 +55,13 @@ class TokenOverride(nn.Module):
         return torch.where((new >= 0).unsqueeze(-1), picked, out)
 
 
-def token_ids(tokenizer, text: str, extra: list[int], at_start: bool) -> torch.Tensor:
-    """(1, max_length) ids of `text` with the `extra` ids right after the start token or right before the end token,
+def token_ids(tokenizer, before: str, extra: list[int], after: str = "") -> torch.Tensor:
+    """(1, max_length) ids of `before`, then the `extra` ids, then `after`, between the start and end tokens and
     padded as the pipeline pads."""
-    ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length - len(extra)).input_ids
-    ids = [ids[0], *extra, *ids[1:]] if at_start else [*ids[:-1], *extra, ids[-1]]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[-1]
+    words = [tokenizer(text).input_ids for text in (before, after)]
+    start, end = words[0][0], words[0][-1]
+    ids = [start, *words[0][1:-1], *extra, *words[1][1:-1]][:tokenizer.model_max_length - 1] + [end]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
     return torch.tensor([ids + [pad] * (tokenizer.model_max_length - len(ids))])
 
 
@@ -75,15 +76,14 @@ def overridden_tokens(text_encoder, vectors: torch.Tensor, project: bool = False
         text_encoder.set_input_embeddings(table)
 
 
-def learn_tokens(adapter, images: torch.Tensor, text: str, count: int, at_start: bool, init: torch.Tensor, steps: int,
+def learn_tokens(adapter, images: torch.Tensor, before: str, count: int, after: str, init: torch.Tensor, steps: int,
                  lr: float, seed: int, project: bool) -> dict:
-    """Optimise `count` new tokens placed in `text` (after the start token, or before the end token) with the mean
-    denoising loss on `images` ((K, C, H, W) in [-1, 1]), everything else frozen. Returns the vectors, the ids they
+    """Optimise `count` new tokens placed between the texts `before` and `after` with the mean denoising loss on `images` ((K, C, H, W) in [-1, 1]), everything else frozen. Returns the vectors, the ids they
     take in `token_ids`, the projected vocabulary ids and the loss at the start and the end (first and last tenth)."""
     text_encoder, tokenizer = adapter.token_encoder()
     device = next(adapter.denoiser.parameters()).device
     first = text_encoder.get_input_embeddings().num_embeddings
-    ids = token_ids(tokenizer, text, list(range(first, first + count)), at_start).to(text_encoder.device)
+    ids = token_ids(tokenizer, before, list(range(first, first + count)), after).to(text_encoder.device)
     vectors = init.detach().float().clone().expand(count, -1).clone().requires_grad_(True)
     x0 = adapter.encode(images.to(device))
 
@@ -111,8 +111,8 @@ def invert_prompt(adapter, images, prompt: str, steps: int, lr: float, seed: int
                   template: str = INVERSION_TEMPLATE) -> dict:
     """Concept inversion: one new token in `template`, learned on `images`, starting from `prompt`'s mean token
     embedding. Returns learn_tokens' dict plus the condition to sample ("embedded": the text encoder's output)."""
-    prefix = template.split("{}")[0].strip()
-    result = learn_tokens(adapter, images, prefix, 1, False, prompt_embedding_init(adapter, prompt), steps, lr, seed,
+    before, after = (part.strip() for part in template.split("{}"))
+    result = learn_tokens(adapter, images, before, 1, after, prompt_embedding_init(adapter, prompt), steps, lr, seed,
                           project=False)
     return {**result, "embedded": {"encoder_hidden_states": result["hidden"]}, "template": template}
 
@@ -120,9 +120,15 @@ def invert_prompt(adapter, images, prompt: str, steps: int, lr: float, seed: int
 def adversarial_prompt(adapter, images, prompt: str, steps: int = ADVERSARIAL_STEPS, lr: float = ADVERSARIAL_LR,
                        count: int = ADVERSARIAL_TOKENS, seed: int = 0) -> dict:
     """`count` vocabulary tokens in front of `prompt`, chosen by projected optimisation on `images`; returns
-    learn_tokens' dict plus "prompt", the adversarial prompt as text."""
+    learn_tokens' dict plus "embedded" (the text encoder's output for exactly those token ids, the condition to
+    sample), "prompt" (the ids decoded as text) and "round_trip" (whether tokenizing that text gives the same ids:
+    a BPE tokenizer may merge decoded tokens differently, so the typed prompt can differ from the attack's)."""
     _, tokenizer = adapter.token_encoder()
-    result = learn_tokens(adapter, images, prompt, count, True, prompt_embedding_init(adapter, prompt), steps, lr, seed,
+    result = learn_tokens(adapter, images, "", count, prompt, prompt_embedding_init(adapter, prompt), steps, lr, seed,
                           project=True)
     words = tokenizer.decode(result["nearest"]).strip()
-    return {**result, "prompt": f"{words} {prompt}".strip()}
+    text = f"{words} {prompt}".strip()
+    exact = token_ids(tokenizer, "", result["nearest"], prompt)
+    typed = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    return {**result, "embedded": {"encoder_hidden_states": result["hidden"]}, "prompt": text,
+            "round_trip": typed == exact[0].tolist()}
