@@ -252,7 +252,8 @@ def unlearn(
     import torch
 
     from erase.config import build_config, check_ranges, field_ranges
-    from erase.engine import Runtime, find_state
+    from erase.checkpoint import find_state
+    from erase.engine import Runtime
     from erase.methods import METHODS
     from erase.models import open_model, to_diffusers
     from erase.record import (as_json, atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -20,6 +18,7 @@ from accelerate.utils import set_seed
 
 from tqdm.auto import tqdm
 
+from erase.checkpoint import Checkpoints, LoopState
 from erase.config import documented
 from erase.errors import NonFiniteLossError, OptionError, UsageError, option
 from erase.memory import PhaseMemory, run_sizes
@@ -103,7 +102,7 @@ class Batches:
     """Endless shuffled (images, labels) batches that count how many they handed out.
 
     A resumed run re-seeds the shuffling and skips as many batches, so it sees the same batches in the same order
-    as an uninterrupted run (`state_dict` / `load_state_dict`, as accelerate's `register_for_checkpointing` wants).
+    as an uninterrupted run (`state_dict` / `load_state_dict`, saved with every resumable state).
     """
 
     def __init__(self, loader, generator: torch.Generator, seed: int, device=None):
@@ -553,10 +552,6 @@ def prepare_training(adapter, runtime: Runtime, *, lr: float, max_grad_norm: flo
     return accelerator, PhaseTimer(accelerator.device), opt, stepper
 
 
-STATE_PREFIX = "step-"  # OUT.checkpoint/step-0000120: the state after 120 steps
-RESUME_MUST_MATCH = ("run", "steps", "seed", "num_processes", "grad_accum")  # or the resumed run would differ
-
-
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM stopped a run at the end of a step, after it saved a resumable state there."""
 
@@ -565,132 +560,6 @@ class Interrupted(Exception):
         self.signal_number, self.step, self.steps, self.folder = signal_number, step, steps, folder
         self.is_main_process, self.num_processes = is_main_process, num_processes
         super().__init__(f"{signal.Signals(signal_number).name} at step {step} of {steps}; state saved to {folder}")
-
-
-def find_state(path: str | Path) -> Path:
-    """The state folder `--resume path` names: `path` itself, or its latest complete step-N folder."""
-    path = Path(path)
-    if (path / "state.json").is_file():
-        return path
-    states = sorted(path.glob(f"{STATE_PREFIX}*/state.json")) if path.is_dir() else []
-    if not states:
-        raise UsageError(f"{option('--resume')} {str(path)!r} holds no resumable state; pass the OUT.checkpoint folder that an "
-                         "interrupted run (or --checkpoint-every) wrote, or one of its step-N folders")
-    return states[-1].parent
-
-
-def _state_of(obj):
-    if isinstance(obj, torch.Generator):
-        return obj.get_state()
-    if isinstance(obj, dict):
-        return dict(obj)
-    if isinstance(obj, list):
-        return list(obj)
-    return obj.state_dict()
-
-
-def _restore(obj, state) -> None:
-    if isinstance(obj, torch.Generator):
-        obj.set_state(state)
-    elif isinstance(obj, dict):
-        obj.clear()
-        obj.update(state)
-    elif isinstance(obj, list):
-        obj[:] = state
-    else:
-        obj.load_state_dict(state)
-
-
-class LoopState:
-    """What a resumable state holds beside accelerate's own (weights, optimizer, random states): the steps done,
-    the loss log, the monitor's history and each tracked object (batch streams' positions, a method's generator or
-    running values). One custom object for `Accelerator.register_for_checkpointing`."""
-
-    def __init__(self, log: LossLog, tracked: dict, monitor: "Monitor | None", device=None):
-        self.step, self.log, self.tracked, self.monitor, self.device = 0, log, tracked, monitor, device
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "log": self.log.state_dict(),
-                "tracked": {name: _state_of(obj) for name, obj in self.tracked.items()},
-                "monitor": list(self.monitor.history) if self.monitor is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state["tracked"]) != set(self.tracked):
-            raise UsageError(f"the resumed state tracks {sorted(state['tracked'])}, this run {sorted(self.tracked)}; "
-                             "resume with the interrupted run's command and method")
-        self.step = state["step"]
-        self.log.load_state_dict(state["log"])
-        for name, obj in self.tracked.items():
-            _restore(obj, state["tracked"][name])
-            if hasattr(obj, "to") and self.device is not None:  # e.g. an EMA model's shadow weights, loaded on the CPU
-                obj.to(device=self.device)
-        if self.monitor is not None and state["monitor"] is not None:
-            self.monitor.history[:] = state["monitor"]
-
-
-class Checkpoints:
-    """Resumable states of one run in `folder`, through accelerate's `save_state` / `load_state`.
-
-    Each state is written whole into `.step-N.partial` and then renamed to `step-N`, so a kill at any moment
-    leaves the previous complete state; older states are removed once a newer one is complete. Every process
-    writes its own random states into the same folder (multi-node runs need a folder all nodes share); the main
-    process writes the rest.
-    """
-
-    def __init__(self, folder: str | Path, accelerator: Accelerator, identity: dict, mask: dict | None = None):
-        self.folder, self.accelerator, self.identity, self.mask = Path(folder), accelerator, identity, mask
-        self.latest: Path | None = None
-
-    def save(self, loop_state: LoopState, step: int) -> Path:
-        accelerator = self.accelerator
-        final = self.folder / f"{STATE_PREFIX}{step:07d}"
-        partial = self.folder / f".{final.name}.partial"
-        if accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        loop_state.step = step
-        accelerator.save_state(str(partial))
-        if accelerator.is_main_process:
-            if self.mask is not None:
-                self._write_mask(partial / "mask.safetensors")
-            (partial / "state.json").write_text(json.dumps({**self.identity, "step": step, "saved": time.time()},
-                                                           indent=2) + "\n")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            if final.exists():  # e.g. a resumed run stopped again at the step it resumed from
-                shutil.rmtree(final)
-            os.replace(partial, final)
-            for old in self.folder.glob(f"{STATE_PREFIX}*"):
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        self.latest = final
-        return final
-
-    def _write_mask(self, path: Path) -> None:
-        previous = self.latest / "mask.safetensors" if self.latest is not None else None
-        if previous is not None and previous.is_file():
-            try:
-                os.link(previous, path)  # the mask never changes during a run: share the file
-                return
-            except OSError:
-                pass
-        from erase.saliency import save_mask
-
-        save_mask(self.mask, path)
-
-    def load(self, path: str | Path, loop_state: LoopState) -> int:
-        """Restore the state `path` names into the prepared model, optimizer and `loop_state`; the steps done."""
-        state = find_state(path)
-        saved = json.loads((state / "state.json").read_text())
-        for key in RESUME_MUST_MATCH:
-            if saved.get(key) != self.identity.get(key):
-                raise UsageError(f"{option('--resume')} {str(path)!r} was saved by a run with {key} {saved.get(key)!r}, this run "
-                                 f"has {self.identity.get(key)!r}; resume with the interrupted run's flags")
-        self.accelerator.load_state(str(state))
-        self.latest = state
-        return loop_state.step
 
 
 class NonFiniteWeightsError(NonFiniteLossError):
@@ -753,7 +622,6 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
         if runtime.checkpoint_dir is None:
             raise UsageError(f"{option('--resume')} needs {option('--checkpoint-dir')} (erase unlearn and erase train set it from {option('--out')})")
         loop_state = LoopState(log, dict(tracked or {}), monitor, accelerator.device)
-        accelerator.register_for_checkpointing(loop_state)
         identity = {"run": description, "steps": steps, "seed": runtime.seed, "num_processes": accelerator.num_processes,
                     "grad_accum": runtime.grad_accum, "mixed_precision": runtime.mixed_precision}
         checkpoints = Checkpoints(runtime.checkpoint_dir, accelerator, identity, mask)

@@ -130,7 +130,7 @@ def checkpoint_folder(out: str | Path | None, runtime, overwrite: bool) -> Path 
     """Settle `runtime.checkpoint_dir` (default OUT.checkpoint beside --out, never --out itself; without an output
     folder, only where given) and check --resume before any work: a folder holding an earlier run's state is refused
     unless resumed or overwritten."""
-    from erase.engine import STATE_PREFIX, find_state
+    from erase.checkpoint import STATE_PREFIX, find_state
 
     if out is None and not runtime.checkpoint_dir:
         if runtime.checkpoint_every or runtime.resume is not None:
@@ -152,7 +152,7 @@ def checkpoint_folder(out: str | Path | None, runtime, overwrite: bool) -> Path 
 
 def discard_checkpoints(folder: str | Path) -> None:
     """Remove the run's resumable states once --out holds its result (and the folder, if nothing else is in it)."""
-    from erase.engine import STATE_PREFIX
+    from erase.checkpoint import STATE_PREFIX
 
     folder = Path(folder)
     for state in [*folder.glob(f"{STATE_PREFIX}*"), *folder.glob(f".{STATE_PREFIX}*.partial")]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from erase.checkpoint import load_tree
 from erase.cli.main import main
 from tests.conftest import tiny_adapter
 
@@ -138,7 +139,7 @@ def test_non_finite_loss_keeps_the_last_good_state_and_resume_checks_the_setting
     assert len(states) == 1 and "predates it and stays valid" in err and str(states[0]) in err
     saved = json.loads((states[0] / "state.json").read_text())["step"]
     assert saved <= step, "a state holding the non-finite step was saved"
-    losses = torch.load(states[0] / "custom_checkpoint_0.pkl", weights_only=True)["log"]["values"]["forget"][:saved]
+    losses = load_tree(states[0])["log"]["values"]["forget"][:saved]
     assert bool(torch.isfinite(losses).all())
     assert not (tmp_path / "o").exists()
 
@@ -170,3 +171,47 @@ def test_a_non_finite_update_is_never_saved_as_a_state(tmp_path):
         run_steps(["loss"], 6, body, runtime, accelerator, PhaseTimer("cpu"), "test", "test")
     assert "non-finite by step 4" in str(raised.value) and "step-0000002, predates it and stays valid" in str(raised.value)
     assert [p.name for p in (tmp_path / "states").iterdir()] == ["step-0000002"]
+
+
+class Payload:
+    """A pickle that creates `path` when it is read: what a crafted state file would do with a worse call."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_a_state_folder_holding_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path, planted):
+    """The toolkit's own state is safetensors + JSON; a pickle where a state file should be is refused in one line
+    (older erase's custom_checkpoint_0.pkl, or one of accelerate's files, which it reads with weights_only=True)."""
+    from erase.engine import PhaseTimer, Runtime, make_accelerator, run_steps
+    from erase.errors import UsageError
+
+    def run(runtime):
+        accelerator = make_accelerator(runtime)
+        model = accelerator.prepare(torch.nn.Linear(2, 2))
+        optimizer = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
+
+        def body(step: int) -> dict:
+            loss = model(torch.ones(1, 2)).square().sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            return {"loss": loss.detach()}
+
+        return run_steps(["loss"], 4, body, runtime, accelerator, PhaseTimer("cpu"), "test", "test",
+                         tracked={"generator": torch.Generator().manual_seed(3), "values": {"tau": 0.5, "n": [1, 2]}})
+
+    run(Runtime(checkpoint_every=2, checkpoint_dir=str(tmp_path / "states"), log_every=100))
+    (state,) = (tmp_path / "states").glob("step-*")  # the last periodic state
+    assert not list(state.glob("custom_checkpoint_*"))  # nothing of the toolkit's is pickled
+    assert load_tree(state)["tracked"]["values"] == {"tau": 0.5, "n": [1, 2]}
+    marker = tmp_path / "code-ran"
+    torch.save(Payload(str(marker)), state / planted)
+    with pytest.raises(UsageError, match=f"{planted.replace('.', '[.]')}|accelerate's files") as raised:
+        run(Runtime(checkpoint_dir=str(tmp_path / "again"), resume=str(state), log_every=100))
+    assert len(str(raised.value).splitlines()) == 1 and str(raised.value).startswith("resume ")
+    assert not marker.exists()

@@ -45,7 +45,7 @@ def run(args) -> None:
     import torch
 
     from erase.data import classifier_data, parse_class_ids
-    from erase.engine import find_state
+    from erase.checkpoint import find_state
     from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
                               environment, write_json)
     from erase.train import train_classifier

@@ -97,7 +97,7 @@ def run(args) -> None:
 
     from erase.data import load_dataset, parse_class_ids, split_by_class
     from erase.errors import UsageError
-    from erase.engine import find_state
+    from erase.checkpoint import find_state
     from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
                               environment, write_json)
     from erase.train import train
