@@ -686,7 +686,7 @@ def score(
         fid = FID(extractor, fid_features)
         resolution = pixels.shape[-1]
         if Path(fid_ref).is_dir():
-            real_fn, cache = (lambda: read_image_folder(fid_ref)[0]), None
+            real_fn, cache = (lambda: read_image_folder(fid_ref, "--fid-ref")[0]), None
         else:
             real_classes = [c for c in range(10) if not (fid_classes == "remain" and c in forget_classes)]
 

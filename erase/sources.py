@@ -36,7 +36,7 @@ class Targets:
 
 def from_indexed_folder(adapter, folder: str | Path, targets: Targets) -> tuple[ImageDataset, ImageDataset]:
     """Forget and remain sets from a folder with index.json (its records name each image's condition)."""
-    images, records = read_image_folder(folder)
+    images, records = read_image_folder(folder, "--data")
     if not (Path(folder) / INDEX).is_file():
         raise DataError(f"{str(folder)!r} has no index.json naming each image's condition; write it with `erase sample`")
     conditions = [r["condition"] for r in records]

@@ -267,6 +267,8 @@ CASES = [
      r"--data '.*data': 7/notes\.txt is not an image \(.*\); move it out of the class folders"),
     ("data-corrupt-png", CLASS_FOLDER, data(extra=corrupt_png),
      r"--data '.*data': 7/2\.png cannot be read as an image \(.*\); replace or remove it"),
+    ("score-corrupt-png", ["score", "--images", "{data}", "--classifier", "digits"], data(extra=corrupt_png),
+     r"--images '.*data': 7/2\.png cannot be read as an image \(.*\); replace or remove it"),
     ("data-mixed-sizes", CLASS_FOLDER, data(sizes=((8, 8), (12, 10))),
      r"--data '.*data' mixes image sizes: 6/0\.png is 8x8 but 7/0\.png is 12x10; resize every image to one size"),
     ("data-empty-class-folder", CLASS_FOLDER, data(extra=empty_class),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from erase.errors import DataError
+from erase.errors import DataError, option
 
 INDEX = "index.json"
 
@@ -49,8 +49,9 @@ def write_images(folder: Path, images: torch.Tensor, records: list[dict], header
     (folder / INDEX).write_text(json.dumps({**header, "images": records}, indent=2) + "\n")
 
 
-def read_image_folder(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
-    """uint8 (N, C, H, W) images and their records: from `index.json` when present, else every PNG/JPEG, sorted."""
+def read_image_folder(folder: str | Path, flag: str = "--images") -> tuple[torch.Tensor, list[dict]]:
+    """uint8 (N, C, H, W) images and their records: from `index.json` when present, else every PNG/JPEG, sorted.
+    An image that does not decode is a DataError naming it and `flag`, the option that named the folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {str(folder)!r} does not exist; pass a folder written by `erase sample`")
@@ -64,8 +65,12 @@ def read_image_folder(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
         raise DataError(f"{str(folder)!r} holds no images")
     arrays = []
     for record in records:
-        with Image.open(folder / record["file"]) as image:
-            arrays.append(np.asarray(image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)))
+        try:
+            with Image.open(folder / record["file"]) as image:
+                arrays.append(np.asarray(image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise DataError(f"{option(flag)} {str(folder)!r}: {record['file']} cannot be read as an image ({error}); "
+                            "replace or remove it") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DataError(f"images in {str(folder)!r} differ in size or channels ({sorted(shapes)}); score one set at a time")
