@@ -430,10 +430,18 @@ def monitor_record(monitor, samples: int, steps: int, classifier: str) -> dict |
 
 def build_jobs(adapter, classes, prompts, seeds: Sequence[int], guidance_scale: float | None, limit: int | None):
     """One job per (condition, seed): `classes` (ids, or strings like '0-9') or `prompts` (strings, PromptRows or
-    prompt CSV paths), checked against what the model takes."""
+    prompt CSV paths), checked against what the model takes; on an unconditional model, one per seed and neither."""
     from erase.eval.generate import class_jobs, prompt_jobs
     from erase.eval.prompts import PromptRow, read_prompts
 
+    if not adapter.conditional:
+        if classes is not None or prompts is not None:
+            raise OptionError(f"this {adapter.backbone} model is unconditional: it has no classes or prompts; leave out "
+                              f"{option('--classes', 'classes')} and {option('--prompts', 'prompts')} to draw "
+                              f"{option('--n-per-condition', 'n_per_condition')} images")
+        from erase.eval.generate import Job
+
+        return [Job(None, s, None, {"condition": None, "seed": s}) for s in seeds]
     if (classes is None) == (prompts is None):
         raise OptionError(f"choose what to draw: {option('--classes', 'classes')} or {option('--prompts', 'prompts')}"
                           ", one of them")
@@ -448,8 +456,6 @@ def build_jobs(adapter, classes, prompts, seeds: Sequence[int], guidance_scale: 
             else:
                 rows.append(item if isinstance(item, PromptRow) else PromptRow(str(item), None, None, str(len(rows))))
         return prompt_jobs(rows[:limit] if limit else rows, len(seeds), seeds[0], guidance_scale)
-    if not adapter.conditional:
-        raise OptionError("this model is unconditional; it has no classes to choose")
     ids = class_ids(as_list(classes), option("--classes", "classes"))
     adapter.check_class_ids(ids)
     return class_jobs(ids, seeds, adapter.class_names, guidance_scale)
@@ -470,7 +476,8 @@ def sample(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
 ):
-    """Draw `n_per_condition` images per class or prompt; returns (images, record).
+    """Draw `n_per_condition` images per class or prompt (an unconditional model: `n_per_condition` images, no
+    classes or prompts); returns (images, record).
 
     images: floats in [0, 1], (N, C, H, W), condition-major. Image k of a condition uses seed `seed + k` (prompts:
     their CSV evaluation_seed + seed + k), so any image can be redrawn alone. The model's sampler (DDIM, eta 0, for

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+import erase
 from erase.errors import UsageError
 from erase.pipelines import load_adapter
 from erase.pipelines.cfg_unet import CFGUNetAdapter
@@ -82,3 +83,23 @@ def test_bad_model_folders_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="not a diffusers pipeline folder"):
         load_adapter(tmp_path / "empty")
+
+
+def test_erase_sample_draws_an_unconditional_model_without_classes_as_diffusers_ddim_does(tmp_path, capsys):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from erase.cli.main import main
+
+    torch.manual_seed(0)
+    DDPMAdapter.create(8, (16, 32)).save_pretrained(tmp_path / "ddpm")
+    images, record = erase.sample(tmp_path / "ddpm", n_per_condition=3, seed=5, steps=4)
+    assert images.shape == (3, 1, 8, 8) and [r["seed"] for r in record["images"]] == [5, 6, 7]
+    unet = UNet2DModel.from_pretrained(tmp_path / "ddpm", subfolder="unet")
+    scheduler = DDIMScheduler.from_pretrained(tmp_path / "ddpm", subfolder="scheduler")
+    pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
+    for k, seed in enumerate((5, 6, 7)):  # image k alone, seeded seed + k, drawn by diffusers' own DDIM (eta 0)
+        reference = pipe(generator=torch.Generator().manual_seed(seed), num_inference_steps=4, eta=0.0,
+                         output_type="np").images[0]
+        assert torch.allclose(images[k, 0], torch.from_numpy(reference[..., 0]), atol=1e-4)
+    assert main(["sample", "--model", str(tmp_path / "ddpm"), "--classes", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "unconditional" in capsys.readouterr().err and not (tmp_path / "o").exists()

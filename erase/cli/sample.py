@@ -8,9 +8,10 @@ from erase.api import SAMPLE_RANGES as RANGES  # noqa: F401 (tests read it); che
 from erase.cli.common import add_output_arguments
 
 
-def add_condition_arguments(parser) -> None:
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--classes", help="class ids to draw, e.g. '0-9' or '3,7'")
+def add_condition_arguments(parser, required: bool = True) -> None:
+    which = parser.add_mutually_exclusive_group(required=required)
+    which.add_argument("--classes", help="class ids to draw, e.g. '0-9' or '3,7'"
+                                         + ("" if required else " (neither on an unconditional model)"))
     which.add_argument("--prompts", type=Path, help="prompt CSV in the I2P layout (text-to-image models)")
     parser.add_argument("--limit", type=int, default=None, help="with --prompts: only the first N prompts")
     parser.add_argument("--steps", type=int, default=50,
@@ -24,7 +25,7 @@ def add_condition_arguments(parser) -> None:
 def register(commands) -> None:
     parser = commands.add_parser(
         "sample", help="generate images per class or prompt, seeded per image",
-        description="Generate N images per condition. Image k of a condition uses seed SEED + k (for prompts: "
+        description="Generate N images per condition (an unconditional model: N images). Image k of a condition uses seed SEED + k (for prompts: "
                     "evaluation_seed + SEED + k), so images are reproducible one by one. Writes "
                     "OUT/images/*.png and OUT/index.json (model, sampler, guidance, and each image's condition and seed).",
     )
@@ -33,8 +34,8 @@ def register(commands) -> None:
     parser.add_argument("--model-config", type=Path, default=None, metavar="DIR",
                         help="with --model FILE.safetensors: a local diffusers folder of the same family (configs, "
                              "tokenizer; nothing is downloaded)")
-    add_condition_arguments(parser)
-    parser.add_argument("--n-per-condition", type=int, default=10, help="images per class or prompt (default: %(default)s)")
+    add_condition_arguments(parser, required=False)
+    parser.add_argument("--n-per-condition", type=int, default=10, help="images per class or prompt, or in all from an unconditional model (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
     add_output_arguments(parser)
     parser.set_defaults(run=run)
