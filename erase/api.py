@@ -254,7 +254,7 @@ def unlearn(
     from erase.config import build_config, check_ranges, field_ranges
     from erase.checkpoint import find_state
     from erase.engine import Runtime
-    from erase.methods import METHODS
+    from erase.methods import MASKED, METHODS
     from erase.models import open_model, to_diffusers
     from erase.record import (as_json, atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
                               environment, write_json)
@@ -263,6 +263,9 @@ def unlearn(
 
     if method not in METHODS:
         raise OptionError(f"{option('--method', 'method')} {method!r} is not one of {', '.join(sorted(METHODS))}")
+    if mask is not None and method not in MASKED:
+        raise OptionError(f"{option('--mask')} confines the update of {', '.join(MASKED)}; {method} updates every trained "
+                          f"weight and would ignore it: leave out {option('--mask')}")
     if options.get("fully_shard") or (runtime is not None and runtime.fully_shard) or \
             os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         from erase.sharding import check_method

@@ -23,6 +23,9 @@ METHODS = {
     "esd": (esd, ESDConfig),
     "sa": (sa, SAConfig),
 }
+# The methods whose update reads a saliency mask (`--mask`, or the one they compute); the others update every trained
+# weight, so a mask given to them is refused rather than recorded and ignored.
+MASKED = ("sfron", "joint", "nabla_tau", "salun")
 
 # Named settings per backbone, applied under flags the user gives (`erase unlearn --preset`, default: the model's
 # backbone). A method without an entry for a backbone runs at its config's defaults.

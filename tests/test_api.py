@@ -213,3 +213,32 @@ def test_half_precision_weights_are_refused_for_training_not_silently_trained():
     pipe = DDPMPipeline.from_pretrained(erase.SHIPPED_MODEL, torch_dtype=torch.float16)
     with pytest.raises(erase.ModelError, match="holds torch.float16 weights; erase trains float32"):
         erase.unlearn(pipe, forget=7, data="digits", **FAST)
+
+
+SMALL = {"sfron": {"fisher_batches": 1}, "joint": {"fisher_batches": 1}, "salun": {"saliency_batches": 1},
+         "nabla_tau": {"tau_samples": 8}, "ga": {}, "rl": {}, "esd": {"ddim_steps": 2}, "sa": {}}
+
+
+@pytest.mark.parametrize("method", sorted(SMALL))
+def test_a_given_mask_confines_the_update_or_is_refused(tmp_path, method):
+    """--mask is never accepted and then ignored: the methods that read a mask change their run with it (an all-zero
+    mask against none), the others refuse it in one line before anything loads."""
+    from safetensors.torch import save_file
+
+    from erase.errors import OptionError
+    from erase.methods import MASKED
+    from tests.conftest import tiny_adapter
+
+    tiny_adapter().save_pretrained(tmp_path / "base")
+    zeros = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in
+             erase.pipelines.load_adapter(tmp_path / "base").denoiser.named_parameters()}
+    save_file(zeros, str(tmp_path / "zeros.safetensors"))
+    common = dict(forget=7, method=method, steps=2, batch_size=8, data="digits", **SMALL[method])
+    if method not in MASKED:
+        with pytest.raises(OptionError, match=f"updates every trained weight and would ignore it"):
+            erase.unlearn(tmp_path / "nowhere", mask=tmp_path / "zeros.safetensors", **common)
+        return
+    free, _ = erase.unlearn(tmp_path / "base", **common)
+    confined, record = erase.unlearn(tmp_path / "base", mask=tmp_path / "zeros.safetensors", **common)
+    assert record["mask_from"] == str(tmp_path / "zeros.safetensors")
+    assert not same(state(free.unet), state(confined.unet))

@@ -75,7 +75,9 @@ def register(commands) -> None:
                         help="named settings under the flags you give: 'auto' = the model's backbone's (sfron/joint: "
                              "cfg_unet, dit, stable_diffusion; see erase/sfron.py SFRON_PRESETS), a backbone name, or "
                              "'none' for the method's plain defaults; run.json records it (default: %(default)s)")
-    parser.add_argument("--mask", default=None, help="reuse a saliency mask (mask.safetensors of an earlier run): skips Fisher")
+    parser.add_argument("--mask", default=None,
+                        help="reuse a saliency mask (mask.safetensors of an earlier run) instead of computing one; "
+                             "sfron, joint, nabla_tau and salun read masks, the other methods refuse it")
     add_method_arguments(parser, METHODS)
     add_output_arguments(parser)
     add_runtime_arguments(parser)
