@@ -178,9 +178,10 @@ def test_method_configs_are_typed_and_document_the_flags_defaults_and_help():
     assert METHODS["sfron"][1] is SFRonConfig and METHODS["nabla_tau"][1] is NablaTauConfig
     hints = typing.get_type_hints(SFRonConfig)
     assert hints["lr"] is float and hints["steps"] is int
-    unlearn_help = build_parser()._subparsers._group_actions[0].choices["unlearn"].format_help()
-    unlearn_help = " ".join(unlearn_help.split())
     for name, (_, config) in METHODS.items():
+        argv = ["unlearn", "--method", name]
+        unlearn_help = build_parser(argv)._subparsers._group_actions[0].choices["unlearn"].format_help()
+        unlearn_help = " ".join(unlearn_help.split())
         for field in dataclasses.fields(config):
             assert f"--{field.name.replace('_', '-')}" in unlearn_help
             line = next(line for line in config.__doc__.splitlines() if line.strip().startswith(f"{field.name} ("))

@@ -1,5 +1,6 @@
 """The `erase` command end to end on a tiny model, and every bad input the foundation issue lists."""
 
+import argparse
 import json
 import re
 import subprocess
@@ -139,10 +140,16 @@ def test_every_flag_is_described_in_help():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help and action.help.strip(), f"erase {name} {action.option_strings[0]} has no help"
-    unlearn_help = commands["unlearn"].format_help()
-    for config_class in [c for _, c in METHODS.values()] + [Runtime]:
-        for field in config_class.__dataclass_fields__:
-            assert "--" + field.replace("_", "-") in unlearn_help
+    for method, (_, config_class) in METHODS.items():  # each method's --help: its own flags and the runtime's, only
+        argv = ["unlearn", "--method", method]
+        sub = build_parser(argv)._subparsers._group_actions[0].choices["unlearn"]
+        unlearn_help = sub.format_help()
+        flags = {flag for action in sub._actions if action.help != argparse.SUPPRESS for flag in action.option_strings
+                 if flag in unlearn_help}  # the flags --help lists
+        for field in [*config_class.__dataclass_fields__, *Runtime.__dataclass_fields__]:
+            assert "--" + field.replace("_", "-") in flags, (method, field)
+        others = {f for _, c in METHODS.values() for f in c.__dataclass_fields__} - set(config_class.__dataclass_fields__)
+        assert not {"--" + f.replace("_", "-") for f in others} & flags, method
     train_help = commands["train"].format_help()
     assert all("--" + f.replace("_", "-") in train_help for f in TrainConfig.__dataclass_fields__)
 
@@ -183,3 +190,24 @@ def test_the_backbone_preset_applies_under_given_flags_and_run_json_records_it(t
     code, err = run_cli(capsys, *UNLEARN, "--model", trained_model_dir, "--forget-class", "7", "--preset", "nope",
                         "--out", tmp_path / "bad")
     assert code == 2 and "--preset 'nope'" in err and "'dit'" in err
+
+
+def test_steps_none_reaches_nabla_tau_through_its_own_flag_type(tmp_path, capsys):
+    """Each method's flags carry its own types: Nabla-tau's --steps is optional ('none' = --remain-epochs passes
+    over the remain set), while SFR-on's is an int; before, one flag per name took the first method's type."""
+    from erase.data import load_dataset
+    from erase.pipelines import load_adapter
+    from tests.conftest import tiny_adapter
+
+    tiny_adapter().save_pretrained(tmp_path / "base")
+    argv = ["unlearn", "--model", tmp_path / "base", "--method", "nabla_tau", "--steps", "none", "--remain-epochs",
+            "0.1", "--batch-size", "32", "--tau-samples", "8", "--data", "digits", "--forget-class", "7",
+            "--out", tmp_path / "out"]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    channels, _, resolution = load_adapter(tmp_path / "base").image_shape
+    remain = int((load_dataset("digits", resolution, channels).labels != 7).sum())
+    assert record["config"]["steps"] is None
+    assert len(record["losses"]["forget"]["step"]) == -(-remain // 10 // 32)  # ceil(0.1 x remain / 32)
+    code = main(["unlearn", "--model", tmp_path / "base", "--method", "sfron", "--steps", "none", "--out", tmp_path / "o"])
+    assert code == 2 and "invalid int value: 'none'" in capsys.readouterr().err

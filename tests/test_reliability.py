@@ -267,7 +267,7 @@ CASES = [
      r"--data '.*data': 7/notes\.txt is not an image \(.*\); move it out of the class folders"),
     ("data-corrupt-png", CLASS_FOLDER, data(extra=corrupt_png),
      r"--data '.*data': 7/2\.png cannot be read as an image \(.*\); replace or remove it"),
-    ("mask-on-a-method-without-one", [*UNLEARN, "--method", "ga", "--mask", "{nowhere}"], None,
+    ("mask-on-a-method-without-one", [*UNLEARN[:-2], "--method", "ga", "--mask", "{nowhere}"], None,
      r"--mask confines the update of sfron, joint, nabla_tau, salun; ga updates every trained weight and would ignore "
      r"it: leave out --mask"),
     ("score-corrupt-png", ["score", "--images", "{data}", "--classifier", "digits"], data(extra=corrupt_png),

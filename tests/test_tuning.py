@@ -25,8 +25,8 @@ def test_every_method_has_a_grid_within_the_budget_that_erase_unlearn_accepts(me
     assert 1 <= len(configurations) <= BUDGET
     assert len({tuple(map(str, flags)) for flags in configurations}) == len(configurations)  # no repeats
     for flags in configurations:
-        args = build_parser().parse_args(["unlearn", "--model", "m", "--forget-class", "5", "--out", "o", "--method", method,
-                                          *map(str, flags)])
+        argv = ["unlearn", "--model", "m", "--forget-class", "5", "--out", "o", "--method", method, *map(str, flags)]
+        args = build_parser(argv).parse_args(argv)
         for name, value in zip(flags[::2], flags[1::2]):  # each flag reaches the option it names, with its value
             assert getattr(args, name[2:].replace("-", "_")) == value, name
 

@@ -43,7 +43,8 @@ def run_command(*argv) -> None:
     """Run another `erase` subcommand in this process (errors propagate as UsageError)."""
     from erase.cli.main import build_parser
 
-    args = build_parser().parse_args([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    args = build_parser(argv).parse_args(argv)
     args.run(args)
 
 
@@ -62,7 +63,8 @@ def unlearn_method(flags: list) -> str:
     """The method an `erase unlearn FLAGS` run uses, as `erase unlearn`'s own parser reads it."""
     from erase.cli.main import build_parser
 
-    return build_parser().parse_args(["unlearn", *map(str, flags), "--out", "unused"]).method
+    argv = ["unlearn", *map(str, flags), "--out", "unused"]
+    return build_parser(argv).parse_args(argv).method
 
 
 def method_seconds(timings: dict) -> float:

@@ -24,9 +24,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `erase` parser for the command line `argv`: `erase unlearn` gets the flags of the `--method` it names."""
     from erase.cli import (ablation, attack, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
                          train, unlearn)
+    from erase.cli.options import chosen_method
 
     parser = OneLineParser(
         prog="erase",
@@ -38,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for module in (train, classifier, guidance, unlearn, sample, grid, score, demo, benchmark, benchmark_classifier, mia,
                    attack, ablation):
-        module.register(commands)
+        if module is unlearn:
+            module.register(commands, chosen_method(argv or []))
+        else:
+            module.register(commands)
     return parser
 
 
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from erase.errors import UsageError, command_line_spelling
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or argparse's one-line refusal (OneLineParser.error)

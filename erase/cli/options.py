@@ -41,36 +41,61 @@ def dataclass_from_args(cls: type, args: argparse.Namespace):
     return cls(**values)
 
 
-def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tuple]) -> None:
-    """One flag per config field across all methods; help names the methods that take it and their defaults.
+def chosen_method(argv, default: str = "sfron") -> str:
+    """The value of `--method` among `argv` (either spelling), else `default`: read before the parser is built, so
+    only that method's flags exist."""
+    argv = [str(a) for a in argv]
+    for k, arg in enumerate(argv):
+        if arg == "--method" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return default
 
-    Flags default to "not given", so each method's own dataclass default applies unless the user sets one.
-    """
-    group = parser.add_argument_group("method options (each applies to the methods named in its help)")
-    by_field: dict[str, list[tuple[str, dataclasses.Field, type]]] = {}
-    for name, (_, cls) in methods.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            by_field.setdefault(f.name, []).append((name, f, hints[f.name]))
-    for field_name, uses in by_field.items():
-        _, first, hint = uses[0]
+
+class _ForeignOption(argparse.Action):
+    """A flag of another method: refused in one line naming the methods that take it."""
+
+    def __init__(self, option_strings, dest, method: str, owners: list[str], **kwargs):
+        self.method, self.owners = method, owners
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(2, f"{parser.prog}: error: {option_string} is not an option of --method {self.method} (it is one "
+                       f"of {', '.join(self.owners)}); see '{parser.prog} --method {self.method} --help'\n")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tuple], method: str) -> None:
+    """`method`'s config fields as flags, each with that method's own type, choices, range and default; the other
+    methods' flags are refused in one line. Flags default to "not given", so a preset and then the method's own
+    dataclass default apply unless the user sets one."""
+    if method not in methods:
+        return  # argparse refuses the --method value itself
+    cls = methods[method][1]
+    group = parser.add_argument_group(f"{method} options ('erase unlearn --method NAME --help' lists another "
+                                      "method's)")
+    hints = typing.get_type_hints(cls)
+    own = set()
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
         optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
         base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-        defaults = {}
-        for method, f, _ in uses:
-            defaults.setdefault(repr(f.default), []).append(method)
-        if len(defaults) == 1:
-            default_text = f"default {next(iter(defaults))}"
-        else:
-            default_text = "defaults: " + "; ".join(f"{value} for {', '.join(ms)}" for value, ms in defaults.items())
-        help_text = f"{first.metadata.get('help', '')}{range_help(first)} [{', '.join(m for m, _, _ in uses)}; {default_text}]"
-        help_text = help_text.replace("%", "%%").replace("%%%%", "%%")
-        flag = "--" + field_name.replace("_", "-")
+        flag = "--" + f.name.replace("_", "-")
+        own.add(f.name)
+        help_text = (f.metadata.get("help", "") + range_help(f) + f" (default: {f.default!r})").replace("%", "%%")
         if base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
-        parse = _parse_optional(base) if optional else base
-        choices = first.metadata.get("choices")
-        group.add_argument(flag, type=parse, default=argparse.SUPPRESS, choices=choices,
-                           metavar=None if choices else field_name.upper(),
+        choices = f.metadata.get("choices")
+        group.add_argument(flag, type=_parse_optional(base) if optional else base, default=argparse.SUPPRESS,
+                           choices=choices, metavar=None if choices else f.name.upper(),
                            help=help_text + ("; 'none' unsets it" if optional else ""))
+    owners: dict[str, list[str]] = {}
+    for name, (_, other) in methods.items():
+        for f in dataclasses.fields(other):
+            if f.name not in own:
+                owners.setdefault(f.name, []).append(name)
+    for name, takers in owners.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, "--no-" + flag[2:], dest=f"foreign_{name}", action=_ForeignOption, method=method,
+                            owners=takers)

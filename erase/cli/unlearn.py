@@ -11,7 +11,8 @@ from erase.cli.options import add_method_arguments
 from erase.methods import METHODS
 
 
-def register(commands) -> None:
+def register(commands, method: str = "sfron") -> None:
+    """`method`: the `--method` the command line names (its flags are the ones added)."""
     parser = commands.add_parser(
         "unlearn", help="erase classes (class models, classifiers), prompts (text-to-image models) or a share of "
                         "a classifier's training set",
@@ -78,7 +79,7 @@ def register(commands) -> None:
     parser.add_argument("--mask", default=None,
                         help="reuse a saliency mask (mask.safetensors of an earlier run) instead of computing one; "
                              "sfron, joint, nabla_tau and salun read masks, the other methods refuse it")
-    add_method_arguments(parser, METHODS)
+    add_method_arguments(parser, METHODS, method)
     add_output_arguments(parser)
     add_runtime_arguments(parser)
     parser.set_defaults(run=run)
