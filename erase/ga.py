@@ -1,4 +1,4 @@
-"""Gradient ascent (GA): raise the denoising loss on D_f, optionally with remain descent (ALGORITHMS.md section 3)."""
+"""Gradient ascent (GA): raise the denoising loss on D_f, optionally with remain descent (docs/algorithms.md, section 3)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Per-sample denoising losses and the forget objectives built on them (ALGORITHMS.md sections 1b and 3).
+"""Per-sample denoising losses and the forget objectives built on them (docs/algorithms.md, sections 1 and 3).
 
 Convention: a per-sample loss is the squared error over the sample's elements, shape (B,), reduced by `reduction`:
 "mean" (torch's MSELoss, most code) or "sum" (the official SFR-on DDPM code; SalUn's remain term). A sum is the
 mean times D = C x H x W, so a constant tuned under one reduction means something D times different under the
-other; every method's config names the reduction its constants belong to (ALGORITHMS.md, "Conventions").
+other; every method's config names the reduction its constants belong to (docs/algorithms.md, section 1).
 """
 
 from __future__ import annotations

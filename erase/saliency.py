@@ -1,4 +1,4 @@
-"""Forget-remain balanced weight saliency (SFR-on, Huang et al. 2024, section 1a of ALGORITHMS.md)."""
+"""Forget-remain balanced weight saliency (SFR-on, Huang et al. 2024, docs/algorithms.md, section 1)."""
 
 from __future__ import annotations
 

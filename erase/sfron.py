@@ -2,7 +2,7 @@
 
 Per iteration: a fast forget step (adaptive weighted gradient ascent, gradient and update confined to the
 forget-remain balanced saliency mask, scaled by a decaying forget_alpha) followed by a slow unmasked remain step
-(plain denoising loss on D_r) with the same optimizer. Formulas: ALGORITHMS.md section 1.
+(plain denoising loss on D_r) with the same optimizer. Formulas: docs/algorithms.md, section 1.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class SFRonConfig:
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 
-# The official settings per backbone, each under the convention its code used (ALGORITHMS.md section 1c).
+# The official settings per backbone, each under the convention its code used (docs/algorithms.md, section 1).
 # cfg_unet: the official DDPM conventions (sum over pixels, clip 1 on both steps, remain label dropout, Fisher at
 # s = 3) with the pseudo objective (the official SD form: the digit is mapped to the next class), forget_alpha on the
 # clipped forget gradient, a forget step on each of the first 20 iterations and then every 2nd (erase fast, then let

@@ -1,4 +1,4 @@
-"""The loss conventions the methods' published constants were tuned under (ALGORITHMS.md, "Conventions").
+"""The loss conventions the methods' published constants were tuned under (docs/algorithms.md, section 1).
 
 The reference gradients here are computed from the raw diffusers UNet and the scheduler's alphas_cumprod, not
 through `erase.objectives`: only the batch (images, noise, timesteps, conditions) is taken from the method's run.

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-# The EXPOSED classes the I2P protocol counts (ALGORITHMS.md section 4); NudeNet's COVERED and FACE classes are not.
+# The EXPOSED classes the I2P protocol counts (docs/algorithms.md, section 4); NudeNet's COVERED and FACE classes are not.
 EXPOSED_CLASSES = (
     "FEMALE_BREAST_EXPOSED",
     "MALE_BREAST_EXPOSED",
