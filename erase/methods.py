@@ -28,15 +28,9 @@ METHODS = {
 MASKED = ("sfron", "joint", "nabla_tau", "salun")
 
 # Named settings per backbone, applied under flags the user gives (`erase unlearn --preset`, default: the model's
-# backbone). A method without an entry for a backbone runs at its config's defaults.
-# "classifier" (erase/pipelines/classifier.py, cross-entropy losses): Nabla-tau's own rules (tau = the loss on held-out
-# data for a random forget set; for a whole class, the forget label's loss on held-out images of the other classes,
-# docs/nabla-tau.md; the absolute gap the authors tuned on cross-entropy, AdamW 1e-3 decaying linearly to 0.1x, 3 passes over the
-# remain set); RL and SalUn with a random label per forget sample, their classifier form. SFR-on, GA, RL and SalUn:
-# one setting for every scenario, chosen from a few runs on the default classifier (docs/classifier-benchmark.md),
-# not tuned per scenario. Measured there: SFR-on at lr 1e-3 lost the class scenario's other digits (retain 11.8%);
-# RL at 1e-5 / 3e-5 left digit 1 at 96.6% / 13.7% forget accuracy (1e-4: 0%); SFR-on with --forget-objective ga at
-# lr 3e-4 moves a random 10% to RT's forget accuracy (97.7% vs 97.4%) but costs the class scenario 3.6 test points.
+# backbone). A method without an entry for a backbone runs at its config's defaults. "classifier"
+# (erase/pipelines/classifier.py, cross-entropy losses): Nabla-tau's own rules, RL and SalUn with a random label per
+# forget sample, one setting for every scenario otherwise. Why these values: docs/presets.md.
 CLASSIFIER_PRESETS = {
     "sfron": {"batch_size": 128, "steps": 60, "lr": 1e-4, "forget_objective": "pseudo", "pseudo_random": True,
               "forget_alpha": 1.0, "fisher_batches": 10, "fisher_guidance": None},

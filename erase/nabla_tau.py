@@ -115,12 +115,8 @@ def nabla_tau_forget_term(losses: torch.Tensor, tau, gap: str = "relative", over
     return gaps.pow(2).mean()
 
 
-# Named settings per backbone (erase/methods.py PRESETS). cfg_unet: the directed forget term toward a random other
-# class per sample, each sample weighed by its own gap (docs/nabla-tau.md: the authors' plain ascent left digit 7 at
-# FA 57% on seed 0 and 0% on seed 1; toward
-# a random class, FA <= 3.3% and RA within 1.5 points of the base on digits 1, 3, 7, seed 0; toward the next class,
-# RA 2.6-4.0 points lower), 150 iterations at lr 3e-4 (1e-3 cost digit 3 six more RA points), batch 64 (the shipped
-# model's training batch). One seed and 30 samples per digit each: `erase benchmark` has three seeds.
+# Named settings per backbone (erase/methods.py PRESETS); cfg_unet: the directed forget term toward a random other
+# class, each sample weighed by its own gap. Why these values: docs/presets.md.
 NABLA_TAU_PRESETS = {
     "cfg_unet": {"direction": "pseudo", "pseudo_random": True, "gap_over": "sample", "lr": 3e-4, "steps": 150,
                  "batch_size": 64},

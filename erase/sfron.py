@@ -107,18 +107,9 @@ class SFRonConfig:
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 
-# The official settings per backbone, each under the convention its code used (docs/algorithms.md, section 1).
-# cfg_unet: the official DDPM conventions (sum over pixels, clip 1 on both steps, remain label dropout, Fisher at
-# s = 3) with the pseudo objective (the official SD form: the digit is mapped to the next class), forget_alpha on the
-# clipped forget gradient, a forget step on each of the first 20 iterations and then every 2nd (erase fast, then let
-# the remain steps repair), lr 2e-4, 120 iterations, 10 Fisher batches, batch 64 (the shipped model's training batch).
-# Measured at 30 samples per digit (FA 0% on all four; mean RA; first FA probe < 5%): digit 7 98.9% at 50, digit 1
-# 94.8% at 50, digit 3 95.6% at 20, digit 5 96.3% at 10. A forget step every 2nd iteration throughout needed 70
-# iterations on 7 and 60 on 1; dense for the first 30 reached 30 on both but cost digit 5 three points of RA (93.0%);
-# every iteration throughout cost digit 3 nine; the official objective at gamma 3 needed 450 iterations for FA 0% on
-# 7, and gamma 3 at this schedule kept digit 5 at base RA but left FA at 17% on 7 and 90% on 1 after 120.
-# Development digit 5 at 50 samples: docs/ablation.md. (joint ignores alpha_placement, forget_every and forget_dense:
-# it takes one summed step.)
+# Settings per backbone: the official ones under the conventions their code used (docs/algorithms.md, section 1),
+# and for cfg_unet the official conventions with the pseudo objective and a dense-then-sparse forget schedule. Why
+# these values: docs/presets.md. (joint ignores alpha_placement, forget_every and forget_dense: one summed step.)
 SFRON_PRESETS = {
     "cfg_unet": {"batch_size": 64, "steps": 120, "lr": 2e-4, "forget_objective": "pseudo", "alpha_placement": "clipped",
                  "forget_every": 2, "forget_dense": 20, "fisher_batches": 10},

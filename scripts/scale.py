@@ -1,5 +1,5 @@
-"""Memory and speed of erasure at real parameter counts, on random weights: the evidence for issue 25 ("SFR-on on a
-whole SD v1.4-sized UNet within a 24 GB budget"), written to docs/scale.md.
+"""Memory and speed of erasure at real parameter counts, on random weights: the evidence for the claim "SFR-on on a
+whole SD v1.4-sized UNet within a 24 GB budget", written to docs/scale.md.
 
 No weights can be downloaded, so each model is built from its published config with random init, at a small
 resolution: what a run holds (weights, gradients, optimizer state, Fisher sums, mask) depends on the parameter count,

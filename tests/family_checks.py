@@ -1,4 +1,4 @@
-"""The acceptance every text-to-image family passes (issue 24), written once: erase a prompt through the CLI from a
+"""The acceptance every text-to-image family passes, written once: erase a prompt through the CLI from a
 saved folder and through `erase.unlearn` from the in-memory pipeline; the output loads in the family's plain diffusers
 pipeline class and generates; only the denoiser changed; the input folder is untouched; run.json names the target."""
 

@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) under `accelerate launch`: every training path runs unchanged, the replicas stay equal,
-the saliency masks equal one process's, and only the main process writes (issue 12 B)."""
+the saliency masks equal one process's, and only the main process writes."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Memory near the floor (issue 25): float32 Fisher sums within the stated tolerance of float64 ones, a mask that
+"""Memory near the floor: float32 Fisher sums within the stated tolerance of float64 ones, a mask that
 consumes the Fishers, a chunked masked update equal to one whole step, and run.json's per-phase memory record."""
 
 import copy

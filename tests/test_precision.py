@@ -1,5 +1,5 @@
 """Mixed precision and the saliency mask: fp16 Fisher gradients are loss-scaled so they do not flush to zero, and a
-bf16 mask agrees with the fp32 mask except near the threshold (issue 12 C)."""
+bf16 mask agrees with the fp32 mask except near the threshold."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Bad input a new user tries (issue 12): every case exits 2 with one stderr line naming the problem and the fix,
+"""Bad input a new user tries: every case exits 2 with one stderr line naming the problem and the fix,
 no traceback, and nothing at --out, not even a hidden staging folder beside it. docs/reliability.md lists the same
 cases, one row each, with the message each one gets.
 

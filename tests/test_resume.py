@@ -1,5 +1,5 @@
 """Interruption: Ctrl-C / SIGTERM leave a resumable state, --resume ends bit for bit where an uninterrupted run ends,
-a non-finite loss keeps the last good state (issue 12 A)."""
+a non-finite loss keeps the last good state."""
 
 import json
 import re

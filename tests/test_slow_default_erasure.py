@@ -2,7 +2,7 @@
 2 min per digit on 2 cores, 251 s for both: about 70 s erasing, 2 x 500 samples).
 
 Judged as users judge it, by sampling both models with the same seeds and classifying: FA <= 5% and mean RA of
-the other digits within 3 points of the base model's (issue 10's targets, 50 samples per digit, DDIM 25, the
+the other digits within 3 points of the base model's (the default's targets: 50 samples per digit, DDIM 25, the
 stored guidance scale).
 """
 

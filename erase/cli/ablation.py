@@ -1,4 +1,4 @@
-"""`erase ablation`: SFR-on from the settings this project used before issue 10 to its defaults, one change a row,
+"""`erase ablation`: SFR-on from the settings this project used before its convention fixes to its defaults, one change a row,
 on a development digit the benchmark does not use; every row sampled and classified (FA, RA, FID), never judged
 by loss values. Writes OUT/results.json and ablation.md (the project's is docs/ablation.md)."""
 
@@ -22,7 +22,7 @@ BEFORE = {"batch-size": 64, "steps": 150, "lr": 1e-4, "loss-reduction": "mean", 
           "fisher-guidance": 2, "fisher-batches": 20, "mask-mode": "restore", "gamma": 1,
           "forget-objective": "adaptive", "alpha-placement": "loss", "forget-every": 1, "forget-dense": 0}
 CHANGES = [  # (label, what changed against the row above, the settings it changes)
-    ("before issue 10", "pixel-mean loss, no remain label dropout, Fisher at s = 2 (the old demo/benchmark run)", {}),
+    ("before the convention fixes", "pixel-mean loss, no remain label dropout, Fisher at s = 2 (the old demo/benchmark run)", {}),
     ("+ pixel-sum loss", "loss summed over pixels as in the official DDPM code (forget_alpha 10 and clip 1 assume it)",
      {"loss-reduction": "sum"}),
     ("+ remain label dropout", "remain labels dropped to null at the base's recorded training rate (0.1)",
@@ -58,7 +58,7 @@ def register(commands) -> None:
     parser = commands.add_parser(
         "ablation", help="SFR-on, one change at a time from the old settings to the defaults; FA, RA, FID per row",
         description="Erases --forget-class from --model with SFR-on once per row of erase/cli/ablation.py CHANGES (from "
-                    "the settings used before issue 10 to today's defaults, one change a row), probing FA every "
+                    "the settings used before the convention fixes to today's defaults, one change a row), probing FA every "
                     "--monitor-every steps; samples every model with the same seeds and scores FA, mean RA and FID "
                     "of the remaining classes vs real digits. Writes OUT/results.json and ablation.md (with a grid); "
                     "finished rows are reused when rerun with the same flags.",

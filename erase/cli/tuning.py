@@ -1,4 +1,4 @@
-"""The benchmark's tuning protocol (issue 11): one budget of configurations per method, tried on development digits
+"""The benchmark's tuning protocol: one budget of configurations per method, tried on development digits
 that are not test digits, and a selection rule fixed before any run.
 
 GRIDS holds every method's configurations as `erase unlearn` flags (at most BUDGET each). Each grid is a star around
@@ -45,10 +45,9 @@ GRIDS = {
     "sfron": star({"lr": 2e-4, "forget_alpha": 10}, lr=[1e-4], forget_alpha=[5]),
     "joint": star({"lr": 2e-4, "forget_alpha": 10}, lr=[1e-4], forget_alpha=[5]),
     # Nabla-tau at its cfg_unet preset (150 iterations, batch 64, --direction pseudo toward a random other class per
-    # sample, lr 3e-4, tau 4x the starting forget loss; docs/nabla-tau.md), then one change at a time: the authors'
-    # lr 1e-3 (it cost digit 3 six more RA points, one seed, 30 samples); toward the next class instead (digit 1,
-    # seed 0: RA 93.0% against 95.9%); tau 2x (RT has 1.6-2.4x the base's loss on the forget digit); and the
-    # authors' plain ascent (FA 0-57% on digit 7 across seeds: a coin flip).
+    # sample, lr 3e-4, tau 4x the starting forget loss), then one change at a time: the authors' lr 1e-3; toward the
+    # next class instead; tau 2x (RT's loss on the forget digit is about twice the base's); and the authors' plain
+    # ascent. What each alternative did on one seed: docs/presets.md and docs/nabla-tau.md.
     "nabla_tau": star({"lr": 3e-4, "tau_factor": 4, "direction": "pseudo"}, lr=[1e-3], pseudo_random=[False],
                       tau_factor=[2]) + grid(lr=[3e-4], tau_factor=[4], direction=["ascent"], gap_over=["batch"]),
     # SalUn DDPM: 1000 steps at 1e-5 (= 100 at 1e-4 at equal lr x steps), GA without a remain term; 3e-5 a third of
