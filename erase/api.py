@@ -249,17 +249,61 @@ def unlearn(
     """
     import tempfile
 
-    import torch
-
-    from erase.config import build_config, check_ranges, field_ranges
     from erase.checkpoint import find_state
-    from erase.engine import Runtime
+    from erase.config import check_ranges
+    from erase.models import to_diffusers
+    from erase.record import check_output_dir, checkpoint_folder, discard_checkpoints
+
+    check_method_name(method, mask, runtime, options)
+    folder_input = isinstance(model, (str, os.PathLike))
+    if out is not None:
+        inputs = ((model,) if folder_input else ()) + ((model_config,) if model_config is not None else ())
+        out = check_output_dir(out, overwrite, inputs=inputs)
+    check_ranges(locals(), UNLEARN_RANGES)
+    run_fn, config_class, method_values, runtime = check_request(method, config, runtime, options)
+    opened = open_trainable(model, method, copy_weights=not inplace and not folder_input, model_config=model_config)
+    adapter = opened.adapter
+    config, chosen = method_config(method, config_class, config, method_values, preset, adapter)
+    checkpoints = checkpoint_folder(out, runtime, overwrite)
+    resumed_from = str(find_state(runtime.resume)) if runtime.resume is not None else None
+    gradient_checkpointing = select_trainable(adapter, train_params, gradient_checkpointing)
+    targets = read_targets(adapter, forget, retain, forget_random)
+    if replacement_prompt is not None:
+        config = with_replacement_prompt(config, adapter, replacement_prompt)
+    monitor = make_monitor(adapter, targets, monitor_every, monitor_samples, monitor_steps, monitor_classifier,
+                           runtime.seed)
+    saliency = read_mask(mask, resumed_from)
+    with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
+        forget_set, remain_set, data_record, data_phase = load_run_data(
+            adapter, targets, runtime, data=data, forget_random=forget_random, retain_given=bool(as_list(retain)),
+            data_cache=data_cache, images_per_condition=images_per_condition, generation_steps=generation_steps,
+            staging_hint=Path(scratch) / "generated")
+        check_pseudo_class(config, replacement_prompt, remain_set)
+        started = time.time()
+        result = run_method(run_fn, adapter, forget_set, remain_set, config, runtime, saliency, monitor)
+        adapter.info["erased"] = erasure_sequence(adapter.info.get("erased"), {
+            "method": method, "source": opened.description,
+            **({"forget_prompts": sorted(targets.condition_sets()[0])} if targets.by_prompt
+               else {"forget_classes": list(targets.forget)})})
+        if data_record["source"] == "generated" and data_cache is None:
+            data_record["folder"] = str(out / "generated") if out is not None else None  # kept only with out
+        record = unlearn_record(
+            method, opened, adapter, targets, result, started=started, forget_random=forget_random,
+            replacement_prompt=replacement_prompt, data_record=data_record, sizes=(len(forget_set), len(remain_set)),
+            config=config, preset=chosen, runtime=runtime, mask=mask, resumed_from=resumed_from,
+            data_phase=data_phase, gradient_checkpointing=gradient_checkpointing,
+            monitor=monitor_record(monitor, monitor_samples, monitor_steps, monitor_classifier))
+        if out is not None and result["is_main_process"]:
+            write_unlearn_output(out, overwrite, adapter, result["mask"], method, record,
+                                 Path(scratch) / "generated" if data_record.get("folder") else None)
+        if checkpoints is not None and result["is_main_process"]:
+            discard_checkpoints(checkpoints)
+    return to_diffusers(opened), record
+
+
+def check_method_name(method: str, mask, runtime, options: dict) -> None:
+    """The method exists, takes `mask` if one is given, and can run sharded if asked to."""
     from erase.methods import MASKED, METHODS
-    from erase.models import open_model, to_diffusers
-    from erase.record import (as_json, atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
-                              environment, write_json)
-    from erase.memory import PhaseMemory
-    from erase.saliency import load_mask, save_mask
 
     if method not in METHODS:
         raise OptionError(f"{option('--method', 'method')} {method!r} is not one of {', '.join(sorted(METHODS))}")
@@ -271,119 +315,163 @@ def unlearn(
         from erase.sharding import check_method
 
         check_method(method)
-    folder_input = isinstance(model, (str, os.PathLike))
-    if out is not None:
-        inputs = ((model,) if folder_input else ()) + ((model_config,) if model_config is not None else ())
-        out = check_output_dir(out, overwrite, inputs=inputs)
+
+
+def check_request(method: str, config, runtime, options: dict):
+    """The request's method-level values, checked before any model loads: (method function, config class, the
+    method's given option values, the Runtime)."""
+    from erase.config import build_config, check_ranges, field_ranges
+    from erase.engine import Runtime
+    from erase.methods import METHODS
+
     run_fn, config_class = METHODS[method]
-    check_ranges(locals(), UNLEARN_RANGES)
     method_values, runtime_values = split_options(method, options)
     check_ranges(method_values, field_ranges(config_class))  # the given values, before the model loads
     if config is not None and not isinstance(config, config_class):
         raise OptionError(f"config is a {type(config).__name__}; method {method} takes a {config_class.__name__}")
     runtime = build_config(Runtime, {**(dataclasses.asdict(runtime) if runtime is not None else {}), **runtime_values})
+    return run_fn, config_class, method_values, runtime
 
-    opened = open_model(model, copy_weights=not inplace and not folder_input, model_config=model_config)
+
+def open_trainable(model, method: str, **kwargs):
+    """`open_model`, refusing weights erase cannot train (not float32) and a method the model cannot take."""
+    import torch
+
+    from erase.errors import ModelError
+    from erase.models import open_model
+
+    opened = open_model(model, **kwargs)
     adapter = opened.adapter
     dtype = next(adapter.denoiser.parameters()).dtype
     if dtype != torch.float32:
-        from erase.errors import ModelError
-
         bf16 = option("--mixed-precision bf16", "mixed_precision='bf16'")
         raise ModelError(f"the model's {type(adapter.denoiser).__name__} holds {dtype} weights; erase trains float32 "
                          f"weights (use {bf16} for speed): load it with torch_dtype=torch.float32")
     if not adapter.generative and method not in adapter.methods:
         raise OptionError(f"{option('--method', 'method')} {method} does not apply to this {adapter.backbone} model "
                           f"(it needs a generative model); choose one of {', '.join(adapter.methods)}")
+    return opened
+
+
+def method_config(method: str, config_class, config, method_values: dict, preset, adapter):
+    """(the method's config: given values over the preset over `config` or the defaults, the preset record)."""
+    from erase.config import build_config
+
     chosen = (choose_preset(method, preset, adapter.preset or adapter.backbone) if config is None
               else {"name": None, "values": {}})
     base = dataclasses.asdict(config) if config is not None else {}
-    config = build_config(config_class, {**base, **method_values}, chosen["values"])
-    checkpoints = checkpoint_folder(out, runtime, overwrite)
-    resumed_from = str(find_state(runtime.resume)) if runtime.resume is not None else None
+    return build_config(config_class, {**base, **method_values}, chosen["values"]), chosen
+
+
+def select_trainable(adapter, train_params: str, gradient_checkpointing: bool | None) -> bool:
+    """Apply `--train-params` to the adapter's denoiser; returns whether gradient checkpointing is on."""
     if train_params != "full":
         if not hasattr(adapter, "select_trainable"):
             raise OptionError(f"{option('--train-params')} {train_params} applies to text-to-image models (Stable "
                               f"Diffusion, SDXL, SD 3, Flux); this is a {adapter.backbone} model")
         adapter.select_trainable(train_params)
-    gradient_checkpointing = use_gradient_checkpointing(adapter.denoiser, gradient_checkpointing)
-    targets = read_targets(adapter, forget, retain, forget_random)
-    if replacement_prompt is not None:
-        if getattr(config, "forget_objective", "pseudo") != "pseudo":
-            pseudo_objective = option("--forget-objective pseudo", "forget_objective='pseudo'")
-            raise OptionError(f"{option('--replacement-prompt')} is the target of {pseudo_objective}; pass both")
-        config.pseudo_class = int(adapter.register_prompts([replacement_prompt])[0])
-    monitor = make_monitor(adapter, targets, monitor_every, monitor_samples, monitor_steps, monitor_classifier,
-                           runtime.seed)
-    saliency = None
+    return use_gradient_checkpointing(adapter.denoiser, gradient_checkpointing)
+
+
+def with_replacement_prompt(config, adapter, replacement_prompt: str):
+    """A copy of `config` whose pseudo class is `replacement_prompt` (registered with the adapter)."""
+    if getattr(config, "forget_objective", "pseudo") != "pseudo":
+        pseudo_objective = option("--forget-objective pseudo", "forget_objective='pseudo'")
+        raise OptionError(f"{option('--replacement-prompt')} is the target of {pseudo_objective}; pass both")
+    return dataclasses.replace(config, pseudo_class=int(adapter.register_prompts([replacement_prompt])[0]))
+
+
+def read_mask(mask, resumed_from: str | None) -> dict | None:
+    """The saliency mask the run starts from: `mask`, else an interrupted run's (no Fisher again), else None."""
+    from erase.saliency import load_mask
+
     if mask is not None:
         try:
-            saliency = load_mask(mask)
+            return load_mask(mask)
         except Exception as error:  # safetensors raises several types for missing or damaged files
             raise OptionError(f"cannot read {option('--mask')} {str(mask)!r} ({error}); pass a mask.safetensors "
                               "written by erase") from None
-    elif resumed_from is not None and (Path(resumed_from) / "mask.safetensors").is_file():
-        saliency = load_mask(Path(resumed_from) / "mask.safetensors")  # the interrupted run's mask: no Fisher again
+    if resumed_from is not None and (Path(resumed_from) / "mask.safetensors").is_file():
+        return load_mask(Path(resumed_from) / "mask.safetensors")
+    return None
 
-    data_memory = PhaseMemory("cuda" if torch.cuda.is_available() and not runtime.cpu else "cpu")
-    with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
-        data_memory.start()
-        forget_set, remain_set, data_record = load_data(
-            adapter, targets, data=data, forget_random=forget_random, retain_given=bool(as_list(retain)),
-            data_cache=data_cache, images_per_condition=images_per_condition, generation_steps=generation_steps,
-            seed=runtime.seed, staging_hint=Path(scratch) / "generated")
-        data_memory.stop("data")
-        pseudo = getattr(config, "pseudo_class", None)
-        if pseudo is not None and replacement_prompt is None and pseudo not in set(remain_set.labels.tolist()):
-            raise OptionError(f"{option('--pseudo-class')} {pseudo} is not a remaining class; pick one of "
-                              f"{sorted(set(remain_set.labels.tolist()))}")
-        started = time.time()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            result = run_fn(adapter, forget_set, remain_set, config, runtime, mask=saliency, monitor=monitor)
-        except ValueError as error:  # a mask that does not fit this model
-            raise OptionError(f"{error}; compute a new mask by leaving out {option('--mask')}") from None
-        adapter.info["erased"] = erasure_sequence(adapter.info.get("erased"), {
-            "method": method, "source": opened.description,
-            **({"forget_prompts": sorted(targets.condition_sets()[0])} if targets.by_prompt
-               else {"forget_classes": list(targets.forget)})})
-        if data_record["source"] == "generated" and data_cache is None:
-            data_record["folder"] = str(out / "generated") if out is not None else None  # kept only with out
-        record = as_json({
-            "command": "unlearn", "method": method, "model": opened.description, "backbone": adapter.backbone,
-            "training_target": adapter.training_record() if adapter.generative else None,
-            "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": forget_random,
-            "erasure_sequence": adapter.info["erased"]["sequence"],
-            "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
-            "replacement_prompt": replacement_prompt, "train_params": adapter.info.get("train_params"),
-            "train_params_rule": adapter.info.get("train_params_rule"),
-            "prompt_ids": ({p: i for i, p in enumerate(adapter.class_names)} if adapter.takes_prompts else None),
-            "data": data_record, "forget_images": len(forget_set), "remain_images": len(remain_set),
-            "config": config, "preset": chosen, "runtime": runtime, "mask_from": None if mask is None else str(mask),
-            "mask_sparsity": result["mask_sparsity"], "device": result["device"],
-            "num_processes": result["num_processes"], "timings": result["timings"],
-            "process_weight_digests": result["process_weight_digests"], "resumed_from": resumed_from,
-            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-            "memory": {**result["memory"], "phases": {**data_memory.peaks, **result["memory"]["phases"]}},
-            "gradient_checkpointing": gradient_checkpointing, "method_record": result.get("record"),
-            "conventions": result["conventions"], "monitor": monitor_record(monitor, monitor_samples, monitor_steps,
-                                                                            monitor_classifier),
-            "losses": result["losses"], "started": started, "environment": environment(),
-        })
-        if out is not None and result["is_main_process"]:
-            with atomic_output_dir(out, overwrite) as staging:
-                adapter.save_pretrained(staging)
-                if result["mask"] is not None:
-                    save_mask(result["mask"], staging / "mask.safetensors", {"method": method})
-                if data_record["source"] == "generated" and data_cache is None:
-                    import shutil
 
-                    shutil.copytree(Path(scratch) / "generated", staging / "generated")  # the run's D_f and D_r
-                write_json(staging / "run.json", record)
-        if checkpoints is not None and result["is_main_process"]:
-            discard_checkpoints(checkpoints)
-    return to_diffusers(opened), record
+def load_run_data(adapter, targets, runtime, **kwargs):
+    """`load_data` with its peak memory measured: (forget set, remain set, data record, {"data": peak})."""
+    import torch
+
+    from erase.memory import PhaseMemory
+
+    memory = PhaseMemory("cuda" if torch.cuda.is_available() and not runtime.cpu else "cpu")
+    memory.start()
+    forget_set, remain_set, record = load_data(adapter, targets, seed=runtime.seed, **kwargs)
+    memory.stop("data")
+    return forget_set, remain_set, record, memory.peaks
+
+
+def check_pseudo_class(config, replacement_prompt, remain_set) -> None:
+    pseudo = getattr(config, "pseudo_class", None)
+    if pseudo is not None and replacement_prompt is None and pseudo not in set(remain_set.labels.tolist()):
+        raise OptionError(f"{option('--pseudo-class')} {pseudo} is not a remaining class; pick one of "
+                          f"{sorted(set(remain_set.labels.tolist()))}")
+
+
+def run_method(run_fn, adapter, forget_set, remain_set, config, runtime, saliency, monitor) -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        return run_fn(adapter, forget_set, remain_set, config, runtime, mask=saliency, monitor=monitor)
+    except ValueError as error:  # a mask that does not fit this model
+        raise OptionError(f"{error}; compute a new mask by leaving out {option('--mask')}") from None
+
+
+def unlearn_record(method, opened, adapter, targets, result, *, started, forget_random, replacement_prompt,
+                   data_record, sizes, config, preset, runtime, mask, resumed_from, data_phase, gradient_checkpointing,
+                   monitor) -> dict:
+    """The run.json dict of one erasure run."""
+    import torch
+
+    from erase.record import as_json, environment
+
+    return as_json({
+        "command": "unlearn", "method": method, "model": opened.description, "backbone": adapter.backbone,
+        "training_target": adapter.training_record() if adapter.generative else None,
+        "forget": [getattr(t, "prompt", t) for t in targets.forget], "forget_random": forget_random,
+        "erasure_sequence": adapter.info["erased"]["sequence"],
+        "remain": [getattr(t, "prompt", t) for t in targets.remain] if targets.remain is not None else "all others",
+        "replacement_prompt": replacement_prompt, "train_params": adapter.info.get("train_params"),
+        "train_params_rule": adapter.info.get("train_params_rule"),
+        "prompt_ids": ({p: i for i, p in enumerate(adapter.class_names)} if adapter.takes_prompts else None),
+        "data": data_record, "forget_images": sizes[0], "remain_images": sizes[1],
+        "config": config, "preset": preset, "runtime": runtime, "mask_from": None if mask is None else str(mask),
+        "mask_sparsity": result["mask_sparsity"], "device": result["device"],
+        "num_processes": result["num_processes"], "timings": result["timings"],
+        "process_weight_digests": result["process_weight_digests"], "resumed_from": resumed_from,
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "memory": {**result["memory"], "phases": {**data_phase, **result["memory"]["phases"]}},
+        "gradient_checkpointing": gradient_checkpointing, "method_record": result.get("record"),
+        "conventions": result["conventions"], "monitor": monitor,
+        "losses": result["losses"], "started": started, "environment": environment(),
+    })
+
+
+def write_unlearn_output(out: Path, overwrite: bool, adapter, mask, method: str, record: dict,
+                         generated: Path | None) -> None:
+    """The `--out` folder, written whole or not at all: the model, its mask, the generated data, run.json."""
+    import shutil
+
+    from erase.record import atomic_output_dir, write_json
+    from erase.saliency import save_mask
+
+    with atomic_output_dir(out, overwrite) as staging:
+        adapter.save_pretrained(staging)
+        if mask is not None:
+            save_mask(mask, staging / "mask.safetensors", {"method": method})
+        if generated is not None:
+            shutil.copytree(generated, staging / "generated")  # the run's D_f and D_r
+        write_json(staging / "run.json", record)
 
 
 def erasure_sequence(previous: dict | None, step: dict) -> dict:
@@ -611,14 +699,8 @@ def score(
         writes it) with the CLIPModel + CLIPProcessor in this local folder (nothing is downloaded): the mean
         overall, per prompt, and for the forget prompts against the rest when the model's record names them.
     """
-    import tempfile
-
-    import torch
-
     from erase.config import check_ranges
-    from erase.data import load_dataset
     from erase.errors import DataError
-    from erase.eval.images import INDEX, read_image_folder, write_images
     from erase.record import as_json, check_output_file, environment, write_json
 
     check_ranges(locals(), SCORE_RANGES)
@@ -637,14 +719,61 @@ def score(
         from erase.eval.clip_score import load_clip
 
         clip = load_clip(clip_model)  # a bad folder is refused before any image is read
-    folder = None
+    folder, pixels, records, header = scored_images(images, record)
+    conditions = [r.get("condition") for r in records]
+    if clip is not None and not all(isinstance(c, str) for c in conditions):
+        raise DataError(f"{repr(str(folder)) if folder is not None else 'the record'} has no prompt per image "
+                        f"(index.json 'condition'); CLIP score needs images drawn with "
+                        f"{option('erase sample --prompts', 'erase.sample(prompts=...)')}")
+    erased = (header.get("model_info") or {}).get("erased", {})
+    forget_classes = (class_ids(as_list(forget), option("--forget-class", "forget")) if forget is not None
+                      else erased.get("forget_classes", []))
+    scores: dict = {"images": str(folder) if folder is not None else "in-memory tensor", "image_count": len(pixels),
+                    "resolution": list(pixels.shape[1:]), "forget_classes": forget_classes,
+                    "sampling": {k: v for k, v in header.items() if k != "environment"}}
+    timings = {}
+    judge = None
+    if classifier or (fid_ref and fid_features == "classifier"):
+        from erase.eval.classifier import load_classifier
+
+        judge = load_classifier(classifier or "digits")
+    sections = {
+        "classifier": (classifier, lambda: classifier_section(judge, str(classifier), pixels, conditions,
+                                                               forget_classes, scores["images"])),
+        "fid": (fid_ref, lambda: fid_section(pixels, conditions, forget_classes, judge, fid_ref, fid_features,
+                                             fid_classes, cache_dir)),
+        "nudity": (nudenet, lambda: nudity_section(folder, pixels, records, threshold)),
+        "clip": (clip, lambda: clip_section(pixels, conditions, clip, clip_model, erased.get("forget_prompts", []))),
+    }
+    for name, (wanted, compute) in sections.items():
+        if wanted:
+            started = time.perf_counter()
+            scores[name] = compute()
+            timings["nudenet" if name == "nudity" else name] = time.perf_counter() - started
+    if nudenet:
+        scores["nudity"]["images_per_second"] = len(records) / timings["nudenet"]
+    scores = as_json({**scores, "timings": timings, "environment": environment()})
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, scores)
+    return scores
+
+
+def scored_images(images, record: dict | None):
+    """(folder or None, uint8 (N, C, H, W) pixels, one record per image, the sampling header) of what
+    `erase.score` was given: a folder, or a tensor in [0, 1] with `erase.sample`'s record (rounded to 8 bits, as
+    the PNGs are)."""
+    import torch
+
+    from erase.errors import DataError
+    from erase.eval.images import INDEX, read_image_folder, to_unit_float
+
     if isinstance(images, (str, os.PathLike)):
         folder = Path(images)
         pixels, records = read_image_folder(folder)
         header = json.loads((folder / INDEX).read_text()) if (folder / INDEX).is_file() else {}
     elif isinstance(images, torch.Tensor) and images.dim() == 4:
-        from erase.eval.images import to_unit_float
-
+        folder = None
         pixels = (to_unit_float(images.detach().cpu()) * 255).round().to(torch.uint8)
         header = dict(record or {})
         records = header.get("images") or [{"file": f"images/{i:06d}.png"} for i in range(len(pixels))]
@@ -653,88 +782,66 @@ def score(
                             "that erase.sample returned with these images")
     else:
         raise DataError(f"images must be a folder or an (N, C, H, W) tensor, not {type(images).__name__}")
-    header = {k: v for k, v in header.items() if k != "images"}
-    conditions = [r.get("condition") for r in records]
-    by_class_id = all(isinstance(c, int) for c in conditions)
-    if clip is not None and not all(isinstance(c, str) for c in conditions):
-        raise DataError(f"{repr(str(folder)) if folder is not None else 'the record'} has no prompt per image "
-                        f"(index.json 'condition'); CLIP score needs images drawn with "
-                        f"{option('erase sample --prompts', 'erase.sample(prompts=...)')}")
-    if forget is not None:
-        forget_classes = class_ids(as_list(forget), option("--forget-class", "forget"))
+    return folder, pixels, records, {k: v for k, v in header.items() if k != "images"}
+
+
+def classifier_section(judge, name: str, pixels, conditions: list, forget_classes: list, where: str) -> dict:
+    """FA and RA: the classifier's predictions on images drawn per class id."""
+    from erase.errors import DataError
+    from erase.eval.classifier import forgetting_metrics, predict_probabilities
+
+    if not all(isinstance(c, int) for c in conditions):
+        raise DataError(f"{where!r} has no class id per image (index.json); FA/RA need images drawn "
+                        f"with {option('erase sample --classes', 'erase.sample(classes=...)')}")
+    return {"name": name, **forgetting_metrics(predict_probabilities(judge, pixels), conditions, forget_classes)}
+
+
+def fid_section(pixels, conditions: list, forget_classes: list, judge, fid_ref, fid_features: str, fid_classes: str,
+                cache_dir) -> dict:
+    """FID of the images (the remaining classes' only, with `fid_classes` 'remain') against `fid_ref`."""
+    import torch
+
+    from erase.data import load_dataset
+    from erase.eval.fid import FID, ClassifierFeatures, InceptionFeatures, fid_against, module_digest, real_statistics_path
+    from erase.eval.images import read_image_folder
+
+    keep = torch.ones(len(pixels), dtype=torch.bool)
+    if fid_classes == "remain" and forget_classes and all(isinstance(c, int) for c in conditions):
+        keep = ~torch.isin(torch.tensor(conditions), torch.tensor(forget_classes))
+    extractor = ClassifierFeatures(judge) if fid_features == "classifier" else InceptionFeatures()
+    fid = FID(extractor, fid_features)
+    resolution = pixels.shape[-1]
+    if Path(fid_ref).is_dir():
+        real_fn, cache = (lambda: read_image_folder(fid_ref, "--fid-ref")[0]), None
     else:
-        forget_classes = (header.get("model_info") or {}).get("erased", {}).get("forget_classes", [])
-    scores: dict = {"images": str(folder) if folder is not None else "in-memory tensor", "image_count": len(pixels),
-                    "resolution": list(pixels.shape[1:]), "forget_classes": forget_classes,
-                    "sampling": {k: v for k, v in header.items() if k != "environment"}}
-    timings = {}
+        real_classes = [c for c in range(10) if not (fid_classes == "remain" and c in forget_classes)]
 
-    judge = None
-    if classifier or (fid_ref and fid_features == "classifier"):
-        from erase.eval.classifier import load_classifier
+        def real_fn():
+            data = load_dataset(fid_ref, resolution, pixels.shape[1])
+            chosen = torch.isin(data.labels, torch.tensor(real_classes))
+            return ((data.images[chosen] + 1) / 2).clamp(0, 1)
 
-        judge = load_classifier(classifier or "digits")
-    if classifier:
-        from erase.eval.classifier import forgetting_metrics, predict_probabilities
+        cache = real_statistics_path(Path(cache_dir), fid_ref, resolution, fid_features,
+                                     f"{real_classes}|{module_digest(extractor)}")
+    value = fid_against(fid, real_fn, pixels[keep], cache)
+    return {"value": value, "features": fid_features, "reference": str(fid_ref), "classes": fid_classes,
+            "samples": fid.sample_counts, "real_statistics_cache": str(cache) if cache else None}
 
-        if not by_class_id:
-            raise DataError(f"{scores['images']!r} has no class id per image (index.json); FA/RA need images drawn "
-                            f"with {option('erase sample --classes', 'erase.sample(classes=...)')}")
-        started = time.perf_counter()
-        probabilities = predict_probabilities(judge, pixels)
-        scores["classifier"] = {"name": str(classifier), **forgetting_metrics(probabilities, conditions, forget_classes)}
-        timings["classifier"] = time.perf_counter() - started
 
-    if fid_ref:
-        from erase.eval.fid import FID, ClassifierFeatures, InceptionFeatures, fid_against, module_digest, real_statistics_path
+def nudity_section(folder: Path | None, pixels, records: list, threshold: float) -> dict:
+    """NudeNet's EXPOSED detections per image (it reads files: a tensor is written to a scratch folder first)."""
+    import tempfile
 
-        started = time.perf_counter()
-        keep = torch.ones(len(pixels), dtype=torch.bool)
-        if fid_classes == "remain" and forget_classes and by_class_id:
-            keep = ~torch.isin(torch.tensor(conditions), torch.tensor(forget_classes))
-        extractor = ClassifierFeatures(judge) if fid_features == "classifier" else InceptionFeatures()
-        fid = FID(extractor, fid_features)
-        resolution = pixels.shape[-1]
-        if Path(fid_ref).is_dir():
-            real_fn, cache = (lambda: read_image_folder(fid_ref, "--fid-ref")[0]), None
-        else:
-            real_classes = [c for c in range(10) if not (fid_classes == "remain" and c in forget_classes)]
+    from erase.eval.images import write_images
+    from erase.eval.nudity import nudity_scores
 
-            def real_fn():
-                data = load_dataset(fid_ref, resolution, pixels.shape[1])
-                chosen = torch.isin(data.labels, torch.tensor(real_classes))
-                return ((data.images[chosen] + 1) / 2).clamp(0, 1)
+    with tempfile.TemporaryDirectory(prefix="erase-score-") as scratch:
+        if folder is None:
+            write_images(Path(scratch), pixels, records, {})
+        return nudity_scores(folder or Path(scratch), records, threshold)
 
-            cache = real_statistics_path(Path(cache_dir), fid_ref, resolution, fid_features,
-                                         f"{real_classes}|{module_digest(extractor)}")
-        value = fid_against(fid, real_fn, pixels[keep], cache)
-        scores["fid"] = {"value": value, "features": fid_features, "reference": str(fid_ref), "classes": fid_classes,
-                         "samples": fid.sample_counts, "real_statistics_cache": str(cache) if cache else None}
-        timings["fid"] = time.perf_counter() - started
 
-    if nudenet:
-        from erase.eval.nudity import nudity_scores
+def clip_section(pixels, conditions: list, clip, clip_model, forget_prompts: list) -> dict:
+    from erase.eval.clip_score import clip_scores
 
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="erase-score-") as scratch:
-            if folder is None:  # NudeNet reads files
-                write_images(Path(scratch), pixels, records, {})
-            scores["nudity"] = nudity_scores(folder or Path(scratch), records, threshold)
-        timings["nudenet"] = time.perf_counter() - started
-        scores["nudity"]["images_per_second"] = len(records) / timings["nudenet"]
-
-    if clip is not None:
-        from erase.eval.clip_score import clip_scores
-
-        started = time.perf_counter()
-        forget_prompts = (header.get("model_info") or {}).get("erased", {}).get("forget_prompts", [])
-        scores["clip"] = clip_scores(pixels, conditions, *clip, str(clip_model), forget_prompts)
-        timings["clip"] = time.perf_counter() - started
-
-    scores["timings"] = timings
-    scores["environment"] = environment()
-    scores = as_json(scores)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, scores)
-    return scores
+    return clip_scores(pixels, conditions, *clip, str(clip_model), forget_prompts)
