@@ -16,15 +16,11 @@ import pickle
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
 
 from erase.errors import UsageError, option
-
-if TYPE_CHECKING:
-    from erase.engine import LossLog, Monitor
 
 STATE_PREFIX = "step-"  # OUT.checkpoint/step-0000120: the state after 120 steps
 RESUME_MUST_MATCH = ("run", "steps", "seed", "num_processes", "grad_accum")  # or the resumed run would differ
@@ -119,7 +115,7 @@ class LoopState:
     the loss log, the monitor's history and each tracked object (batch streams' positions, a method's generator or
     running values). Written beside accelerate's files by `save_tree`, never pickled."""
 
-    def __init__(self, log: "LossLog", tracked: dict, monitor: "Monitor | None", device=None):
+    def __init__(self, log, tracked: dict, monitor, device=None):  # an engine.LossLog and engine.Monitor
         self.step, self.log, self.tracked, self.monitor, self.device = 0, log, tracked, monitor, device
 
     def state_dict(self) -> dict:

@@ -124,7 +124,7 @@ def test_benchmark_refuses_unknown_methods_and_models_without_a_recipe(small_bas
 
 def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only_a_changed_config(
         small_base, tmp_path, capsys, monkeypatch):
-    import erase.cli.common
+    import erase.cli.harness
     import erase.cli.tuning
 
     monkeypatch.setitem(erase.cli.tuning.GRIDS, "ga", [["--lr", 1e-4], ["--lr", 1e-3]])
@@ -184,8 +184,8 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     import erase.eval.inversion
 
     calls, sampled = [], []
-    real_run, real_sample = erase.cli.common.run_command, erase.eval.class_scores.sample_classes
-    monkeypatch.setattr(erase.cli.common, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
+    real_run, real_sample = erase.cli.harness.run_command, erase.eval.class_scores.sample_classes
+    monkeypatch.setattr(erase.cli.harness, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
     monkeypatch.setattr(erase.eval.class_scores, "sample_classes", lambda *a, **k: (sampled.append(a), real_sample(*a, **k))[1])
     monkeypatch.setattr(erase.eval.inversion, "invert_class", lambda *a, **k: sampled.append("inversion"))
     assert main(argv) == 0

@@ -86,7 +86,7 @@ def run(args) -> None:
     from erase.eval.probe import first_step_below
     from erase.pipelines import load_adapter
     from erase.cli.benchmark import method_seconds
-    from erase.cli.common import cached_unlearn
+    from erase.cli.harness import cached_unlearn
     from erase.config import check_ranges
 
     check_ranges(vars(args), RANGES)

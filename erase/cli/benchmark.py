@@ -8,7 +8,8 @@ from pathlib import Path
 
 from erase.eval.inversion import INVERSION_IMAGES, INVERSION_LR, INVERSION_STEPS
 from erase.eval.relearn import RELEARN_IMAGES
-from erase.cli.common import add_scoring_arguments, method_seconds
+from erase.cli.common import add_scoring_arguments
+from erase.cli.harness import method_seconds
 from erase.models import SHIPPED_MODEL
 from erase.cli.tuning import DEV_CLASSES, TUNE_PER_CLASS
 
@@ -137,7 +138,7 @@ def retrained_model(args, model: Path, forget_class: int | list[int], guidance_s
     """RT without `forget_class` (a class or several): reused from the cache when its recorded flags match, else
     trained now."""
     from erase.errors import UsageError
-    from erase.cli.common import run_command
+    from erase.cli.harness import run_command
 
     _, flags = training_recipe(model)
     if args.rt_steps is not None:
@@ -164,7 +165,7 @@ def erased_model(args, data: str, method: str, forget_class: int | str, settings
     OUT/tuned, runs at SETTINGS in OUT/runs). `probed` runs probe FA along the way: the first seed's on the test
     digits; the further seeds and the --all-digits runs do not (the probes cost about as much as the final samples).
     `model` (default --model) is what is erased from; `name` the run's folder name (default METHOD-CLASS[-seedN])."""
-    from erase.cli.common import cached_unlearn
+    from erase.cli.harness import cached_unlearn
 
     monitor = ["--monitor-every", args.monitor_every, "--monitor-samples", args.monitor_samples] if probed else []
     flags = ["--model", model or args.model, "--data", data, "--forget-class", forget_class, "--method", method, *settings,
@@ -191,7 +192,7 @@ def relearning(args, milestones: list[int] | None, adapter, folder: Path, key: d
     """FA after the relearning probe's fine-tuning steps (cached in `folder`), or None when `milestones` is None."""
     from erase.eval.probe import forgetting_probe
     from erase.eval.relearn import relearn_curve
-    from erase.cli.common import cached_json
+    from erase.cli.harness import cached_json
 
     if milestones is None:
         return None
@@ -205,7 +206,7 @@ def inversion_fa(args, adapter, path: Path, key: dict, data: str, forget_class: 
                  spent: dict) -> float | None:
     """FA of `adapter`'s samples of `forget_class` under concept inversion (erase attack's), cached in `path`; None
     when --inversion-steps is 0. The attack's recorded seconds are added to spent["attacks"]."""
-    from erase.cli.common import cached_json
+    from erase.cli.harness import cached_json
     from erase.eval.attack import attack_concept, make_judge
 
     if not args.inversion_steps:
@@ -292,7 +293,7 @@ def run(args) -> None:
     from erase.eval.probe import first_step_below
     from erase.eval.report import write_report
     from erase.pipelines import load_adapter
-    from erase.cli.common import cached_samples, model_digest
+    from erase.cli.harness import cached_samples, model_digest
     from erase.config import check_ranges
     from erase.cli.tuning import tune
 

@@ -10,7 +10,7 @@ import math
 import time
 from pathlib import Path
 
-from erase.cli.common import cached_json, cached_unlearn, method_seconds, run_command
+from erase.cli.harness import cached_json, cached_unlearn, method_seconds, run_command
 
 DEFAULT_METHODS = ("sfron", "nabla_tau", "ga", "rl", "salun")
 DEFAULT_SCENARIOS = "random:0.1,random:0.3,class:1"
@@ -123,7 +123,7 @@ def thread_counts(text: str) -> list[int]:
 
 def seed_rows(args, scenarios: list[dict], methods: list[str], seed: int, folder: Path) -> dict:
     """One seed's models (base, RT per scenario, every method) under `folder`, scored: {"base", "scenarios"}."""
-    from erase.cli.common import model_digest
+    from erase.cli.harness import model_digest
 
     recipe = ["--seed", seed, "--split-seed", args.split_seed]
     base = folder / "models" / "base"

@@ -46,7 +46,7 @@ def run(args) -> None:
     from erase.eval.classifier import load_classifier
     from erase.eval.grid import image_grid
     from erase.pipelines import load_adapter
-    from erase.cli.common import run_command
+    from erase.cli.harness import run_command
     from erase.config import check_ranges
 
     check_ranges(vars(args), RANGES)

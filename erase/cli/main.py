@@ -16,19 +16,11 @@ from erase import __version__
 SUBCOMMANDS = ("train", "train-classifier", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "benchmark-classifier", "mia", "attack", "ablation")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's own refusals (a value of the wrong type, an unknown choice or flag) as one line and exit code 2,
-    like every other bad input; --help still shows the usage."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
-
-
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `erase` parser for the command line `argv`: `erase unlearn` gets the flags of the `--method` it names."""
     from erase.cli import (ablation, attack, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
                          train, unlearn)
-    from erase.cli.options import chosen_method
+    from erase.cli.options import OneLineParser, chosen_method
 
     parser = OneLineParser(
         prog="erase",

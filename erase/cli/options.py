@@ -10,6 +10,14 @@ import typing
 from erase.config import check_ranges, field_ranges, range_help
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own refusals (a value of the wrong type, an unknown choice or flag) as one line and exit code 2,
+    like every other bad input; --help still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def _parse_optional(base: type):
     def parse(text: str):
         return None if text.lower() in ("none", "") else base(text)

@@ -89,7 +89,7 @@ def tune(args, methods: list[str], classifier, record: dict, resolution: int) ->
     from erase.data import parse_class_ids
     from erase.eval.class_scores import class_scores, real_reference, sample_classes
     from erase.pipelines import load_adapter
-    from erase.cli.common import cached_json, cached_unlearn, method_seconds
+    from erase.cli.harness import cached_json, cached_unlearn, method_seconds
 
     dev_classes = parse_class_ids(args.dev_classes)
     overlap = sorted(set(dev_classes) & set(parse_class_ids(args.forget_classes)))
