@@ -602,6 +602,38 @@ class StopRequest:
             signal.signal(number, handler)
 
 
+def resumable_states(runtime: Runtime, accelerator, adapter, log: LossLog, tracked: dict | None, monitor, mask,
+                     description: str, steps: int):
+    """(Checkpoints or None, its LoopState or None, the step to start from) for a loop: states are kept when the
+    runtime names a checkpoint folder, and `runtime.resume` restores one."""
+    sharded = adapter is not None and is_sharded(adapter.denoiser)
+    if sharded and (runtime.resume is not None or runtime.checkpoint_every > 0):
+        raise UsageError(f"{option('--checkpoint-every')} and {option('--resume')} do not work sharded (FSDP) yet; "
+                         "leave them off, or run under DDP")
+    if (runtime.checkpoint_dir is None and runtime.resume is None) or sharded:
+        return None, None, 0
+    if runtime.checkpoint_dir is None:
+        raise UsageError(f"{option('--resume')} needs {option('--checkpoint-dir')} (erase unlearn and erase train set it from {option('--out')})")
+    loop_state = LoopState(log, dict(tracked or {}), monitor, accelerator.device)
+    identity = {"run": description, "steps": steps, "seed": runtime.seed, "num_processes": accelerator.num_processes,
+                "grad_accum": runtime.grad_accum, "mixed_precision": runtime.mixed_precision}
+    checkpoints = Checkpoints(runtime.checkpoint_dir, accelerator, identity, mask)
+    start = checkpoints.load(runtime.resume, loop_state) if runtime.resume is not None else 0
+    return checkpoints, loop_state, start
+
+
+def agreed_stop(signal_number: int | None, accelerator, at_log: bool) -> int | None:
+    """The signal to stop on after this step, or None. Several processes must stop at the same step: they agree
+    when the log syncs anyway (one reduce), the signal any of them got standing for all."""
+    if accelerator.num_processes == 1:
+        return signal_number
+    if not at_log:
+        return None
+    flag = torch.tensor([float(signal_number or 0)], device=accelerator.device)
+    stop = int(accelerator.reduce(flag, reduction="sum").item()) or None
+    return signal_number or (signal.SIGTERM if stop else None)
+
+
 def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], runtime: Runtime, accelerator,
               timer: PhaseTimer, description: str, phase: str, monitor: Monitor | None = None,
               adapter=None, tracked: dict | None = None, mask: dict | None = None) -> LossLog:
@@ -613,24 +645,11 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     raises Interrupted), and `runtime.resume` continues from one. Without it the loop is as before: nothing is saved.
     """
     log = LossLog(names, steps, accelerator.device)
-    checkpoints, loop_state, start = None, None, 0
-    sharded = adapter is not None and is_sharded(adapter.denoiser)
-    if sharded and (runtime.resume is not None or runtime.checkpoint_every > 0):
-        raise UsageError(f"{option('--checkpoint-every')} and {option('--resume')} do not work sharded (FSDP) yet; "
-                         "leave them off, or run under DDP")
-    if (runtime.checkpoint_dir is not None or runtime.resume is not None) and not sharded:
-        if runtime.checkpoint_dir is None:
-            raise UsageError(f"{option('--resume')} needs {option('--checkpoint-dir')} (erase unlearn and erase train set it from {option('--out')})")
-        loop_state = LoopState(log, dict(tracked or {}), monitor, accelerator.device)
-        identity = {"run": description, "steps": steps, "seed": runtime.seed, "num_processes": accelerator.num_processes,
-                    "grad_accum": runtime.grad_accum, "mixed_precision": runtime.mixed_precision}
-        checkpoints = Checkpoints(runtime.checkpoint_dir, accelerator, identity, mask)
-        if runtime.resume is not None:
-            start = checkpoints.load(runtime.resume, loop_state)
+    checkpoints, loop_state, start = resumable_states(runtime, accelerator, adapter, log, tracked, monitor, mask,
+                                                      description, steps)
     progress = tqdm(range(start, steps), desc=description, disable=not accelerator.is_main_process,
                     initial=start, total=steps)
     probing = saving = 0.0
-    multi_process = accelerator.num_processes > 1
     stop_request = StopRequest() if checkpoints is not None else contextlib.nullcontext()
 
     def save(step_done: int) -> None:
@@ -655,13 +674,7 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
                     probing += time.perf_counter() - started
                 if checkpoints is None:
                     continue
-                stop = stop_request.signal_number
-                if multi_process:  # every process must stop at the same step: agree when the log syncs anyway
-                    stop = None
-                    if at_log:
-                        flag = torch.tensor([float(stop_request.signal_number or 0)], device=accelerator.device)
-                        stop = int(accelerator.reduce(flag, reduction="sum").item()) or None
-                        stop = stop_request.signal_number or (signal.SIGTERM if stop else None)
+                stop = agreed_stop(stop_request.signal_number, accelerator, at_log)
                 if stop is not None:
                     save(step + 1)
                     raise Interrupted(stop, step + 1, steps, checkpoints.folder, accelerator.is_main_process,

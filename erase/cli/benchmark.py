@@ -3,7 +3,9 @@ a model retrained without the forget class (RT, the gold standard); writes resul
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from erase.eval.inversion import INVERSION_IMAGES, INVERSION_LR, INVERSION_STEPS
@@ -279,23 +281,40 @@ def tau_reference(base, rt, erased, data, forget_class: int, run_record: dict, s
             "erased_loss": fixed_draw_loss(erased, forget, samples, seed=seed)}
 
 
-def run(args) -> None:
-    import time
+@dataclass
+class Bench:
+    """What every part of one benchmark run shares: the flags, the base model and its scored samples, the judge,
+    each method's settings and seeds, and the seconds spent on runs (cached or not: what a run from scratch costs)."""
+    args: argparse.Namespace
+    base: object
+    data_name: str
+    data: object
+    classifier: object
+    settings: dict
+    seeds: dict
+    guidance: float
+    run_seconds: dict = field(default_factory=lambda: {"rt": 0.0, "test": 0.0})
+    base_samples: object = None
 
-    import torch
+    def sample(self, adapter, folder: Path, name: str, file: str, per_class: int | None = None):
+        """The model's scored samples, cached in OUT/samples under the model's digest and the sampling flags."""
+        from erase.cli.harness import cached_samples, model_digest
+        from erase.eval.class_scores import sample_classes
 
-    from erase.data import load_dataset, parse_class_ids
+        args, per_class = self.args, per_class or self.args.per_class
+        key = {"model": model_digest(folder), "per_class": per_class, "sample_steps": args.sample_steps,
+               "seed": args.seed}
+        return cached_samples(args.out / "samples" / f"{file}.safetensors", key, lambda: sample_classes(
+            adapter, per_class, args.seed, args.sample_steps, description=f"sample {name}"))
+
+
+def checked_options(args):
+    """(methods, relearning milestones, test digits, --all-digits: 'none', 'rest' or digits, --multi-concept digits
+    or None), every one refused here rather than after hours of runs."""
+    from erase.data import parse_class_ids
     from erase.errors import UsageError
     from erase.methods import METHODS
-    from erase.record import environment, write_json
-    from erase.eval.class_scores import class_scores, real_reference, sample_classes
-    from erase.eval.classifier import load_classifier
-    from erase.eval.probe import first_step_below
-    from erase.eval.report import write_report
-    from erase.pipelines import load_adapter
-    from erase.cli.harness import cached_samples, model_digest
     from erase.config import check_ranges
-    from erase.cli.tuning import tune
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
@@ -306,134 +325,180 @@ def run(args) -> None:
     forget_classes = parse_class_ids(args.forget_classes)
     every_spec = args.all_digits.strip().lower()
     if every_spec not in ("none", "rest"):
-        every_spec = parse_class_ids(args.all_digits)  # refused here, not after hours of runs
+        every_spec = parse_class_ids(args.all_digits)
     if every_spec != "none" and not args.tune:
         raise UsageError("--all-digits runs the tuned configurations: add --tune, or pass --all-digits none")
     multi_classes = None if args.multi_concept.strip().lower() == "none" else parse_class_ids(args.multi_concept)
     if multi_classes is not None and (not args.tune or len(multi_classes) < 2):
         raise UsageError("--multi-concept erases two or more digits with the tuned configurations: pass --tune and "
                          "digits like 1,3,7, or --multi-concept none")
+    return methods, milestones, forget_classes, every_spec, multi_classes
+
+
+def run(args) -> None:
+    import time
+
+    from erase.data import load_dataset
+    from erase.errors import UsageError
+    from erase.record import environment, write_json
+    from erase.eval.classifier import load_classifier
+    from erase.eval.report import write_report
+    from erase.pipelines import load_adapter
+    from erase.cli.tuning import tune
+
+    methods, milestones, forget_classes, every_spec, multi_classes = checked_options(args)
     started = time.time()
     base = load_adapter(args.model)
     if base.backbone != "cfg_unet":
         raise UsageError(f"the benchmark compares class erasure on a CFG UNet written by `erase train`; got {base.backbone}")
     base.check_class_ids(forget_classes + (every_spec if isinstance(every_spec, list) else []) + (multi_classes or []))
     record, _ = training_recipe(args.model)
-    guidance = base.info.get("guidance_scale", 1.0)
     classifier = load_classifier("digits")
     resolution = base.image_shape[-1]
     args.out.mkdir(parents=True, exist_ok=True)
     tuning = tune(args, methods, classifier, record, resolution) if args.tune else None
-    settings = {m: tuning["chosen"][m]["flags"] if tuning else SETTINGS[m] for m in methods}
-    seeds = {m: [args.seed + k for k in range(args.extra_seeds + 1)] for m in methods}
-    data = load_dataset(record["data"], resolution)
-
-    def sample(adapter, folder: Path, name: str, file: str, per_class: int | None = None):
-        """The model's scored samples, cached in OUT/samples under the model's digest and the sampling flags."""
-        per_class = per_class or args.per_class
-        key = {"model": model_digest(folder), "per_class": per_class, "sample_steps": args.sample_steps,
-               "seed": args.seed}
-        return cached_samples(args.out / "samples" / f"{file}.safetensors", key, lambda: sample_classes(
-            adapter, per_class, args.seed, args.sample_steps, description=f"sample {name}"))
-
-    base_samples = sample(base, args.model, "base", "base")
+    bench = Bench(args, base, record["data"], load_dataset(record["data"], resolution), classifier,
+                  settings={m: tuning["chosen"][m]["flags"] if tuning else SETTINGS[m] for m in methods},
+                  seeds={m: [args.seed + k for k in range(args.extra_seeds + 1)] for m in methods},
+                  guidance=base.info.get("guidance_scale", 1.0))
+    bench.base_samples = bench.sample(base, args.model, "base", "base")
     rows, grids, curves, taus = [], {}, {}, []
-    run_seconds = {"rt": 0.0, "test": 0.0}  # recorded in the runs, cached or not: what a run from scratch spends
     for forget_class in forget_classes:
-        real = real_reference(classifier, record["data"], resolution, [forget_class], args.cache_dir)
-        forget_images = data.images[data.labels == forget_class][:RELEARN_IMAGES]
-        real_images = forget_images, torch.full((len(forget_images),), forget_class, dtype=torch.long)
-        rt_folder = retrained_model(args, args.model, forget_class, guidance)
-        rt_record = json.loads((rt_folder / "run.json").read_text())
-        rt_seconds = rt_record["timings"]["train"]
-        run_seconds["rt"] += rt_seconds
-        rt = load_adapter(rt_folder)
-        rt_samples = sample(rt, rt_folder, f"RT without {forget_class}", f"RT-{forget_class}")
-        grids[forget_class] = {"base": base_samples.column(), "RT": rt_samples.column()}
-        rows.append({"class": forget_class, "method": "base", "seed": args.seed, "steps": 0, "seconds": 0.0,
-                     "fraction_of_rt": 0.0, "first_step_fa_below_5pct": None,
-                     "fa_inversion": inversion_fa(args, base, args.out / "attacks" / f"base-{forget_class}.json",
-                                                  {"model": model_digest(args.model)}, record["data"], forget_class,
-                                                  classifier, run_seconds),
-                     **class_scores(base_samples, [forget_class], classifier, real, rt_samples)})
-        rt_key = {"rt": json.loads((rt_folder / "benchmark-flags.json").read_text())}
-        rows.append({"class": forget_class, "method": "RT", "seed": args.seed, "steps": rt_record["config"]["steps"],
-                     "seconds": rt_seconds, "fraction_of_rt": 1.0, "first_step_fa_below_5pct": None,
-                     "relearn": relearning(args, milestones, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key,
-                                           real_images, forget_class, classifier),
-                     "fa_inversion": inversion_fa(args, rt, args.out / "attacks" / f"RT-{forget_class}.json", rt_key,
-                                                  record["data"], forget_class, classifier, run_seconds),
-                     **class_scores(rt_samples, [forget_class], classifier, real, None)})
-        for method in methods:
-            for seed in seeds[method]:
-                folder, run_record = erased_model(args, record["data"], method, forget_class,
-                                                 settings[method], seed, probed=seed == args.seed)
-                adapter = load_adapter(folder)
-                samples = sample(adapter, folder, f"{method} without {forget_class}, seed {seed}",
-                                 f"{folder.parent.name}-{folder.name}")
-                seconds = method_seconds(run_record["timings"])
-                run_seconds["test"] += sum(run_record["timings"].values())
-                history = run_record["monitor"]["history"] if run_record.get("monitor") else None
-                if seed == args.seed:
-                    grids[forget_class][method] = samples.column()
-                    curves.setdefault(forget_class, {})[method] = history
-                if method == "nabla_tau" and seed == args.seed:
-                    taus.append(tau_reference(base, rt, adapter, data, forget_class, run_record, args.seed))
-                rows.append({"class": forget_class, "method": method, "seed": seed, "steps": run_record["config"]["steps"],
-                             "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
-                             "first_step_fa_below_5pct": first_step_below(history, 0.05) if history else None,
-                             "settings": settings[method], "mask_sparsity": run_record["mask_sparsity"],
-                             "relearn": relearning(args, milestones, adapter, folder, {"run": str(folder)}, real_images,
-                                                   forget_class, classifier) if seed == args.seed else None,
-                             "fa_inversion": inversion_fa(args, adapter, folder / "inversion.json", {"run": str(folder)},
-                                                          record["data"], forget_class, classifier, run_seconds)
-                             if seed == args.seed else None,
-                             **class_scores(samples, [forget_class], classifier, real, rt_samples)})
+        class_rows(bench, methods, forget_class, milestones, rows, grids, curves, taus)
     every_digit = None
     if every_spec != "none":
-        started_every = time.time()
-        digits = every_spec if isinstance(every_spec, list) else \
-            [c for c in range(base.num_classes) if c not in tuning["dev_classes"]]
-        pair = [m for m in ("sfron", tuning["best_baseline"]) if m in methods]
-        per_class = args.all_digits_per_class
-        base_many = sample(base, args.model, "base", f"base-{per_class}", per_class)
-        before_all = {digit: class_scores(base_many, [digit], classifier) for digit in digits}
-        every_digit = {"digits": digits, "methods": pair, "per_class": per_class, "seed": args.seed, "rows": []}
-        for method in pair:
-            for digit in digits:  # a test digit reuses its probed seed-0 run
-                folder, run_record = erased_model(args, record["data"], method, digit, settings[method], args.seed,
-                                                  probed=digit in forget_classes)
-                many = sample(load_adapter(folder), folder, f"{method} without {digit}", f"every-{folder.name}-{per_class}",
-                              per_class)
-                mine, before = class_scores(many, [digit], classifier), before_all[digit]
-                if digit not in forget_classes:  # the test digits' runs are counted with the test runs
-                    run_seconds["every_digit"] = run_seconds.get("every_digit", 0.0) + sum(run_record["timings"].values())
-                every_digit["rows"].append({
-                    "method": method, "class": digit, "fa": mine["forgetting_accuracy"],
-                    "ra": mine["remaining_accuracy_mean"], "base_fa": before["forgetting_accuracy"],
-                    "base_ra": before["remaining_accuracy_mean"]})
-        every_digit["seconds"] = time.time() - started_every
+        every_digit = every_digit_section(bench, every_spec, tuning, methods, forget_classes)
     multi = None
     if multi_classes is not None:
         started_multi = time.time()
         pair = [m for m in ("sfron", tuning["best_baseline"]) if m in methods]
-        multi = multi_concept(args, record["data"], multi_classes, pair, settings, guidance, classifier, sample,
-                              base_samples, forget_classes)
+        multi = multi_concept(args, bench.data_name, multi_classes, pair, bench.settings, bench.guidance, classifier,
+                              bench.sample, bench.base_samples, forget_classes)
         multi["seconds"] = time.time() - started_multi
-        run_seconds["multi_concept"] = multi["run_seconds"]
+        bench.run_seconds["multi_concept"] = multi["run_seconds"]
     results = {
-        "command": "benchmark", "model": str(args.model), "guidance_scale": guidance, "forget_classes": forget_classes,
-        "methods": methods, "per_class": args.per_class, "sample_steps": args.sample_steps, "seed": args.seed,
-        "seeds": seeds, "monitor_every": args.monitor_every, "monitor_samples": args.monitor_samples,
-        "steps_override": args.steps, "rt_steps_override": args.rt_steps, "settings": settings,
-        "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES, "nabla_tau": taus, "every_digit": every_digit,
-        "multi_concept": multi, "inversion": {"images": INVERSION_IMAGES, "steps": args.inversion_steps,
-                                              "lr": INVERSION_LR} if args.inversion_steps else None,
+        "command": "benchmark", "model": str(args.model), "guidance_scale": bench.guidance,
+        "forget_classes": forget_classes, "methods": methods, "per_class": args.per_class,
+        "sample_steps": args.sample_steps, "seed": args.seed, "seeds": bench.seeds, "monitor_every": args.monitor_every,
+        "monitor_samples": args.monitor_samples, "steps_override": args.steps, "rt_steps_override": args.rt_steps,
+        "settings": bench.settings, "scaling": SCALING_NOTE, "tuning": tuning, "relearn_images": RELEARN_IMAGES,
+        "nabla_tau": taus, "every_digit": every_digit, "multi_concept": multi,
+        "inversion": {"images": INVERSION_IMAGES, "steps": args.inversion_steps,
+                      "lr": INVERSION_LR} if args.inversion_steps else None,
         "collapse_reasons": {m: COLLAPSE_REASONS[m] for m in methods if m in COLLAPSE_REASONS},
         "rows": rows, "fa_curves": curves, "started": started, "seconds": time.time() - started,
-        "run_seconds": {**run_seconds, "tuning": tuning["run_seconds"] if tuning else 0.0},
+        "run_seconds": {**bench.run_seconds, "tuning": tuning["run_seconds"] if tuning else 0.0},
         "environment": environment(),
     }
     write_json(args.out / "results.json", results)
     report = write_report(results, grids, args.report_dir or args.out)
     print(f"results: {args.out / 'results.json'}   report: {report}")
+
+
+def class_rows(bench: Bench, methods: list, forget_class: int, milestones, rows: list, grids: dict, curves: dict,
+               taus: list) -> None:
+    """The base, RT and every method's rows for one test digit, with its grid column, FA curves and tau record."""
+    import torch
+
+    from erase.cli.harness import model_digest
+    from erase.eval.class_scores import class_scores, real_reference
+    from erase.pipelines import load_adapter
+
+    args, classifier, base, run_seconds = bench.args, bench.classifier, bench.base, bench.run_seconds
+    real = real_reference(classifier, bench.data_name, base.image_shape[-1], [forget_class], args.cache_dir)
+    forget_images = bench.data.images[bench.data.labels == forget_class][:RELEARN_IMAGES]
+    real_images = forget_images, torch.full((len(forget_images),), forget_class, dtype=torch.long)
+    rt_folder = retrained_model(args, args.model, forget_class, bench.guidance)
+    rt_record = json.loads((rt_folder / "run.json").read_text())
+    rt_seconds = rt_record["timings"]["train"]
+    run_seconds["rt"] += rt_seconds
+    rt = load_adapter(rt_folder)
+    rt_samples = bench.sample(rt, rt_folder, f"RT without {forget_class}", f"RT-{forget_class}")
+    grids[forget_class] = {"base": bench.base_samples.column(), "RT": rt_samples.column()}
+    rows.append({"class": forget_class, "method": "base", "seed": args.seed, "steps": 0, "seconds": 0.0,
+                 "fraction_of_rt": 0.0, "first_step_fa_below_5pct": None,
+                 "fa_inversion": inversion_fa(args, base, args.out / "attacks" / f"base-{forget_class}.json",
+                                              {"model": model_digest(args.model)}, bench.data_name, forget_class,
+                                              classifier, run_seconds),
+                 **class_scores(bench.base_samples, [forget_class], classifier, real, rt_samples)})
+    rt_key = {"rt": json.loads((rt_folder / "benchmark-flags.json").read_text())}
+    rows.append({"class": forget_class, "method": "RT", "seed": args.seed, "steps": rt_record["config"]["steps"],
+                 "seconds": rt_seconds, "fraction_of_rt": 1.0, "first_step_fa_below_5pct": None,
+                 "relearn": relearning(args, milestones, rt, args.out / "relearn" / f"RT-{forget_class}", rt_key,
+                                       real_images, forget_class, classifier),
+                 "fa_inversion": inversion_fa(args, rt, args.out / "attacks" / f"RT-{forget_class}.json", rt_key,
+                                              bench.data_name, forget_class, classifier, run_seconds),
+                 **class_scores(rt_samples, [forget_class], classifier, real, None)})
+    for method in methods:
+        for seed in bench.seeds[method]:
+            rows.append(method_row(bench, method, seed, forget_class, milestones, real, real_images, rt, rt_samples,
+                                   rt_seconds, grids, curves, taus))
+
+
+def method_row(bench: Bench, method: str, seed: int, forget_class: int, milestones, real, real_images, rt, rt_samples,
+               rt_seconds: float, grids: dict, curves: dict, taus: list) -> dict:
+    """One method's run on one digit and seed, scored; the first seed's also gives the grid column, FA curve,
+    relearning curve, inversion FA and (Nabla-tau) tau record."""
+    from erase.eval.class_scores import class_scores
+    from erase.eval.probe import first_step_below
+    from erase.pipelines import load_adapter
+
+    args, classifier = bench.args, bench.classifier
+    first = seed == args.seed
+    folder, run_record = erased_model(args, bench.data_name, method, forget_class, bench.settings[method], seed,
+                                      probed=first)
+    adapter = load_adapter(folder)
+    samples = bench.sample(adapter, folder, f"{method} without {forget_class}, seed {seed}",
+                           f"{folder.parent.name}-{folder.name}")
+    seconds = method_seconds(run_record["timings"])
+    bench.run_seconds["test"] += sum(run_record["timings"].values())
+    history = run_record["monitor"]["history"] if run_record.get("monitor") else None
+    if first:
+        grids[forget_class][method] = samples.column()
+        curves.setdefault(forget_class, {})[method] = history
+        if method == "nabla_tau":
+            taus.append(tau_reference(bench.base, rt, adapter, bench.data, forget_class, run_record, args.seed))
+    return {"class": forget_class, "method": method, "seed": seed, "steps": run_record["config"]["steps"],
+            "seconds": seconds, "fraction_of_rt": seconds / rt_seconds,
+            "first_step_fa_below_5pct": first_step_below(history, 0.05) if history else None,
+            "settings": bench.settings[method], "mask_sparsity": run_record["mask_sparsity"],
+            "relearn": relearning(args, milestones, adapter, folder, {"run": str(folder)}, real_images,
+                                  forget_class, classifier) if first else None,
+            "fa_inversion": inversion_fa(args, adapter, folder / "inversion.json", {"run": str(folder)},
+                                         bench.data_name, forget_class, classifier, bench.run_seconds)
+            if first else None,
+            **class_scores(samples, [forget_class], classifier, real, rt_samples)}
+
+
+def every_digit_section(bench: Bench, every_spec, tuning: dict, methods: list, forget_classes: list) -> dict:
+    """SFR-on and the best baseline on every digit but the development ones (or the digits named), one seed."""
+    import time
+
+    from erase.eval.class_scores import class_scores
+    from erase.pipelines import load_adapter
+
+    args, classifier, base = bench.args, bench.classifier, bench.base
+    started = time.time()
+    digits = every_spec if isinstance(every_spec, list) else \
+        [c for c in range(base.num_classes) if c not in tuning["dev_classes"]]
+    pair = [m for m in ("sfron", tuning["best_baseline"]) if m in methods]
+    per_class = args.all_digits_per_class
+    base_many = bench.sample(base, args.model, "base", f"base-{per_class}", per_class)
+    before_all = {digit: class_scores(base_many, [digit], classifier) for digit in digits}
+    every_digit = {"digits": digits, "methods": pair, "per_class": per_class, "seed": args.seed, "rows": []}
+    for method in pair:
+        for digit in digits:  # a test digit reuses its probed seed-0 run
+            folder, run_record = erased_model(args, bench.data_name, method, digit, bench.settings[method], args.seed,
+                                              probed=digit in forget_classes)
+            many = bench.sample(load_adapter(folder), folder, f"{method} without {digit}",
+                                f"every-{folder.name}-{per_class}", per_class)
+            mine, before = class_scores(many, [digit], classifier), before_all[digit]
+            if digit not in forget_classes:  # the test digits' runs are counted with the test runs
+                bench.run_seconds["every_digit"] = (bench.run_seconds.get("every_digit", 0.0)
+                                                    + sum(run_record["timings"].values()))
+            every_digit["rows"].append({
+                "method": method, "class": digit, "fa": mine["forgetting_accuracy"],
+                "ra": mine["remaining_accuracy_mean"], "base_fa": before["forgetting_accuracy"],
+                "base_ra": before["remaining_accuracy_mean"]})
+    every_digit["seconds"] = time.time() - started
+    return every_digit

@@ -95,13 +95,11 @@ def run(args) -> None:
 
     check_ranges(vars(args), RANGES)
 
-    from erase.data import load_dataset, parse_class_ids, split_by_class
     from erase.errors import UsageError
     from erase.checkpoint import find_state
     from erase.record import (atomic_output_dir, check_output_dir, checkpoint_folder, discard_checkpoints,
                               environment, write_json)
     from erase.train import train
-    from erase.pipelines.cfg_unet import CFGUNetAdapter
 
     if args.conditioning == "class" and args.prompt_template is not None:
         raise UsageError("--prompt-template names the prompts of --conditioning text; add --conditioning text or "
@@ -117,37 +115,9 @@ def run(args) -> None:
         channels = tuple(int(c) for c in args.channels.split(","))
     except ValueError:
         raise UsageError(f"--channels {args.channels!r} is not a comma-separated list of widths, e.g. '32,64'") from None
-    dataset = load_dataset(args.data, args.resolution)
-    held_out = None
-    if args.hold_out_per_class:
-        from erase.data import split_held_out
-
-        held_out = {"per_class": args.hold_out_per_class, "split_seed": args.split_seed, "data": args.data,
-                    "resolution": args.resolution}
-        dataset = split_held_out(dataset, args.hold_out_per_class, args.split_seed)[0]
-    excluded = parse_class_ids(args.exclude_classes) if args.exclude_classes else []
-    train_data = split_by_class(dataset, excluded)[1] if excluded else dataset
+    dataset, train_data, held_out, excluded = training_data(args)
     torch.manual_seed(runtime.seed)
-    scheduler = training_scheduler(args.prediction_type, args.conditioning)
-    facts = dict(guidance_scale=args.guidance_scale, excluded_classes=excluded, trained_on=dataset.name,
-                 **({"held_out": held_out} if held_out else {}))
-    if args.conditioning == "text":
-        import tempfile
-
-        from erase.data import ImageDataset
-        from erase.pipelines.stable_diffusion import StableDiffusionAdapter
-
-        prompts = class_prompts(args.prompt_template or DEFAULT_TEMPLATE, dataset.class_names)
-        with tempfile.TemporaryDirectory(prefix="erase-tokenizer-") as scratch:  # save_pretrained rewrites it
-            adapter = StableDiffusionAdapter.create_pixel_model(args.resolution, dataset.images.shape[1], scheduler,
-                                                                scratch, channels, class_prompts=prompts, **facts)
-        ids = adapter.register_prompts(prompts)
-        train_data = ImageDataset(train_data.images, ids[train_data.labels], adapter.class_names, train_data.name)
-    else:
-        adapter = CFGUNetAdapter.create(
-            args.resolution, channels, dataset.images.shape[1], num_classes=len(dataset.class_names),
-            attention=args.attention, layers_per_block=args.layers_per_block, class_names=dataset.class_names,
-            scheduler=scheduler, **facts)
+    adapter, train_data = new_model(args, dataset, train_data, channels, held_out, excluded)
     started = time.time()
     result = train(adapter, train_data, config, runtime)
     if not result["is_main_process"]:
@@ -169,3 +139,44 @@ def run(args) -> None:
     discard_checkpoints(checkpoints)
     print(f"trained {sum(p.numel() for p in adapter.denoiser.parameters()):,} parameters in "
           f"{result['timings']['train']:.1f} s; saved to {out}")
+
+
+def training_data(args):
+    """(the dataset, what trains: without --exclude-classes, held-out split recorded or None, the excluded ids)."""
+    from erase.data import load_dataset, parse_class_ids, split_by_class, split_held_out
+
+    dataset = load_dataset(args.data, args.resolution)
+    held_out = None
+    if args.hold_out_per_class:
+        held_out = {"per_class": args.hold_out_per_class, "split_seed": args.split_seed, "data": args.data,
+                    "resolution": args.resolution}
+        dataset = split_held_out(dataset, args.hold_out_per_class, args.split_seed)[0]
+    excluded = parse_class_ids(args.exclude_classes) if args.exclude_classes else []
+    train_data = split_by_class(dataset, excluded)[1] if excluded else dataset
+    return dataset, train_data, held_out, excluded
+
+
+def new_model(args, dataset, train_data, channels: tuple, held_out, excluded: list):
+    """A freshly initialised model of --conditioning's kind and the training data labelled as it takes them
+    (prompt ids for a text model)."""
+    from erase.pipelines.cfg_unet import CFGUNetAdapter
+
+    scheduler = training_scheduler(args.prediction_type, args.conditioning)
+    facts = dict(guidance_scale=args.guidance_scale, excluded_classes=excluded, trained_on=dataset.name,
+                 **({"held_out": held_out} if held_out else {}))
+    if args.conditioning != "text":
+        return CFGUNetAdapter.create(
+            args.resolution, channels, dataset.images.shape[1], num_classes=len(dataset.class_names),
+            attention=args.attention, layers_per_block=args.layers_per_block, class_names=dataset.class_names,
+            scheduler=scheduler, **facts), train_data
+    import tempfile
+
+    from erase.data import ImageDataset
+    from erase.pipelines.stable_diffusion import StableDiffusionAdapter
+
+    prompts = class_prompts(args.prompt_template or DEFAULT_TEMPLATE, dataset.class_names)
+    with tempfile.TemporaryDirectory(prefix="erase-tokenizer-") as scratch:  # save_pretrained rewrites it
+        adapter = StableDiffusionAdapter.create_pixel_model(args.resolution, dataset.images.shape[1], scheduler,
+                                                            scratch, channels, class_prompts=prompts, **facts)
+    ids = adapter.register_prompts(prompts)
+    return adapter, ImageDataset(train_data.images, ids[train_data.labels], adapter.class_names, train_data.name)

@@ -32,6 +32,24 @@ def register(commands, method: str = "sfron") -> None:
                              "diffusers folder of the same family whose model_index.json names the pipeline class and "
                              "whose configs and tokenizer are used (nothing is downloaded); the result is a full "
                              "diffusers folder")
+    add_target_arguments(parser)
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    parser.add_argument("--method", default="sfron", choices=sorted(METHODS), help="erasure method (default: %(default)s)")
+    parser.add_argument("--preset", default="auto",
+                        help="named settings under the flags you give: 'auto' = the model's backbone's (sfron/joint: "
+                             "cfg_unet, dit, stable_diffusion; see erase/sfron.py SFRON_PRESETS), a backbone name, or "
+                             "'none' for the method's plain defaults; run.json records it (default: %(default)s)")
+    parser.add_argument("--mask", default=None,
+                        help="reuse a saliency mask (mask.safetensors of an earlier run) instead of computing one; "
+                             "sfron, joint, nabla_tau and salun read masks, the other methods refuse it")
+    add_method_arguments(parser, METHODS, method)
+    add_output_arguments(parser)
+    add_runtime_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def add_target_arguments(parser) -> None:
     what = parser.add_argument_group("what to erase (classes, or prompts for text-to-image models)")
     what.add_argument("--forget-class", help="class id(s) to erase, e.g. '7' or '1,3'")
     what.add_argument("--forget-random", type=float, default=None,
@@ -44,6 +62,9 @@ def register(commands, method: str = "sfron") -> None:
     what.add_argument("--retain-prompts", type=Path, help="CSV of prompts to keep, e.g. not-nsfw.csv")
     what.add_argument("--replacement-prompt", help="pseudo target of --forget-objective pseudo: eps(x_t, forget prompt) "
                                                    "is pulled toward the frozen eps(x_t, replacement prompt)")
+
+
+def add_data_arguments(parser) -> None:
     data = parser.add_argument_group("forget and remain images")
     data.add_argument("--data", default="auto",
                       help="'mnist', 'digits', a folder with one subfolder per class, a folder written by "
@@ -55,6 +76,10 @@ def register(commands, method: str = "sfron") -> None:
                       help="with --data generated: sampling steps per image (default: %(default)s)")
     data.add_argument("--data-cache", type=Path, default=None,
                       help="with --data generated: reuse or fill this folder (default: OUT/generated)")
+
+
+def add_model_arguments(parser) -> None:
+    """The denoiser's trained parameters, gradient checkpointing and the FA probe."""
     model = parser.add_argument_group("model options")
     model.add_argument("--train-params", default="full", choices=("full", "xattn", "noxattn"),
                        help="text-to-image models: which denoiser parameters train: all; xattn, the attention "
@@ -71,18 +96,6 @@ def register(commands, method: str = "sfron") -> None:
     probe.add_argument("--monitor-steps", type=int, default=25, help="DDIM steps per probe sample (default: %(default)s)")
     probe.add_argument("--monitor-classifier", default="digits",
                        help="classifier judging the probe: 'digits' (shipped) or a folder (default: %(default)s)")
-    parser.add_argument("--method", default="sfron", choices=sorted(METHODS), help="erasure method (default: %(default)s)")
-    parser.add_argument("--preset", default="auto",
-                        help="named settings under the flags you give: 'auto' = the model's backbone's (sfron/joint: "
-                             "cfg_unet, dit, stable_diffusion; see erase/sfron.py SFRON_PRESETS), a backbone name, or "
-                             "'none' for the method's plain defaults; run.json records it (default: %(default)s)")
-    parser.add_argument("--mask", default=None,
-                        help="reuse a saliency mask (mask.safetensors of an earlier run) instead of computing one; "
-                             "sfron, joint, nabla_tau and salun read masks, the other methods refuse it")
-    add_method_arguments(parser, METHODS, method)
-    add_output_arguments(parser)
-    add_runtime_arguments(parser)
-    parser.set_defaults(run=run)
 
 
 def run(args) -> None:
