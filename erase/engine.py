@@ -416,6 +416,25 @@ class UnlearnRun:
     def params(self) -> dict[str, torch.nn.Parameter]:
         return trainable_parameters(self.adapter.denoiser)
 
+    def remain_part(self, weight: float, antithetic: bool) -> Callable[[], tuple]:
+        """The remain step's loss function every method shares: `weight` x the mean denoising loss of the next
+        remain batch, logged unweighted."""
+        def part():
+            losses, _ = self.next_losses("remain", antithetic)
+            return weight * losses.mean(), losses.mean()
+
+        return part
+
+    def pseudo_targets(self, forget_data, remain_data, pseudo_class: int | None, pseudo_random: bool):
+        """(the fixed pseudo class, the remaining classes on the device) that a pseudo-label forget objective maps
+        the forget conditions to; the run's conventions record the fixed class (None when drawn per sample)."""
+        from erase.objectives import default_pseudo_class
+
+        remain_classes = torch.unique(remain_data.labels).to(self.device)
+        chosen = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist(), pseudo_class)
+        self.conventions["pseudo_class"] = None if pseudo_random else chosen
+        return chosen, remain_classes
+
     def next_losses(self, which: str, antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample denoising losses of the next forget or remain batch (reduced over pixels as the run's
         conventions say; remain conditions dropped to null at the run's remain label-dropout rate), and its

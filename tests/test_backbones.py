@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler, DiTPipeline, StableDiffusionPipeline
 from erase.data import ImageDataset
 from erase.engine import Runtime
 from erase.saliency import load_mask, trainable_parameters
-from erase.sfron import SFRonConfig, sfron
+from erase.methods.sfron import SFRonConfig, sfron
 from erase.pipelines import load_adapter
 from erase.pipelines.dit import DiTAdapter, tiny_dit
 from erase.pipelines.latent import tiny_vae

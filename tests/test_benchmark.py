@@ -8,7 +8,7 @@ from PIL import Image
 
 from erase.data import split_by_class
 from erase.engine import Monitor, Runtime
-from erase.sfron import SFRonConfig, sfron
+from erase.methods.sfron import SFRonConfig, sfron
 from erase.eval.probe import first_step_below
 from erase.cli.main import main
 from tests.conftest import tiny_adapter

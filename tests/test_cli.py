@@ -171,7 +171,7 @@ def test_torchvision_is_not_installed():
 
 
 def test_the_backbone_preset_applies_under_given_flags_and_run_json_records_it(trained_model_dir, tmp_path, capsys):
-    from erase.sfron import SFRON_PRESETS
+    from erase.methods.sfron import SFRON_PRESETS
 
     out = tmp_path / "auto"
     code, err = run_cli(capsys, *UNLEARN, "--model", trained_model_dir, "--forget-class", "7", "--lr", "3e-4",

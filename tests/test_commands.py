@@ -124,7 +124,7 @@ def test_ablation_at_toy_size_writes_one_scored_row_per_change_and_the_defaults_
 
 
 def test_run_cache_key_moves_with_its_own_methods_preset_only(monkeypatch):
-    from erase.sfron import SFRON_PRESETS
+    from erase.methods.sfron import SFRON_PRESETS
     from erase.cli.harness import method_defaults, unlearn_method
 
     assert unlearn_method(["--model", "m", "--forget-class", 1, "--method", "rl", "--steps", 3]) == "rl"

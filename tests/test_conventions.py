@@ -9,9 +9,9 @@ import torch
 
 from erase.data import split_by_class
 from erase.engine import Runtime
-from erase.rl import RLConfig, rl
+from erase.methods.rl import RLConfig, rl
 from erase.saliency import trainable_parameters
-from erase.sfron import SFRonConfig, sfron
+from erase.methods.sfron import SFRonConfig, sfron
 from tests.conftest import tiny_adapter
 
 B = 8

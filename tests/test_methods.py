@@ -9,15 +9,15 @@ from diffusers import StableDiffusionPipeline, UNet2DModel
 from erase.data import ImageDataset, split_by_class
 from erase.engine import Runtime
 from erase.errors import OptionError, UsageError
-from erase.esd import ESDConfig, esd, esd_target
-from erase.ga import GAConfig, ga
+from erase.methods.esd import ESDConfig, esd, esd_target
+from erase.methods.ga import GAConfig, ga
 from erase.methods import METHODS
-from erase.nabla_tau import NablaTauConfig, gap_slope, nabla_tau, nabla_tau_forget_term
+from erase.methods.nabla_tau import NablaTauConfig, gap_slope, nabla_tau, nabla_tau_forget_term
 from erase.objectives import denoising_losses, pseudo_target_losses
-from erase.rl import RLConfig, rl
-from erase.sa import SAConfig, add_ewc_gradient, sa
+from erase.methods.rl import RLConfig, rl
+from erase.methods.sa import SAConfig, add_ewc_gradient, sa
 from erase.saliency import top_fraction_mask, trainable_parameters
-from erase.salun import SalUnConfig, salun
+from erase.methods.salun import SalUnConfig, salun
 from erase.eval.losses import fixed_draw_loss
 from erase.pipelines import load_adapter
 from erase.cli.main import main
@@ -289,8 +289,8 @@ def test_sa_ewc_gradient_matches_autograd_and_the_run_records_its_penalty(traine
 
 
 def test_joint_takes_one_summed_step_per_iteration_where_sfron_takes_two(trained_model_dir, digit_split, monkeypatch):
-    from erase.joint import joint
-    from erase.sfron import SFRonConfig, sfron
+    from erase.methods.joint import joint
+    from erase.methods.sfron import SFRonConfig, sfron
 
     forget, remain = digit_split
     adapter = load_adapter(trained_model_dir)

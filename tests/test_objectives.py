@@ -5,7 +5,7 @@ import torch
 
 from erase.objectives import adaptive_ascent_loss, adaptive_weights, gradient_ascent_loss
 from erase.pipelines.targets import NoisePrediction
-from erase.sfron import alpha_schedule
+from erase.methods.sfron import alpha_schedule
 
 
 def test_adaptive_weights_match_the_formula_and_sum_to_batch_size():

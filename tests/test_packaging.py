@@ -39,7 +39,7 @@ def test_the_wheel_carries_the_shipped_model_and_classifier_byte_for_byte(wheel)
         for name in SHIPPED_FILES:
             assert name in names, f"{name} is not in {wheel.name}"
             assert archive.read(name) == (ROOT / name).read_bytes(), name
-        assert "erase/cli/main.py" in names and "erase/sfron.py" in names
+        assert "erase/cli/main.py" in names and "erase/methods/sfron.py" in names
 
 
 def test_the_wheel_installs_one_top_level_name_erase(wheel):

@@ -7,7 +7,7 @@ import torch
 
 from erase.data import load_dataset, split_by_class
 from erase.engine import Runtime
-from erase.ga import GAConfig, ga
+from erase.methods.ga import GAConfig, ga
 from erase.eval.classifier import load_classifier
 from erase.eval.probe import forgetting_probe
 from erase.eval.relearn import RELEARN_IMAGES, relearn_curve

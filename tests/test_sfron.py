@@ -6,7 +6,7 @@ from erase.engine import MaskedUpdate, Runtime, Stepper, make_accelerator
 from erase.errors import NonFiniteLossError
 from erase.objectives import denoising_losses
 from erase.saliency import trainable_parameters
-from erase.sfron import SFRonConfig, sfron
+from erase.methods.sfron import SFRonConfig, sfron
 from erase.eval.losses import fixed_draw_loss
 from erase.pipelines import load_adapter
 from tests.conftest import tiny_adapter

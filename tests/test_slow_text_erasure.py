@@ -11,7 +11,7 @@ import pytest
 
 from erase.data import ImageDataset, mnist, split_by_class
 from erase.engine import Runtime
-from erase.sfron import SFRonConfig, sfron
+from erase.methods.sfron import SFRonConfig, sfron
 from erase.train import TrainConfig, train
 from erase.eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
 from erase.eval.generate import Job, generate

@@ -155,7 +155,7 @@ def write_ablation_report(results: dict, grid: dict, directory: Path) -> Path:
         "",
         f"Model `{results['model']}` at guidance scale {results['guidance_scale']:g}; digit {k} is a development digit "
         "(the benchmark erases 1, 3 and 7; the cfg_unet preset's schedule was chosen on sweeps over digits 1, 3, 5 and "
-        "7, erase/sfron.py says which, so the benchmark's digits are not held out from it). Each row "
+        "7, erase/methods/sfron.py says which, so the benchmark's digits are not held out from it). Each row "
         "changes one thing against the row above; every model is sampled with the same seeds: "
         f"{results['per_class']} images per digit, DDIM {results['sample_steps']} steps, and judged by the shipped "
         "digit classifier. FA: share of digit-{k} samples classified as {k}; mean RA: accuracy on the other nine; "

@@ -20,7 +20,7 @@ from erase.cli.tuning import DEV_CLASSES, TUNE_PER_CLASS
 SETTINGS = {
     "sfron": [],  # the defaults users get: the cfg_unet preset (official DDPM conventions, docs/ablation.md)
     "joint": [],
-    "nabla_tau": [],  # the cfg_unet preset (erase/nabla_tau.py NABLA_TAU_PRESETS, docs/nabla-tau.md)
+    "nabla_tau": [],  # the cfg_unet preset (erase/methods/nabla_tau.py NABLA_TAU_PRESETS, docs/nabla-tau.md)
     "ga": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],  # SalUn DDPM: 1000 at 1e-5 -> 100 at 1e-4
     "rl": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
     "salun": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],

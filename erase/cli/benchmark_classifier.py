@@ -25,7 +25,7 @@ def register(commands) -> None:
         "benchmark-classifier", help="classifier unlearning: every method vs retraining, on accuracy and MIA",
         description="Trains (or reuses) a digit classifier (`erase train-classifier`) and, per scenario, the same "
                     "recipe without the forget set (RT); erases the forget set from the classifier with every method "
-                    "at its classifier preset (erase/methods.py CLASSIFIER_PRESETS); scores forget / retain / test "
+                    "at its classifier preset (erase/methods/__init__.py CLASSIFIER_PRESETS); scores forget / retain / test "
                     "accuracy, two membership-inference attacks (logistic regression on per-sample loss, and on "
                     "output entropy: forget images vs held-out test images, balanced, 10-fold CV; 50%% = the attacker "
                     "cannot tell) and SalUn's MIA-efficacy, each with its gap to RT, and wall time as a share of "
@@ -258,7 +258,7 @@ def report_lines(results: dict, args) -> list[str]:
         "digits; per class 100 test and 50 validation images held out, the rest, 3500, trains; 30 epochs, no "
         f"augmentation), trained once per seed ({', '.join(map(str, seeds))}). Base accuracy, mean over seeds: "
         f"{', '.join(f'{k} {v:.2%}' for k, v in results['base']['accuracy'].items())}. RT = the same recipe and "
-        "seed without the forget set. Methods run `erase unlearn` at their classifier preset (erase/methods.py "
+        "seed without the forget set. Methods run `erase unlearn` at their classifier preset (erase/methods/__init__.py "
         "CLASSIFIER_PRESETS) with the same seed.",
         "",
         "Columns, in percent: accuracy on the forget set, on the rest of the training split (retain) and on the test "

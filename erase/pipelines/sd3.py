@@ -45,7 +45,7 @@ class StableDiffusion3Adapter(PromptConditioning, AdapterBase):
     text_encoder_names = ('text_encoder', 'text_encoder_2', 'text_encoder_3')
     pipeline_class = "StableDiffusion3Pipeline"
     trained_component = "transformer"
-    preset = "stable_diffusion"  # SFR-on's Stable Diffusion settings (erase/sfron.py PRESETS)
+    preset = "stable_diffusion"  # SFR-on's Stable Diffusion settings (erase/methods/sfron.py PRESETS)
     default_data = "generated"
     output_layers = SD3_OUTPUT_LAYERS
     text_attention_rule = ("joint attention of the MMDiT blocks (transformer_blocks.*.attn.*: image to_q/to_k/to_v/"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from erase.config import documented
 from erase.engine import MaskedUpdate, Runtime, endless_batches
 from erase.objectives import require_conditional
-from erase.rl import RELABEL_INSTEAD, RELABEL_ZERO, RLConfig, relabel_parts, start_relabel_run
+from erase.methods.rl import RELABEL_INSTEAD, RELABEL_ZERO, RLConfig, relabel_parts, start_relabel_run
 from erase.saliency import gradient_magnitude, top_fraction_mask
 from erase.memory import release_freed_memory
 from erase.sharding import shard_mask

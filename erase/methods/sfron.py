@@ -23,7 +23,6 @@ from erase.engine import (
 )
 from erase.objectives import (
     adaptive_ascent_loss,
-    default_pseudo_class,
     denoising_losses,
     gradient_ascent_loss,
     pseudo_labels,
@@ -207,11 +206,7 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
     masked = MaskedUpdate(run.params(), mask, restore=config.mask_mode == "restore")
     forget_loss = make_forget_loss(run, forget_data, remain_data, config)
 
-    def remain_loss():
-        losses, _ = run.next_losses("remain", config.antithetic)
-        return config.remain_alpha * losses.mean(), losses.mean()
-
-    return run, mask, masked, forget_loss, remain_loss
+    return run, mask, masked, forget_loss, run.remain_part(config.remain_alpha, config.antithetic)
 
 
 def sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime = Runtime(), mask=None,
@@ -246,12 +241,10 @@ def make_forget_loss(run, forget_data, remain_data, config: SFRonConfig):
     """
     adapter = run.adapter
     reduction = run.conventions["forget_reduction"]
-    remain_classes = torch.unique(remain_data.labels).to(run.device)  # pseudo labels are drawn from these
-    pseudo_class = None
+    pseudo_class = remain_classes = None
     if config.forget_objective == "pseudo":
-        pseudo_class = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist(),
-                                            config.pseudo_class)
-        run.conventions["pseudo_class"] = None if config.pseudo_random else pseudo_class
+        pseudo_class, remain_classes = run.pseudo_targets(forget_data, remain_data, config.pseudo_class,
+                                                          config.pseudo_random)
 
     def forget_loss(alpha: float):
         images, labels = next(run.forget_batches)

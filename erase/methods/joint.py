@@ -9,7 +9,7 @@ fast-slow (remain-geometry) update buys.
 from __future__ import annotations
 
 from erase.engine import Runtime
-from erase.sfron import SFRonConfig, alpha_schedule, prepare_sfron
+from erase.methods.sfron import SFRonConfig, alpha_schedule, prepare_sfron
 
 
 def joint(adapter, forget_data, remain_data, config: SFRonConfig, runtime: Runtime = Runtime(), mask=None,

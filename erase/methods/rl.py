@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 
 from erase.config import documented
 from erase.engine import Runtime, remain_label_dropout_field, start_run
-from erase.objectives import default_pseudo_class, pseudo_labels, pseudo_target_losses, require_conditional
+from erase.objectives import pseudo_labels, pseudo_target_losses, require_conditional
 
 RELABEL_ZERO = "its forget loss, the squared gap eps(x_t, c_forget) - eps(x_t, c_pseudo),"
 RELABEL_INSTEAD = "use --method ga, or sfron with --forget-objective adaptive or ga"
@@ -67,10 +66,8 @@ def start_relabel_run(adapter, forget_data, remain_data, config, runtime, monito
 def relabel_parts(run, forget_data, remain_data, config):
     """(forget part, remain part) loss functions shared by RL and SalUn."""
     adapter = run.adapter
-    remain_classes = torch.unique(remain_data.labels).to(run.device)
-    pseudo_class = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist(),
-                                        config.pseudo_class)
-    run.conventions["pseudo_class"] = None if config.pseudo_random else pseudo_class
+    pseudo_class, remain_classes = run.pseudo_targets(forget_data, remain_data, config.pseudo_class,
+                                                      config.pseudo_random)
 
     def forget_part():
         images, labels = next(run.forget_batches)
@@ -79,11 +76,7 @@ def relabel_parts(run, forget_data, remain_data, config):
                                       run.conventions["forget_reduction"])
         return losses.mean(), losses.mean()
 
-    def remain_part():
-        losses, _ = run.next_losses("remain", config.antithetic)
-        return config.remain_alpha * losses.mean(), losses.mean()
-
-    return forget_part, remain_part
+    return forget_part, run.remain_part(config.remain_alpha, config.antithetic)
 
 
 def rl(adapter, forget_data, remain_data, config: RLConfig, runtime: Runtime = Runtime(), mask=None,

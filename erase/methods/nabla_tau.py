@@ -31,7 +31,7 @@ from erase.engine import MaskedUpdate, Runtime, endless_batches, remain_label_dr
 from erase.errors import OptionError, option
 from erase.eval.losses import fixed_draw_loss, fixed_draw_losses
 from erase.memory import release_freed_memory
-from erase.objectives import (default_pseudo_class, denoising_losses, pseudo_labels, reduce_pixels,
+from erase.objectives import (denoising_losses, pseudo_labels, reduce_pixels,
                               require_conditional)
 from erase.saliency import gradient_magnitude, top_fraction_mask
 from erase.sharding import shard_mask
@@ -115,7 +115,7 @@ def nabla_tau_forget_term(losses: torch.Tensor, tau, gap: str = "relative", over
     return gaps.pow(2).mean()
 
 
-# Named settings per backbone (erase/methods.py PRESETS); cfg_unet: the directed forget term toward a random other
+# Named settings per backbone (erase/methods/__init__.py PRESETS); cfg_unet: the directed forget term toward a random other
 # class, each sample weighed by its own gap. Why these values: docs/presets.md.
 NABLA_TAU_PRESETS = {
     "cfg_unet": {"direction": "pseudo", "pseudo_random": True, "gap_over": "sample", "lr": 3e-4, "steps": 150,
@@ -228,10 +228,8 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
     bands = None  # --gap-over timestep: (band edges, tau per band)
     pseudo_class = remain_classes = None
     if config.direction == "pseudo":
-        remain_classes = torch.unique(remain_data.labels).to(run.device)
-        pseudo_class = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist(),
-                                            config.pseudo_class)
-        run.conventions["pseudo_class"] = None if config.pseudo_random else pseudo_class
+        pseudo_class, remain_classes = run.pseudo_targets(forget_data, remain_data, config.pseudo_class,
+                                                          config.pseudo_random)
 
     def refresh_tau(step: int) -> float:
         nonlocal bands
@@ -293,10 +291,7 @@ def nabla_tau(adapter, forget_data, remain_data, config: NablaTauConfig, runtime
             losses, _ = run.next_losses("forget", config.antithetic)
             return alpha * nabla_tau_forget_term(losses, state["tau"], config.gap, config.gap_over), losses.mean()
 
-        def remain_part():
-            losses, _ = run.next_losses("remain", config.antithetic)
-            return (1.0 - alpha) * losses.mean(), losses.mean()
-
+        remain_part = run.remain_part(1.0 - alpha, config.antithetic)
         forget, remain = run.stepper.step_parts([(forget_part, masked), (remain_part, masked)], restrict=masked)
         return {"forget": forget, "remain": remain}
 

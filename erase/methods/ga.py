@@ -37,9 +37,7 @@ def ga(adapter, forget_data, remain_data, config: GAConfig, runtime: Runtime = R
         losses, _ = run.next_losses("forget", config.antithetic)
         return -losses.mean(), losses.mean()
 
-    def remain_part():
-        losses, _ = run.next_losses("remain", config.antithetic)
-        return config.remain_alpha * losses.mean(), losses.mean()
+    remain_part = run.remain_part(config.remain_alpha, config.antithetic)
 
     def iteration(step: int) -> dict:
         if config.remain_alpha == 0:

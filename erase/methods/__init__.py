@@ -4,14 +4,14 @@ Every method is `method(adapter, forget_data, remain_data, config, runtime, mask
 (`monitor`: an engine.Monitor evaluated every few steps, untimed) and returns the same fields (mask or None, mask sparsity, per-step losses, timings per phase, device, a method-specific record).
 """
 
-from erase.esd import ESDConfig, esd
-from erase.ga import GAConfig, ga
-from erase.joint import joint
-from erase.nabla_tau import NABLA_TAU_PRESETS, NablaTauConfig, nabla_tau
-from erase.rl import RLConfig, rl
-from erase.sa import SAConfig, sa
-from erase.salun import SalUnConfig, salun
-from erase.sfron import SFRON_PRESETS, SFRonConfig, sfron
+from erase.methods.esd import ESDConfig, esd
+from erase.methods.ga import GAConfig, ga
+from erase.methods.joint import joint
+from erase.methods.nabla_tau import NABLA_TAU_PRESETS, NablaTauConfig, nabla_tau
+from erase.methods.rl import RLConfig, rl
+from erase.methods.sa import SAConfig, sa
+from erase.methods.salun import SalUnConfig, salun
+from erase.methods.sfron import SFRON_PRESETS, SFRonConfig, sfron
 
 METHODS = {
     "sfron": (sfron, SFRonConfig),
