@@ -69,13 +69,13 @@ def split_options(method: str, options: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in options.items() if k in own}, {k: v for k, v in options.items() if k in runtime_fields})
 
 
-def read_targets(adapter, forget, retain, forget_random):
+def read_targets(adapter, forget, remain, forget_random):
     """The forget and remain conditions, checked against what the model takes: class ids (ints, or strings like
     '1,3' for class models), prompts (strings) or prompt CSV files (paths) for text-to-image models."""
     from erase.eval.prompts import PromptRow, read_prompts
     from erase.sources import Targets
 
-    forget_items, retain_items = as_list(forget), as_list(retain)
+    forget_items, remain_items = as_list(forget), as_list(remain)
     if forget_random is not None:
         if adapter.generative:
             raise OptionError(f"{option('--forget-random')} forgets a share of a classifier's training split; for this "
@@ -108,9 +108,9 @@ def read_targets(adapter, forget, retain, forget_random):
                     raise OptionError(f"{item!r} is not a prompt; pass strings or prompt CSV paths")
             return out
 
-        remain_rows = rows(retain_items)
+        remain_rows = rows(remain_items)
         if not remain_rows:
-            raise OptionError(f"give prompts to keep ({option('--retain-prompt or --retain-prompts', 'retain=[prompts]')}): "
+            raise OptionError(f"give prompts to keep ({option('--remain-prompt or --remain-prompts', 'remain=[prompts]')}): "
                               "the remain step needs them")
         return Targets(rows(forget_items), remain_rows)
     if adapter.takes_prompts:
@@ -119,11 +119,11 @@ def read_targets(adapter, forget, retain, forget_random):
     forget_ids = class_ids(forget_items, option("--forget-class", "forget"))
     if adapter.conditional:
         adapter.check_class_ids(forget_ids)
-    remain_ids = class_ids(retain_items, option("--remain-classes", "retain")) if retain_items else None
+    remain_ids = class_ids(remain_items, option("--remain-classes", "remain")) if remain_items else None
     return Targets(forget_ids, remain_ids)
 
 
-def load_data(adapter, targets, *, data, forget_random, retain_given: bool, data_cache, images_per_condition: int,
+def load_data(adapter, targets, *, data, forget_random, remain_given: bool, data_cache, images_per_condition: int,
               generation_steps: int, seed: int, staging_hint: Path):
     """(forget set, remain set, record of where they came from)."""
     from erase.data import load_dataset, split_by_class
@@ -137,8 +137,8 @@ def load_data(adapter, targets, *, data, forget_random, retain_given: bool, data
         if source != "auto":
             raise OptionError(f"{option('--data')} {source!r}: a classifier unlearns the training split it recorded; "
                               f"leave {option('--data')} out")
-        if retain_given:
-            raise OptionError(f"{option('--remain-classes', 'retain')} does not apply to a classifier: it keeps every "
+        if remain_given:
+            raise OptionError(f"{option('--remain-classes', 'remain')} does not apply to a classifier: it keeps every "
                               "image it does not forget")
         parts = classifier_data(adapter.info, targets.forget or None, forget_random)
         targets.remain = sorted(set(parts["remain"].labels.tolist()))
@@ -177,7 +177,7 @@ def load_data(adapter, targets, *, data, forget_random, retain_given: bool, data
 
         remain = remain.subset(torch.isin(remain.labels, torch.as_tensor(targets.remain)), "remain")
         if len(remain) == 0:
-            raise DataError(f"{option('--remain-classes', 'retain')} {targets.remain} has no images in {source}")
+            raise DataError(f"{option('--remain-classes', 'remain')} {targets.remain} has no images in {source}")
     return forget, remain, {"source": source, "held_out_excluded": bool(held and held["data"] == source)}
 
 
@@ -199,7 +199,7 @@ def make_monitor(adapter, targets, every: int, samples: int, steps: int, classif
 def unlearn(
     model,
     forget=None,
-    retain=None,
+    remain=None,
     method: str = "sfron",
     *,
     model_config: str | os.PathLike | None = None,
@@ -234,8 +234,9 @@ def unlearn(
         Or a single-file checkpoint (`.safetensors`, original CompVis / A1111 layout; never modified) with
         `model_config` = a local diffusers folder of its family (configs, tokenizer; erase/pipelines/single_file.py):
         it comes back as a pipeline of that folder's class. Pickle checkpoints (.ckpt, .pt, .bin) are refused.
-    forget / retain: class ids (`7`, `[1, 3]`, `"0-4"`) for class models; prompts (strings) or prompt CSV files
-        (`pathlib.Path`) for text-to-image models. `retain` defaults to every other class; prompts need it.
+    forget / remain: class ids (`7`, `[1, 3]`, `"0-4"`) for class models; prompts (strings) or prompt CSV files
+        (`pathlib.Path`) for text-to-image models. `remain` defaults to every other class; prompts need it.
+        (`retain=` is the deprecated name of `remain=`.)
     method: one of erase.methods.METHODS ("sfron", "joint", "nabla_tau", "ga", "rl", "salun", "esd", "sa").
     **options: the method's config fields (`lr=1e-5`, `steps=100`; see help(erase.methods.SFRonConfig)) and runtime
         fields (`seed`, `mixed_precision`, `cpu`, ...; erase.engine.Runtime), the flags of `erase unlearn`.
@@ -254,6 +255,14 @@ def unlearn(
     from erase.models import to_diffusers
     from erase.record import check_output_dir, checkpoint_folder, discard_checkpoints
 
+    if "retain" in options:  # the name before "remain" was chosen for the kept set everywhere
+        import warnings
+
+        warnings.warn("erase.unlearn(retain=...) is deprecated; pass remain=... (the same set)", DeprecationWarning,
+                      stacklevel=2)
+        if remain is not None:
+            raise OptionError("pass remain=... alone: retain= is its deprecated name")
+        remain = options.pop("retain")
     check_method_name(method, mask, runtime, options)
     folder_input = isinstance(model, (str, os.PathLike))
     if out is not None:
@@ -267,7 +276,7 @@ def unlearn(
     checkpoints = checkpoint_folder(out, runtime, overwrite)
     resumed_from = str(find_state(runtime.resume)) if runtime.resume is not None else None
     gradient_checkpointing = select_trainable(adapter, train_params, gradient_checkpointing)
-    targets = read_targets(adapter, forget, retain, forget_random)
+    targets = read_targets(adapter, forget, remain, forget_random)
     if replacement_prompt is not None:
         config = with_replacement_prompt(config, adapter, replacement_prompt)
     monitor = make_monitor(adapter, targets, monitor_every, monitor_samples, monitor_steps, monitor_classifier,
@@ -275,7 +284,7 @@ def unlearn(
     saliency = read_mask(mask, resumed_from)
     with tempfile.TemporaryDirectory(prefix="erase-generated-") as scratch:
         forget_set, remain_set, data_record, data_phase = load_run_data(
-            adapter, targets, runtime, data=data, forget_random=forget_random, retain_given=bool(as_list(retain)),
+            adapter, targets, runtime, data=data, forget_random=forget_random, remain_given=bool(as_list(remain)),
             data_cache=data_cache, images_per_condition=images_per_condition, generation_steps=generation_steps,
             staging_hint=Path(scratch) / "generated")
         check_pseudo_class(config, replacement_prompt, remain_set)

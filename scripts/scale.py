@@ -317,7 +317,7 @@ def run_unlearn(case: Case, pipeline, quick: bool) -> dict:
     forget, retain = CONDITIONS[case.model]
     options = {**UNLEARN, **METHOD_OPTIONS[case.method], **case.options}
     started = time.perf_counter()
-    _, record = erase.unlearn(pipeline, forget=forget, retain=retain, method=case.method, steps=case.steps,
+    _, record = erase.unlearn(pipeline, forget=forget, remain=retain, method=case.method, steps=case.steps,
                               train_params=case.train_params, **options)
     memory = record.get("memory") or {}
     return {"seconds": time.perf_counter() - started, "memory": memory, "timings": record["timings"],

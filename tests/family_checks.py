@@ -44,7 +44,7 @@ def check_family(pipeline, tmp_path: Path, trained: str, prediction_type: str, s
 
     # the command line, from the saved folder
     out = tmp_path / "erased"
-    code = main(["unlearn", "--model", str(source), "--forget-prompt", FORGET, "--retain-prompt", RETAIN,
+    code = main(["unlearn", "--model", str(source), "--forget-prompt", FORGET, "--remain-prompt", RETAIN,
                  "--method", method, "--out", str(out), *FAST_FLAGS])
     assert code in (0, None)
     assert tree_digest(source) == digest  # the input folder is untouched
@@ -59,7 +59,7 @@ def check_family(pipeline, tmp_path: Path, trained: str, prediction_type: str, s
     assert image.ndim == 4 and image.shape[0] == 1 and bool(((image >= 0) & (image <= 1)).all())
 
     # the Python API, on the in-memory pipeline
-    erased, api_record = erase.unlearn(pipeline, forget=FORGET, retain=[RETAIN], method=method, **FAST)
+    erased, api_record = erase.unlearn(pipeline, forget=FORGET, remain=[RETAIN], method=method, **FAST)
     assert type(erased) is cls and erased is not pipeline
     assert same(state(getattr(pipeline, trained)), before)  # the caller's object is untouched
     assert not same(state(getattr(erased, trained)), before)

@@ -41,7 +41,7 @@ def test_erase_a_prompt_from_an_in_memory_stable_diffusion_pipeline(tiny_sd_pipe
 
     pipe = tiny_sd_pipeline
     before = state(pipe.unet)
-    erased, record = erase.unlearn(pipe, forget="a photo of a cat", retain=["a photo of a dog"], method="sfron",
+    erased, record = erase.unlearn(pipe, forget="a photo of a cat", remain=["a photo of a dog"], method="sfron",
                                    images_per_condition=2, generation_steps=2, **FAST)
 
     assert type(erased) is StableDiffusionPipeline and erased is not pipe
@@ -198,7 +198,7 @@ def test_an_in_memory_dit_pipeline_comes_back_as_one_that_plain_diffusers_sample
     torch.manual_seed(0)
     pipe = DiTPipeline(transformer=tiny_dit(), vae=tiny_vae(), scheduler=DDPMScheduler(num_train_timesteps=1000),
                        id2label={0: "tench, Tinca tinca", 1: "goldfish"})
-    erased, record = erase.unlearn(pipe, forget=1, retain=[0, 2], data="generated", images_per_condition=1,
+    erased, record = erase.unlearn(pipe, forget=1, remain=[0, 2], data="generated", images_per_condition=1,
                                    generation_steps=2, **FAST)
     assert type(erased) is DiTPipeline and erased.labels == pipe.labels and erased.vae is pipe.vae
     assert record["forget"] == [1] and record["remain"] == [0, 2] and record["data"]["folder"] is None
@@ -243,3 +243,19 @@ def test_a_given_mask_confines_the_update_or_is_refused(tmp_path, method):
     confined, record = erase.unlearn(tmp_path / "base", mask=tmp_path / "zeros.safetensors", **common)
     assert record["mask_from"] == str(tmp_path / "zeros.safetensors")
     assert not same(state(free.unet), state(confined.unet))
+
+
+def test_retain_is_the_deprecated_name_of_remain_in_the_api_and_on_the_command_line(capsys):
+    """One word for the kept set: "remain". The old spellings still work for a release and say so in one line."""
+    from erase.cli.main import build_parser
+
+    argv = ["unlearn", "--model", "m", "--forget-prompt", "a cat", "--retain-prompt", "a dog", "--remain-prompt",
+            "a cow", "--retain-prompts", "keep.csv", "--out", "o"]
+    args = build_parser(argv).parse_args(argv)
+    assert args.remain_prompt == ["a dog", "a cow"] and str(args.remain_prompts) == "keep.csv"
+    err = capsys.readouterr().err
+    assert "--retain-prompt is deprecated; use --remain-prompt" in err
+    assert "--retain-prompts is deprecated; use --remain-prompts" in err and err.count("\n") == 2
+    with pytest.warns(DeprecationWarning, match="remain="):
+        with pytest.raises(erase.OptionError, match="remain=... alone"):
+            erase.unlearn("nowhere", forget=7, remain=[1], retain=[2])

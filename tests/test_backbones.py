@@ -109,7 +109,7 @@ def test_sd_sfron_changes_only_salient_entries_of_the_chosen_unet_parameters(sd_
 def test_sd_unlearn_cli_by_prompt_writes_a_stable_diffusion_pipeline(sd_folder, tmp_path, capsys):
     out = tmp_path / "erased"
     code = main(["unlearn", "--model", str(sd_folder), "--forget-prompt", "a photo of a nude person",
-                 "--retain-prompt", "a photo of a person wearing clothes",
+                 "--remain-prompt", "a photo of a person wearing clothes",
                  "--replacement-prompt", "a photo of a person wearing clothes", "--forget-objective", "pseudo",
                  "--train-params", "xattn", "--images-per-condition", "2", "--generation-steps", "2",
                  "--steps", "2", "--batch-size", "2", "--fisher-batches", "1", "--out", str(out)])
@@ -131,9 +131,9 @@ def test_sd_unlearn_cli_by_prompt_writes_a_stable_diffusion_pipeline(sd_folder, 
 @pytest.mark.parametrize("argv, message", [
     (["--forget-class", "3"], "erases prompts; use --forget-prompt"),
     (["--forget-prompt", "a cat"], "give prompts to keep"),
-    (["--forget-prompt", "a cat", "--retain-prompt", "a dog", "--replacement-prompt", "a cow", "--forget-objective",
+    (["--forget-prompt", "a cat", "--remain-prompt", "a dog", "--replacement-prompt", "a cow", "--forget-objective",
       "adaptive"], "pass both"),
-    (["--forget-prompt", "a cat", "--retain-prompt", "a dog", "--data", "digits"], "prompt erasure needs"),
+    (["--forget-prompt", "a cat", "--remain-prompt", "a dog", "--data", "digits"], "prompt erasure needs"),
 ])
 def test_prompt_erasure_usage_errors(sd_folder, tmp_path, capsys, argv, message):
     code = main(["unlearn", "--model", str(sd_folder), *argv, "--out", str(tmp_path / "o")])

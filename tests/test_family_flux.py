@@ -95,7 +95,7 @@ def test_xattn_trains_only_the_attention_of_the_blocks(tmp_path):
         assert p.requires_grad == (not attention_parameter(name) and not name.startswith(frozen)), name
 
     before = state(pipeline.transformer)
-    erased, record = erase.unlearn(pipeline, forget=FORGET, retain=[RETAIN], train_params="xattn", **FAST)
+    erased, record = erase.unlearn(pipeline, forget=FORGET, remain=[RETAIN], train_params="xattn", **FAST)
     assert record["train_params"] == "xattn"
     after = state(erased.transformer)
     moved = {name for name in before if not torch.equal(before[name], after[name])}

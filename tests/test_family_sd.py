@@ -113,7 +113,7 @@ def test_every_method_runs_on_v_prediction_and_flow_models_and_moves_the_weights
 
         pipeline, trained = sd3_pipeline(tmp_path, with_t5=False), "transformer"
     before = state(getattr(pipeline, trained))
-    erased, record = erase.unlearn(pipeline, forget="a photo of a cat", retain=["a photo of a dog"], method=method,
+    erased, record = erase.unlearn(pipeline, forget="a photo of a cat", remain=["a photo of a dog"], method=method,
                                    steps=1, batch_size=1, images_per_condition=1, generation_steps=2,
                                    **METHOD_OPTIONS[method])
     assert record["training_target"]["prediction_type"] == family

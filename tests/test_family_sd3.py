@@ -93,7 +93,7 @@ def test_sd3_xattn_trains_only_the_joint_attention(tmp_path):
     adapter.select_trainable("full")
 
     before = state(pipeline.transformer)
-    erased, record = erase.unlearn(pipeline, forget=FORGET, retain=[RETAIN], method="sfron", train_params="xattn",
+    erased, record = erase.unlearn(pipeline, forget=FORGET, remain=[RETAIN], method="sfron", train_params="xattn",
                                    **FAST)
     after = state(erased.transformer)
     moved = {name for name in before if not torch.equal(before[name], after[name])}

@@ -185,7 +185,7 @@ def test_bf16_frozen_parts_are_copies_the_callers_pipeline_and_the_saved_folder_
                                    unet=parts.denoiser, scheduler=parts.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     before = {name: t.clone() for name, t in pipe.vae.state_dict().items()}
-    erased, record = erase.unlearn(pipe, forget="a photo of a cat", retain=["a photo of a dog"], steps=2,
+    erased, record = erase.unlearn(pipe, forget="a photo of a cat", remain=["a photo of a dog"], steps=2,
                                    fisher_batches=1, batch_size=2, images_per_condition=2, generation_steps=2,
                                    frozen_dtype="bf16", out=tmp_path / "out")
     assert record["memory"]["frozen_dtype"] == "bfloat16"

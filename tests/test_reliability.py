@@ -152,8 +152,8 @@ def no_class_folders(tmp_path: Path, models: dict) -> dict:
 CLASS_FOLDER = ["unlearn", "--model", "{model}", "--data", "{data}", "--forget-class", "1", "--steps", "2",
                 "--batch-size", "2", "--fisher-batches", "1"]
 PROMPTS = ["sample", "--model", "{sd}", "--prompts", "{prompts}", "--n-per-condition", "1"]
-SD_UNLEARN = ["unlearn", "--model", "{sd}", "--forget-prompt", "a cat", "--retain-prompt", "a dog", "--steps", "1"]
-UNLEARN_PROMPTS = ["unlearn", "--model", "{sd}", "--forget-prompts", "{prompts}", "--retain-prompt", "a dog",
+SD_UNLEARN = ["unlearn", "--model", "{sd}", "--forget-prompt", "a cat", "--remain-prompt", "a dog", "--steps", "1"]
+UNLEARN_PROMPTS = ["unlearn", "--model", "{sd}", "--forget-prompts", "{prompts}", "--remain-prompt", "a dog",
                    "--steps", "1"]
 DDPM = ["unlearn", "--model", "{ddpm}", "--data", "digits", "--forget-class", "7", "--steps", "2", "--batch-size", "8"]
 GRID = ["grid", "--model", "a={model}", "--classes", "0,1", "--seeds", "0", "--steps", "2"]
@@ -204,7 +204,7 @@ def without(key: str):
     return lambda weights: {k: v for k, v in weights.items() if k != key}
 
 
-SD_FILE = ["unlearn", "--model", "{file}", "--model-config", "{sd}", "--forget-prompt", "a cat", "--retain-prompt",
+SD_FILE = ["unlearn", "--model", "{file}", "--model-config", "{sd}", "--forget-prompt", "a cat", "--remain-prompt",
            "a dog", "--steps", "1"]
 SAMPLE_FILE = ["sample", "--model", "{file}", "--prompts", "{nowhere}", "--n-per-condition", "1"]
 

@@ -100,7 +100,7 @@ def test_erase_unlearn_command_writes_a_plain_diffusers_folder_and_leaves_the_fi
     before, config_before = digest(file), tree_digest(config)
     out = tmp_path / "out"
     code = main(["unlearn", "--model", str(file), "--model-config", str(config), "--forget-prompt", "a photo of a cat",
-                 "--retain-prompt", "a photo of a dog", "--steps", "2", "--batch-size", "1", "--fisher-batches", "1",
+                 "--remain-prompt", "a photo of a dog", "--steps", "2", "--batch-size", "1", "--fisher-batches", "1",
                  "--images-per-condition", "1", "--generation-steps", "2", "--out", str(out)])
     assert code == 0
     assert digest(file) == before and tree_digest(config) == config_before
@@ -125,7 +125,7 @@ def test_python_api_takes_model_config_and_gives_back_a_pipeline(checkpoint):
 
     file, config, weights = checkpoint
     before = digest(file)
-    erased, record = erase.unlearn(file, forget=["a photo of a cat"], retain=["a photo of a dog"], method="esd",
+    erased, record = erase.unlearn(file, forget=["a photo of a cat"], remain=["a photo of a dog"], method="esd",
                                    model_config=config, steps=1, batch_size=1, ddim_steps=2, seed=0)
     assert type(erased) is StableDiffusionPipeline and record["model"] == str(file)
     assert erased.config["_erase"]["erased"]["method"] == "esd"

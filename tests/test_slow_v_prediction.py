@@ -62,7 +62,7 @@ def digit_scores(folder: Path, scratch: Path) -> dict:
 
 def erase_seven(model: Path, out: Path, retain_csv: Path) -> float:
     return erase_command("unlearn", "--model", str(model), "--forget-prompt", PROMPT.format(DIGIT_WORDS[FORGET]),
-                         "--retain-prompts", str(retain_csv), "--out", str(out))
+                         "--remain-prompts", str(retain_csv), "--out", str(out))
 
 
 def set_prediction_type(folder: Path, prediction_type: str) -> None:

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from erase.api import UNLEARN_RANGES as RANGES  # noqa: F401 (tests read it); plain flags (method and runtime fields declare their own ranges)
 from erase.cli.common import add_output_arguments, add_runtime_arguments
 from erase.cli.options import add_method_arguments
 from erase.methods import METHODS
+
+
+class Renamed(argparse.Action):
+    """A flag whose second spelling is a deprecated name: used, it still works and prints one line saying so."""
+
+    def __init__(self, option_strings, dest, append: bool = False, **kwargs):
+        self.append = append
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != self.option_strings[0]:
+            print(f"{parser.prog}: {option_string} is deprecated; use {self.option_strings[0]} (the same set)",
+                  file=sys.stderr)
+        if self.append:
+            values = [*(getattr(namespace, self.dest) or []), values]
+        setattr(namespace, self.dest, values)
 
 
 def register(commands, method: str = "sfron") -> None:
@@ -58,8 +75,10 @@ def add_target_arguments(parser) -> None:
     what.add_argument("--remain-classes", help="classes to keep (default: every other class of the data or model)")
     what.add_argument("--forget-prompt", action="append", default=[], help="a prompt to erase (repeatable)")
     what.add_argument("--forget-prompts", type=Path, help="CSV of prompts to erase (I2P layout), e.g. nsfw.csv")
-    what.add_argument("--retain-prompt", action="append", default=[], help="a prompt to keep (repeatable)")
-    what.add_argument("--retain-prompts", type=Path, help="CSV of prompts to keep, e.g. not-nsfw.csv")
+    what.add_argument("--remain-prompt", "--retain-prompt", action=Renamed, append=True, default=[],
+                      help="a prompt to keep (repeatable; --retain-prompt is its deprecated name)")
+    what.add_argument("--remain-prompts", "--retain-prompts", action=Renamed, type=Path,
+                      help="CSV of prompts to keep, e.g. not-nsfw.csv (--retain-prompts is its deprecated name)")
     what.add_argument("--replacement-prompt", help="pseudo target of --forget-objective pseudo: eps(x_t, forget prompt) "
                                                    "is pulled toward the frozen eps(x_t, replacement prompt)")
 
@@ -114,12 +133,12 @@ def run(args) -> None:
     forget = [*(parse_class_ids(args.forget_class) if args.forget_class else []),
               *prompts(args.forget_prompt, args.forget_prompts)]  # erase.unlearn refuses ids and prompts together
     if args.forget_prompt or args.forget_prompts:
-        retain = prompts(args.retain_prompt, args.retain_prompts)
+        remain = prompts(args.remain_prompt, args.remain_prompts)
     else:
-        retain = parse_class_ids(args.remain_classes) if args.remain_classes else None
+        remain = parse_class_ids(args.remain_classes) if args.remain_classes else None
     given = {name for _, cls in METHODS.values() for name in cls.__dataclass_fields__ if hasattr(args, name)}
     _, record = unlearn(
-        args.model, forget, retain, args.method, model_config=args.model_config, forget_random=args.forget_random,
+        args.model, forget, remain, args.method, model_config=args.model_config, forget_random=args.forget_random,
         replacement_prompt=args.replacement_prompt, data=args.data, images_per_condition=args.images_per_condition,
         generation_steps=args.generation_steps, data_cache=args.data_cache, preset=args.preset, mask=args.mask,
         train_params=args.train_params, gradient_checkpointing=args.gradient_checkpointing,
