@@ -270,6 +270,9 @@ CASES = [
     ("mask-on-a-method-without-one", [*UNLEARN[:-2], "--method", "ga", "--mask", "{nowhere}"], None,
      r"--mask confines the update of sfron, joint, nabla_tau, salun; ga updates every trained weight and would ignore "
      r"it: leave out --mask"),
+    ("flag-of-another-method", [*UNLEARN[:-2], "--method", "ga", "--fisher-batches", "1"], None,
+     r"--fisher-batches is not an option of --method ga \(it is one of sfron, joint, sa\); see 'erase unlearn "
+     r"--method ga --help'"),
     ("score-corrupt-png", ["score", "--images", "{data}", "--classifier", "digits"], data(extra=corrupt_png),
      r"--images '.*data': 7/2\.png cannot be read as an image \(.*\); replace or remove it"),
     ("data-mixed-sizes", CLASS_FOLDER, data(sizes=((8, 8), (12, 10))),
