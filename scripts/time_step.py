@@ -1,6 +1,6 @@
 """Time one iteration of every method against one plain fine-tuning step on the same model and batch size.
 
-    python -m erase.cli.time_step [--resolution 16] [--channels 32,64] [--batch-size 64] [--steps 20] [--repeats 3]
+    python scripts/time_step.py [--resolution 16] [--channels 32,64] [--batch-size 64] [--steps 20] [--repeats 3]
 
 Runs the real loops (`erase.train.train` and each method in `erase.methods.METHODS`) and reports the median
 seconds per step of the unlearning phase (one-off phases such as Fisher, masks or replay generation excluded;
