@@ -3,7 +3,7 @@
 set -euo pipefail
 MODEL=${MODEL:-./FLUX.1-dev}
 
-# 12B parameters: the joint attention alone, sharded over four GPUs (README: 90 GB unsharded)
+# 12B parameters: the joint attention alone, sharded over four GPUs (90 GB unsharded by the README's memory model)
 accelerate launch --use_fsdp --fsdp_version 2 --num_processes 4 --num_machines 1 --mixed_precision no \
     --dynamo_backend no -m erase unlearn --model "$MODEL" \
     --forget-prompt "a photo of a church" --remain-prompt "a photo of a building" --train-params xattn \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SD 3 medium / 3.5 (flow matching, MMDiT; a folder without T5 works too and needs 9 GB less).
+# SD 3 medium / 3.5 (flow matching, MMDiT; a folder without T5 works too: 9.6 GB less by the README's memory model).
 set -euo pipefail
 MODEL=${MODEL:-./stable-diffusion-3.5-medium}
 

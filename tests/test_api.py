@@ -236,7 +236,7 @@ def test_a_given_mask_confines_the_update_or_is_refused(tmp_path, method):
     save_file(zeros, str(tmp_path / "zeros.safetensors"))
     common = dict(forget=7, method=method, steps=2, batch_size=8, data="digits", **SMALL[method])
     if method not in MASKED:
-        with pytest.raises(OptionError, match=f"updates every trained weight and would ignore it"):
+        with pytest.raises(OptionError, match="updates every trained weight and would ignore it"):
             erase.unlearn(tmp_path / "nowhere", mask=tmp_path / "zeros.safetensors", **common)
         return
     free, _ = erase.unlearn(tmp_path / "base", **common)
