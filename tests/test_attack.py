@@ -185,3 +185,14 @@ def test_the_inversion_template_places_the_new_token_where_its_braces_are(tmp_pa
     assert len(ids) == tokenizer.model_max_length
     with pytest.raises(OptionError, match="must hold one {}"):
         attack(tmp_path / "missing", forget=["x"], template="a photo of the digit")
+
+
+def test_budget_flags_of_another_attack_or_model_kind_are_refused(tmp_path, trained_model_dir):
+    """--tokens belongs to the adversarial prompt and --template to inversion on text models: elsewhere they would
+    change nothing, so they are refused before any work."""
+    with pytest.raises(OptionError, match="tokens sets the adversarial prompt's length"):
+        attack(tmp_path / "missing", forget=[7], attack="inversion", tokens=3)
+    with pytest.raises(OptionError, match="template holds the inversion token"):
+        attack(tmp_path / "missing", forget=[7], attack="relearn", template="a {}")
+    with pytest.raises(OptionError, match="template is a prompt for text models"):
+        attack(trained_model_dir, forget=[7], attack="inversion", template="a photo of {}", samples=1)

@@ -148,7 +148,13 @@ def attack(
     milestones = sorted({int(s) for s in relearn_steps})
     from erase.eval.prompt_attacks import INVERSION_TEMPLATE
 
-    template = INVERSION_TEMPLATE if template is None else str(template)
+    if tokens is not None and attack != "adversarial":
+        raise OptionError(f"{option('--tokens', 'tokens')} sets the adversarial prompt's length; the {attack} attack has "
+                          "no prompt tokens: leave it out")
+    if template is not None and attack != "inversion":
+        raise OptionError(f"{option('--template', 'template')} holds the inversion token; the {attack} attack has no "
+                          "template: leave it out")
+    given_template, template = template, INVERSION_TEMPLATE if template is None else str(template)
     if template.count("{}") != 1:
         raise OptionError(f"{option('--template', 'template')} {template!r} must hold one {{}} where the learned token goes")
     if attack == "relearn" and (not milestones or milestones[0] < 1):
@@ -178,6 +184,9 @@ def attack(
         raise OptionError(f"name what to attack with {what}: this model records nothing erased")
     if not adapter.takes_prompts:
         adapter.check_class_ids(concepts)
+        if given_template is not None:
+            raise OptionError(f"{option('--template', 'template')} is a prompt for text models; this {adapter.backbone} "
+                              "model's inversion learns a class vector: leave it out")
     defaults = {"inversion": (INVERSION_IMAGES, INVERSION_STEPS, INVERSION_LR),
                 "adversarial": (INVERSION_IMAGES, ADVERSARIAL_STEPS, ADVERSARIAL_LR),
                 "relearn": (RELEARN_IMAGES, milestones, RELEARN_LR)}[attack]
