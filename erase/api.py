@@ -72,7 +72,7 @@ def split_options(method: str, options: dict) -> tuple[dict, dict]:
 def read_targets(adapter, forget, remain, forget_random):
     """The forget and remain conditions, checked against what the model takes: class ids (ints, or strings like
     '1,3' for class models), prompts (strings) or prompt CSV files (paths) for text-to-image models."""
-    from erase.eval.prompts import PromptRow, read_prompts
+    from erase.prompts import PromptRow, read_prompts
     from erase.sources import Targets
 
     forget_items, remain_items = as_list(forget), as_list(remain)
@@ -531,15 +531,15 @@ def monitor_record(monitor, samples: int, steps: int, classifier: str) -> dict |
 def build_jobs(adapter, classes, prompts, seeds: Sequence[int], guidance_scale: float | None, limit: int | None):
     """One job per (condition, seed): `classes` (ids, or strings like '0-9') or `prompts` (strings, PromptRows or
     prompt CSV paths), checked against what the model takes; on an unconditional model, one per seed and neither."""
-    from erase.eval.generate import class_jobs, prompt_jobs
-    from erase.eval.prompts import PromptRow, read_prompts
+    from erase.sampling import class_jobs, prompt_jobs
+    from erase.prompts import PromptRow, read_prompts
 
     if not adapter.conditional:
         if classes is not None or prompts is not None:
             raise OptionError(f"this {adapter.backbone} model is unconditional: it has no classes or prompts; leave out "
                               f"{option('--classes', 'classes')} and {option('--prompts', 'prompts')} to draw "
                               f"{option('--n-per-condition', 'n_per_condition')} images")
-        from erase.eval.generate import Job
+        from erase.sampling import Job
 
         return [Job(None, s, None, {"condition": None, "seed": s}) for s in seeds]
     if (classes is None) == (prompts is None):
@@ -589,8 +589,8 @@ def sample(
     out: also write that folder (images/*.png and index.json).
     """
     from erase.config import check_ranges
-    from erase.eval.generate import generate
-    from erase.eval.images import write_images
+    from erase.sampling import generate
+    from erase.images import write_images
     from erase.models import open_model
     from erase.record import as_json, atomic_output_dir, check_output_dir, environment
 
@@ -730,35 +730,40 @@ def score(
         clip = load_clip(clip_model)  # a bad folder is refused before any image is read
     folder, pixels, records, header = scored_images(images, record)
     conditions = [r.get("condition") for r in records]
+    where = str(folder) if folder is not None else "in-memory tensor"
     if clip is not None and not all(isinstance(c, str) for c in conditions):
-        raise DataError(f"{repr(str(folder)) if folder is not None else 'the record'} has no prompt per image "
+        raise DataError(f"{repr(where) if folder is not None else 'the record'} has no prompt per image "
                         f"(index.json 'condition'); CLIP score needs images drawn with "
                         f"{option('erase sample --prompts', 'erase.sample(prompts=...)')}")
     erased = (header.get("model_info") or {}).get("erased", {})
     forget_classes = (class_ids(as_list(forget), option("--forget-class", "forget")) if forget is not None
                       else erased.get("forget_classes", []))
-    scores: dict = {"images": str(folder) if folder is not None else "in-memory tensor", "image_count": len(pixels),
-                    "resolution": list(pixels.shape[1:]), "forget_classes": forget_classes,
-                    "sampling": {k: v for k, v in header.items() if k != "environment"}}
-    timings = {}
     judge = None
     if classifier or (fid_ref and fid_features == "classifier"):
         from erase.eval.classifier import load_classifier
 
         judge = load_classifier(classifier or "digits")
-    sections = {
-        "classifier": (classifier, lambda: classifier_section(judge, str(classifier), pixels, conditions,
-                                                               forget_classes, scores["images"])),
-        "fid": (fid_ref, lambda: fid_section(pixels, conditions, forget_classes, judge, fid_ref, fid_features,
-                                             fid_classes, cache_dir)),
-        "nudity": (nudenet, lambda: nudity_section(folder, pixels, records, threshold)),
-        "clip": (clip, lambda: clip_section(pixels, conditions, clip, clip_model, erased.get("forget_prompts", []))),
-    }
-    for name, (wanted, compute) in sections.items():
-        if wanted:
-            started = time.perf_counter()
-            scores[name] = compute()
-            timings["nudenet" if name == "nudity" else name] = time.perf_counter() - started
+    metrics = {}
+    if classifier:
+        from erase.eval.metrics import ClassAccuracy
+
+        metrics["classifier"] = ClassAccuracy(judge, str(classifier), forget_classes, where)
+    if fid_ref:
+        metrics["fid"] = fid_metric(pixels.shape[1:], forget_classes, judge, fid_ref, fid_features, fid_classes,
+                                    cache_dir)
+    if nudenet:
+        from erase.eval.metrics import NudityRate
+
+        metrics["nudity"] = NudityRate(folder, threshold)
+    if clip is not None:
+        from erase.eval.metrics import PromptCLIPScore
+
+        metrics["clip"] = PromptCLIPScore(clip, str(clip_model), erased.get("forget_prompts", []))
+    scores: dict = {"images": where, "image_count": len(pixels), "resolution": list(pixels.shape[1:]),
+                    "forget_classes": forget_classes,
+                    "sampling": {k: v for k, v in header.items() if k != "environment"}}
+    results, timings = computed_metrics(metrics, pixels, conditions, [r["file"] for r in records])
+    scores.update(results)
     if nudenet:
         scores["nudity"]["images_per_second"] = len(records) / timings["nudenet"]
     scores = as_json({**scores, "timings": timings, "environment": environment()})
@@ -768,6 +773,23 @@ def score(
     return scores
 
 
+def computed_metrics(metrics: dict, pixels, conditions: list, files: list, batch_size: int = 500):
+    """Every metric updated batch by batch over the images, then computed: ({name: section}, {name: seconds})."""
+    timings = {name: 0.0 for name in metrics}
+    for start in range(0, len(pixels), batch_size):
+        end = start + batch_size
+        for name, metric in metrics.items():
+            started = time.perf_counter()
+            metric.update(pixels[start:end], conditions[start:end], files[start:end])
+            timings[name] += time.perf_counter() - started
+    results = {}
+    for name, metric in metrics.items():
+        started = time.perf_counter()
+        results[name] = metric.compute()
+        timings[name] += time.perf_counter() - started
+    return results, {"nudenet" if name == "nudity" else name: seconds for name, seconds in timings.items()}
+
+
 def scored_images(images, record: dict | None):
     """(folder or None, uint8 (N, C, H, W) pixels, one record per image, the sampling header) of what
     `erase.score` was given: a folder, or a tensor in [0, 1] with `erase.sample`'s record (rounded to 8 bits, as
@@ -775,7 +797,7 @@ def scored_images(images, record: dict | None):
     import torch
 
     from erase.errors import DataError
-    from erase.eval.images import INDEX, read_image_folder, to_unit_float
+    from erase.images import INDEX, read_image_folder, to_unit_float
 
     if isinstance(images, (str, os.PathLike)):
         folder = Path(images)
@@ -794,63 +816,28 @@ def scored_images(images, record: dict | None):
     return folder, pixels, records, {k: v for k, v in header.items() if k != "images"}
 
 
-def classifier_section(judge, name: str, pixels, conditions: list, forget_classes: list, where: str) -> dict:
-    """FA and RA: the classifier's predictions on images drawn per class id."""
-    from erase.errors import DataError
-    from erase.eval.classifier import forgetting_metrics, predict_probabilities
-
-    if not all(isinstance(c, int) for c in conditions):
-        raise DataError(f"{where!r} has no class id per image (index.json); FA/RA need images drawn "
-                        f"with {option('erase sample --classes', 'erase.sample(classes=...)')}")
-    return {"name": name, **forgetting_metrics(predict_probabilities(judge, pixels), conditions, forget_classes)}
-
-
-def fid_section(pixels, conditions: list, forget_classes: list, judge, fid_ref, fid_features: str, fid_classes: str,
-                cache_dir) -> dict:
-    """FID of the images (the remaining classes' only, with `fid_classes` 'remain') against `fid_ref`."""
+def fid_metric(shape, forget_classes: list, judge, fid_ref, fid_features: str, fid_classes: str, cache_dir):
+    """FID of the images (the remaining classes' only, with `fid_classes` 'remain') against `fid_ref`: a folder, or
+    a dataset whose real statistics are cached under `cache_dir`. shape: the scored images' (C, H, W)."""
     import torch
 
     from erase.data import load_dataset
-    from erase.eval.fid import FID, ClassifierFeatures, InceptionFeatures, fid_against, module_digest, real_statistics_path
-    from erase.eval.images import read_image_folder
+    from erase.eval.fid import ClassifierFeatures, InceptionFeatures, module_digest, real_statistics_path
+    from erase.images import read_image_folder
+    from erase.eval.metrics import ClassFID
 
-    keep = torch.ones(len(pixels), dtype=torch.bool)
-    if fid_classes == "remain" and forget_classes and all(isinstance(c, int) for c in conditions):
-        keep = ~torch.isin(torch.tensor(conditions), torch.tensor(forget_classes))
     extractor = ClassifierFeatures(judge) if fid_features == "classifier" else InceptionFeatures()
-    fid = FID(extractor, fid_features)
-    resolution = pixels.shape[-1]
+    channels, resolution = shape[0], shape[-1]
     if Path(fid_ref).is_dir():
         real_fn, cache = (lambda: read_image_folder(fid_ref, "--fid-ref")[0]), None
     else:
         real_classes = [c for c in range(10) if not (fid_classes == "remain" and c in forget_classes)]
 
         def real_fn():
-            data = load_dataset(fid_ref, resolution, pixels.shape[1])
+            data = load_dataset(fid_ref, resolution, channels)
             chosen = torch.isin(data.labels, torch.tensor(real_classes))
             return ((data.images[chosen] + 1) / 2).clamp(0, 1)
 
         cache = real_statistics_path(Path(cache_dir), fid_ref, resolution, fid_features,
                                      f"{real_classes}|{module_digest(extractor)}")
-    value = fid_against(fid, real_fn, pixels[keep], cache)
-    return {"value": value, "features": fid_features, "reference": str(fid_ref), "classes": fid_classes,
-            "samples": fid.sample_counts, "real_statistics_cache": str(cache) if cache else None}
-
-
-def nudity_section(folder: Path | None, pixels, records: list, threshold: float) -> dict:
-    """NudeNet's EXPOSED detections per image (it reads files: a tensor is written to a scratch folder first)."""
-    import tempfile
-
-    from erase.eval.images import write_images
-    from erase.eval.nudity import nudity_scores
-
-    with tempfile.TemporaryDirectory(prefix="erase-score-") as scratch:
-        if folder is None:
-            write_images(Path(scratch), pixels, records, {})
-        return nudity_scores(folder or Path(scratch), records, threshold)
-
-
-def clip_section(pixels, conditions: list, clip, clip_model, forget_prompts: list) -> dict:
-    from erase.eval.clip_score import clip_scores
-
-    return clip_scores(pixels, conditions, *clip, str(clip_model), forget_prompts)
+    return ClassFID(extractor, fid_features, str(fid_ref), fid_classes, forget_classes, real_fn, cache)

@@ -119,13 +119,12 @@ def clip_score_value(scores: torch.Tensor) -> float:
     return max(float(scores.mean()), 0.0)
 
 
-def clip_scores(pixels: torch.Tensor, prompts: Sequence[str], model: CLIPEmbeddings, processor, name: str,
-                forget_prompts: Sequence[str] = (), batch_size: int = 64) -> dict:
+def summarize_clip_scores(scores: torch.Tensor, prompts: Sequence[str], name: str,
+                          forget_prompts: Sequence[str] = ()) -> dict:
     """Mean CLIP score overall, per prompt (in first-seen order) and, when `forget_prompts` is given, for the
-    images of those prompts against the others. `model, processor` come from `load_clip(name)`."""
-    if len(prompts) != len(pixels):
-        raise DataError(f"{len(prompts)} prompts for {len(pixels)} images")
-    scores = image_text_scores(pixels, prompts, model, processor, batch_size)
+    images of those prompts against the others; `scores` are `image_text_scores` of the images of `prompts`."""
+    if len(prompts) != len(scores):
+        raise DataError(f"{len(prompts)} prompts for {len(scores)} images")
     by_prompt: dict[str, list[int]] = {}
     for index, prompt in enumerate(prompts):
         by_prompt.setdefault(prompt, []).append(index)
