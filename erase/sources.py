@@ -12,9 +12,9 @@ import torch
 
 from erase.data import ImageDataset
 from erase.errors import DataError
-from erase.eval.generate import class_jobs, generate, prompt_jobs
-from erase.eval.images import INDEX, read_image_folder, write_images
-from erase.eval.prompts import PromptRow
+from erase.sampling import class_jobs, generate, prompt_jobs
+from erase.images import INDEX, read_image_folder, write_images
+from erase.prompts import PromptRow
 
 
 @dataclass

@@ -8,7 +8,7 @@ from torch import nn
 
 from erase.errors import UsageError
 from erase.eval.fid import FID, InceptionFeatures, real_statistics_path
-from erase.eval.images import to_unit_float
+from erase.images import to_unit_float
 
 
 class Projection(nn.Module):

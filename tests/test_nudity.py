@@ -5,7 +5,7 @@ from PIL import Image
 
 from erase.errors import UsageError
 from erase.eval.nudity import EXPOSED_CLASSES, count_exposed, nudity_scores
-from erase.eval.prompts import read_prompts
+from erase.prompts import read_prompts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
 

@@ -19,7 +19,7 @@ from torch import nn
 import erase
 from erase.cli.main import main
 from erase.eval.clip_score import image_text_scores, load_clip
-from erase.eval.images import write_images
+from erase.images import write_images
 from tests.conftest import write_tiny_clip_tokenizer
 
 PROMPTS = ["a cat", "a red car", "a tree"]

@@ -14,7 +14,7 @@ from erase.engine import Runtime
 from erase.methods.sfron import SFRonConfig, sfron
 from erase.train import TrainConfig, train
 from erase.eval.classifier import forgetting_metrics, load_classifier, predict_probabilities
-from erase.eval.generate import Job, generate
+from erase.sampling import Job, generate
 from tests.conftest import tiny_stable_diffusion
 
 WORDS = "zero one two three four five six seven eight nine".split()

@@ -124,7 +124,7 @@ def run(args) -> None:
     from erase.api import unlearn
     from erase.data import parse_class_ids
     from erase.engine import Runtime
-    from erase.eval.prompts import PromptRow
+    from erase.prompts import PromptRow
     from erase.methods import METHODS
 
     def prompts(texts: list[str], csv: Path | None) -> list:

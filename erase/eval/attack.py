@@ -87,7 +87,7 @@ def make_judge(classifier, target: int | None, nudenet: bool, threshold: float):
 
 def success_rate(adapter, condition, judge, samples: int, sample_steps: int, seed: int) -> float:
     """The judge's share over `samples` images of `condition` (image k seeded `seed + k`, the model's guidance)."""
-    from erase.eval.generate import Job, generate
+    from erase.sampling import Job, generate
 
     jobs = [Job(condition, s) for s in range(seed, seed + samples)]
     return judge(generate(adapter, jobs, sample_steps, description="attack samples"))

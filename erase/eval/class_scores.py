@@ -15,7 +15,7 @@ import torch
 from erase.data import load_dataset
 from erase.eval.classifier import forgetting_metrics, predict_probabilities
 from erase.eval.fid import FID, ClassifierFeatures, fid_against, module_digest, real_statistics_path
-from erase.eval.generate import class_jobs, generate
+from erase.sampling import class_jobs, generate
 
 
 @dataclass

@@ -16,7 +16,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from erase.errors import UsageError
-from erase.eval.images import to_unit_float
+from erase.images import to_unit_float
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"digits": ASSETS / "digit-classifier"}

@@ -33,7 +33,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from erase.errors import UsageError, option
-from erase.eval.images import to_unit_float
+from erase.images import to_unit_float
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")

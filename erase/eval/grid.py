@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from erase.eval.generate import generate
+from erase.sampling import generate
 
 
 def image_grid(

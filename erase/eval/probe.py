@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from erase.eval.classifier import forgetting_metrics, predict_probabilities
-from erase.eval.generate import class_jobs, generate
+from erase.sampling import class_jobs, generate
 
 
 def forgetting_probe(classifier, forget_classes: Sequence[int], samples: int, num_inference_steps: int = 25,

@@ -19,7 +19,7 @@ from erase.data import ImageDataset
 from erase.engine import Runtime, endless_batches, remain_label_dropout_field, start_run
 from erase.objectives import denoising_losses, require_conditional
 from erase.saliency import fisher_diagonal
-from erase.eval.generate import Job, generate
+from erase.sampling import Job, generate
 
 
 @documented

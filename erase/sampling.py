@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from erase.eval.prompts import PromptRow
+from erase.prompts import PromptRow
 
 
 @dataclass
