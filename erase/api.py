@@ -52,9 +52,9 @@ def split_options(method: str, options: dict) -> tuple[dict, dict]:
     one, is an OptionError naming it."""
     from erase.config import unknown_option
     from erase.engine import Runtime
-    from erase.methods import METHODS
+    from erase.methods import METHODS, option_names
 
-    own = set(METHODS[method][1].__dataclass_fields__)
+    own = set(option_names(method))
     runtime_fields = set(Runtime.__dataclass_fields__)
     every = {f for _, cls in METHODS.values() for f in cls.__dataclass_fields__}
     foreign = sorted(name for name in options if name in every - own - runtime_fields)
@@ -263,6 +263,8 @@ def unlearn(
         if remain is not None:
             raise OptionError("pass remain=... alone: retain= is its deprecated name")
         remain = options.pop("retain")
+    if "train_method" in options:  # ESD's own name for what --train-params chooses for every method
+        train_params = esd_train_params(method, options.pop("train_method"), train_params)
     check_method_name(method, mask, runtime, options)
     folder_input = isinstance(model, (str, os.PathLike))
     if out is not None:
@@ -310,15 +312,37 @@ def unlearn(
     return to_diffusers(opened), record
 
 
+def esd_train_params(method: str, train_method: str, train_params: str) -> str:
+    """`train_params` for ESD's deprecated `train_method` (esd-x, esd-u, full), with a deprecation warning."""
+    import warnings
+
+    from erase.methods.esd import ESD_TRAIN_PARAMS
+
+    if method != "esd" or train_method not in ESD_TRAIN_PARAMS:
+        raise OptionError(f"train_method is ESD's deprecated name for train_params ({', '.join(ESD_TRAIN_PARAMS)}); "
+                          "pass train_params='full', 'xattn' or 'noxattn'")
+    chosen = ESD_TRAIN_PARAMS[train_method]
+    if train_params not in ("full", chosen):
+        raise OptionError(f"train_method={train_method!r} and train_params={train_params!r} disagree; pass "
+                          "train_params alone")
+    warnings.warn(f"erase.unlearn(train_method={train_method!r}) is deprecated; pass train_params={chosen!r} (the "
+                  "same parameters)", DeprecationWarning, stacklevel=3)
+    return chosen
+
+
 def check_method_name(method: str, mask, runtime, options: dict) -> None:
     """The method exists, takes `mask` if one is given, and can run sharded if asked to."""
-    from erase.methods import MASKED, METHODS
+    from erase.methods import MASK_OPTIONS, MASKED, METHODS
 
     if method not in METHODS:
         raise OptionError(f"{option('--method', 'method')} {method!r} is not one of {', '.join(sorted(METHODS))}")
     if mask is not None and method not in MASKED:
         raise OptionError(f"{option('--mask')} confines the update of {', '.join(MASKED)}; {method} updates every trained "
                           f"weight and would ignore it: leave out {option('--mask')}")
+    making = [name for name in MASK_OPTIONS.get(method, ()) if name in options]
+    if mask is not None and making:
+        raise OptionError(f"{option('--' + making[0].replace('_', '-'))} makes {method}'s own mask, which "
+                          f"{option('--mask')} replaces, so it would be ignored: leave out one of the two")
     if options.get("fully_shard") or (runtime is not None and runtime.fully_shard) or \
             os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         from erase.sharding import check_method
@@ -363,13 +387,16 @@ def open_trainable(model, method: str, **kwargs):
 
 
 def method_config(method: str, config_class, config, method_values: dict, preset, adapter):
-    """(the method's config: given values over the preset over `config` or the defaults, the preset record)."""
-    from erase.config import build_config
+    """(the method's config: given values over the preset over `config` or the defaults, the preset record). A
+    given value the config would ignore (an option acting only under another's value) is an OptionError."""
+    from erase.config import build_config, check_options_act
 
     chosen = (choose_preset(method, preset, adapter.preset or adapter.backbone) if config is None
               else {"name": None, "values": {}})
     base = dataclasses.asdict(config) if config is not None else {}
-    return build_config(config_class, {**base, **method_values}, chosen["values"]), chosen
+    built = build_config(config_class, {**base, **method_values}, chosen["values"])
+    check_options_act(built, {*method_values, *base})
+    return built, chosen
 
 
 def select_trainable(adapter, train_params: str, gradient_checkpointing: bool | None) -> bool:

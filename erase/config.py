@@ -82,6 +82,27 @@ def build_config(cls: type, values: dict, preset: dict | None = None):
     return cls(**merged)
 
 
+def acts_when(other: str, values: str, holds) -> dict:
+    """Field metadata of an option that acts only under another option's value: with option `other` (a field name)
+    at `values` (in words: "pseudo", "above 1", "set"); `holds(config)` says whether it does. Given otherwise, the
+    option is refused (`check_options_act`) rather than recorded and ignored."""
+    return {"acts_when": (other, values, holds)}
+
+
+def check_options_act(config, given) -> None:
+    """Refuse each option in `given` (field names the user set) whose value differs from its default and that
+    `config` would ignore: the field's `acts_when` condition does not hold for it."""
+    for f in dataclasses.fields(config):
+        rule = f.metadata.get("acts_when")
+        if rule is None or f.name not in given or getattr(config, f.name) == f.default or rule[2](config):
+            continue
+        other, values, _ = rule
+        flag, other_flag = ("--" + name.replace("_", "-") for name in (f.name, other))
+        raise OptionError(f"{option(flag)} acts only with {option(other_flag)} {values} (this run: "
+                          f"{getattr(config, other)!r}), so it would be ignored: leave it out or set "
+                          f"{option(other_flag)}")
+
+
 def documented(cls: type) -> type:
     """Append each field's type, default, allowed range and help to a config dataclass's docstring, so
     `help(SFRonConfig)` reads like `erase unlearn --help` (both come from the field metadata)."""

@@ -712,9 +712,10 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     return log
 
 
-def remain_label_dropout_field():
-    """The `remain_label_dropout` config field of every method with a remain step."""
-    return field(default=None, metadata={
+def remain_label_dropout_field(acts: dict | None = None):
+    """The `remain_label_dropout` config field of every method with a remain step (`acts`: `acts_when` metadata,
+    for a method whose remain term can be weighted to nothing)."""
+    return field(default=None, metadata={**(acts or {}),
         "help": "share of remain labels dropped to the null class, so guided sampling's unconditional branch keeps "
                 "training (default: the base model's recorded training rate, as `erase train` writes it; official "
                 "SFR-on and SalUn DDPM code: 0.1); 0 turns it off"})

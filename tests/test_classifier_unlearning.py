@@ -107,7 +107,7 @@ def test_nabla_tau_refuses_options_that_would_change_nothing(tiny_classifier, tr
     assert code == 2 and "--direction pseudo moves a denoiser's prediction" in err
     code, err = run_cli(capsys, "unlearn", "--model", trained_model_dir, "--data", "digits", "--method", "nabla_tau",
                         "--forget-class", 7, "--direction", "ascent", "--pseudo-class", 3, "--out", tmp_path / "b")
-    assert code == 2 and "--pseudo-class is the target of --direction pseudo" in err
+    assert code == 2 and "--pseudo-class acts only with --direction pseudo (this run: 'ascent')" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

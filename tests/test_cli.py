@@ -11,7 +11,7 @@ import torch
 from diffusers import UNet2DModel
 
 from erase.engine import Runtime
-from erase.methods import METHODS
+from erase.methods import METHODS, option_names
 from erase.train import TrainConfig
 from erase.cli.main import SUBCOMMANDS, build_parser, main
 from tests.conftest import tree_digest
@@ -48,8 +48,8 @@ def test_unlearn_end_to_end_writes_a_diffusers_model_mask_and_record(trained_mod
     info = json.loads((out / "model_index.json").read_text())["_erase"]
     assert info["erased"]["forget_classes"] == [7]
 
-    again = tmp_path / "reused"  # the saved mask skips the Fisher phase
-    code, err = run_cli(capsys, *UNLEARN, "--model", trained_model_dir, "--forget-class", "7",
+    again = tmp_path / "reused"  # the saved mask skips the Fisher phase (so --fisher-batches would be refused)
+    code, err = run_cli(capsys, *UNLEARN[:-2], "--model", trained_model_dir, "--forget-class", "7",
                         "--mask", out / "mask.safetensors", "--out", again)
     assert code == 0, err
     assert "fisher" not in json.loads((again / "run.json").read_text())["timings"]
@@ -146,9 +146,9 @@ def test_every_flag_is_described_in_help():
         unlearn_help = sub.format_help()
         flags = {flag for action in sub._actions if action.help != argparse.SUPPRESS for flag in action.option_strings
                  if flag in unlearn_help}  # the flags --help lists
-        for field in [*config_class.__dataclass_fields__, *Runtime.__dataclass_fields__]:
+        for field in [*option_names(method), *Runtime.__dataclass_fields__]:
             assert "--" + field.replace("_", "-") in flags, (method, field)
-        others = {f for _, c in METHODS.values() for f in c.__dataclass_fields__} - set(config_class.__dataclass_fields__)
+        others = {f for _, c in METHODS.values() for f in c.__dataclass_fields__} - set(option_names(method))
         assert not {"--" + f.replace("_", "-") for f in others} & flags, method
     train_help = commands["train"].format_help()
     assert all("--" + f.replace("_", "-") in train_help for f in TrainConfig.__dataclass_fields__)

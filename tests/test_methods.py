@@ -24,13 +24,13 @@ from erase.cli.main import main
 from tests.conftest import tiny_stable_diffusion
 
 FAST = {  # a few cheap steps per method
-    "sfron": ["--fisher-batches", "1"], "joint": ["--fisher-batches", "1"], "nabla_tau": ["--tau-every", "2"],
+    "sfron": ["--fisher-batches", "1"], "joint": ["--fisher-batches", "1"], "nabla_tau": ["--tau-samples", "8"],
     "ga": [], "rl": [], "salun": ["--saliency-batches", "1"], "esd": ["--ddim-steps", "3"],
     "sa": ["--replay-per-condition", "1", "--replay-steps", "2", "--fisher-batches", "1"],
 }
 SD_FAST = {
     "sfron": dict(fisher_batches=1), "joint": dict(fisher_batches=1), "nabla_tau": dict(tau_every=2, tau_samples=8),
-    "ga": {}, "rl": {}, "salun": dict(saliency_batches=1), "esd": dict(ddim_steps=3, train_method="esd-x"),
+    "ga": {}, "rl": {}, "salun": dict(saliency_batches=1), "esd": dict(ddim_steps=3),
     "sa": dict(replay_per_condition=1, replay_steps=2, fisher_batches=1),
 }
 
@@ -238,13 +238,24 @@ def test_esd_target_formula_and_parameter_groups(tmp_path, digit_split, trained_
     before = {n: p.detach().clone() for n, p in adapter.denoiser.named_parameters()}
     ids = adapter.register_prompts(["a photo of a nude person"])
     forget = ImageDataset(torch.zeros(2, 3, 16, 16), ids.repeat(2), [])
-    esd(adapter, forget, forget, ESDConfig(steps=2, ddim_steps=3, train_method="esd-x", lr=1e-2), Runtime(seed=0))
+    adapter.select_trainable("xattn")  # ESD-x: what erase.unlearn(train_params="xattn") selects
+    esd(adapter, forget, forget, ESDConfig(steps=2, ddim_steps=3, lr=1e-2), Runtime(seed=0))
     changed = {n for n, p in adapter.denoiser.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("attn2" in n for n in changed)
 
-    forget, remain = digit_split
-    with pytest.raises(UsageError, match="needs cross-attention"):
-        esd(load_adapter(trained_model_dir), forget, remain, ESDConfig(steps=1, train_method="esd-x"), Runtime())
+
+def test_esds_train_method_is_a_deprecated_spelling_of_train_params(trained_model_dir, capsys):
+    import erase
+    from erase.cli.main import build_parser
+
+    argv = ["unlearn", "--method", "esd", "--train-method", "esd-u", "--model", "m", "--forget-class", "7", "--out", "o"]
+    assert build_parser(argv).parse_args(argv).train_params == "noxattn"
+    assert "--train-method esd-u is deprecated; use --train-params noxattn" in capsys.readouterr().err
+    with pytest.warns(DeprecationWarning, match="pass train_params='xattn'"), \
+            pytest.raises(UsageError, match="train_params xattn applies to text-to-image models"):
+        erase.unlearn(trained_model_dir, forget=7, method="esd", train_method="esd-x", data="digits")
+    with pytest.raises(UsageError, match="train_method is ESD's deprecated name"):
+        erase.unlearn(trained_model_dir, forget=7, method="ga", train_method="esd-x")
 
 
 def test_ga_raises_the_forget_loss(trained_model_dir, digit_split):

@@ -273,6 +273,15 @@ CASES = [
     ("flag-of-another-method", [*UNLEARN[:-2], "--method", "ga", "--fisher-batches", "1"], None,
      r"--fisher-batches is not an option of --method ga \(it is one of sfron, joint, sa\); see 'erase unlearn "
      r"--method ga --help'"),
+    ("option-that-would-be-ignored", [*UNLEARN[:-2], "--method", "nabla_tau", "--tau-every", "5"], None,
+     r"--tau-every acts only with --tau-source null, heldout or auto \(the sources refreshed\) \(this run: "
+     r"'relative'\), so it would be ignored: leave it out or set --tau-source"),
+    ("option-a-method-never-reads", [*UNLEARN[:-2], "--method", "joint", "--forget-every", "2"], None,
+     r"--forget-every is not an option of --method joint \(it is one of sfron\); see 'erase unlearn --method joint "
+     r"--help'"),
+    ("mask-beside-the-options-that-make-one", [*UNLEARN, "--mask", "{nowhere}"], None,
+     r"--fisher-batches makes sfron's own mask, which --mask replaces, so it would be ignored: leave out one of the "
+     r"two"),
     ("score-corrupt-png", ["score", "--images", "{data}", "--classifier", "digits"], data(extra=corrupt_png),
      r"--images '.*data': 7/2\.png cannot be read as an image \(.*\); replace or remove it"),
     ("data-mixed-sizes", CLASS_FOLDER, data(sizes=((8, 8), (12, 10))),

@@ -23,7 +23,7 @@ def test_inversion_and_an_adversarial_prompt_bring_back_a_prompt_erased_by_esd_x
     adapter.save_pretrained(base)
     erased = tmp_path / "esd-x"
     erase.unlearn(base, forget=[PROMPTS[7]], remain=[p for p in PROMPTS if p != PROMPTS[7]], method="esd",
-                  train_method="esd-x", steps=200, lr=1e-3, ddim_steps=25, out=erased)
+                  train_params="xattn", steps=200, lr=1e-3, ddim_steps=25, out=erased)
 
     common = dict(forget=[PROMPTS[7]], concept_class=7, data="mnist", samples=40)
     inversion = erase.attack(erased, attack="inversion", template="a photo of the digit {}", **common)["rows"][0]

@@ -73,9 +73,10 @@ class _ForeignOption(argparse.Action):
                        f"of {', '.join(self.owners)}); see '{parser.prog} --method {self.method} --help'\n")
 
 
-def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tuple], method: str) -> None:
-    """`method`'s config fields as flags, each with that method's own type, choices, range and default; the other
-    methods' flags are refused in one line. Flags default to "not given", so a preset and then the method's own
+def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tuple], method: str,
+                         not_read: dict[str, tuple] | None = None) -> None:
+    """`method`'s config fields (less its `not_read` ones) as flags, each with that method's own type, choices, range
+    and default; the other methods' flags, and the fields it never reads, are refused in one line. Flags default to "not given", so a preset and then the method's own
     dataclass default apply unless the user sets one."""
     if method not in methods:
         return  # argparse refuses the --method value itself
@@ -84,7 +85,10 @@ def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tup
                                       "method's)")
     hints = typing.get_type_hints(cls)
     own = set()
+    skipped = set((not_read or {}).get(method, ()))
     for f in dataclasses.fields(cls):
+        if f.name in skipped:
+            continue
         hint = hints[f.name]
         optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
         base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
@@ -101,7 +105,7 @@ def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tup
     owners: dict[str, list[str]] = {}
     for name, (_, other) in methods.items():
         for f in dataclasses.fields(other):
-            if f.name not in own:
+            if f.name not in own and f.name not in (not_read or {}).get(name, ()):
                 owners.setdefault(f.name, []).append(name)
     for name, takers in owners.items():
         flag = "--" + name.replace("_", "-")

@@ -9,7 +9,8 @@ from pathlib import Path
 from erase.api import UNLEARN_RANGES as RANGES  # noqa: F401 (tests read it); plain flags (method and runtime fields declare their own ranges)
 from erase.cli.common import add_output_arguments, add_runtime_arguments
 from erase.cli.options import add_method_arguments
-from erase.methods import METHODS
+from erase.methods import METHODS, NOT_READ
+from erase.methods.esd import ESD_TRAIN_PARAMS
 
 
 class Renamed(argparse.Action):
@@ -26,6 +27,16 @@ class Renamed(argparse.Action):
         if self.append:
             values = [*(getattr(namespace, self.dest) or []), values]
         setattr(namespace, self.dest, values)
+
+
+class TrainMethod(argparse.Action):
+    """ESD's deprecated `--train-method`: sets --train-params and prints one line saying so."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        chosen = ESD_TRAIN_PARAMS[values]
+        print(f"{parser.prog}: {option_string} {values} is deprecated; use --train-params {chosen} (the same "
+              "parameters)", file=sys.stderr)
+        namespace.train_params = chosen
 
 
 def register(commands, method: str = "sfron") -> None:
@@ -60,7 +71,10 @@ def register(commands, method: str = "sfron") -> None:
     parser.add_argument("--mask", default=None,
                         help="reuse a saliency mask (mask.safetensors of an earlier run) instead of computing one; "
                              "sfron, joint, nabla_tau and salun read masks, the other methods refuse it")
-    add_method_arguments(parser, METHODS, method)
+    add_method_arguments(parser, METHODS, method, NOT_READ)
+    if method == "esd":
+        parser.add_argument("--train-method", action=TrainMethod, choices=tuple(ESD_TRAIN_PARAMS),
+                            help="deprecated: ESD's name for --train-params (esd-x = xattn, esd-u = noxattn, full)")
     add_output_arguments(parser)
     add_runtime_arguments(parser)
     parser.set_defaults(run=run)

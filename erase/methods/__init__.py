@@ -23,9 +23,29 @@ METHODS = {
     "esd": (esd, ESDConfig),
     "sa": (sa, SAConfig),
 }
+# Options of a method's config class that the method itself never reads: joint takes one summed step per iteration,
+# so SFR-on's placement of alpha after clipping, its restore-or-gradient masking (the same update in one step) and
+# its forget-step schedule have nothing to act on. They are not flags of that method and are refused if given.
+NOT_READ = {"joint": ("alpha_placement", "mask_mode", "forget_every", "forget_dense")}
+
+
+def option_names(method: str) -> list[str]:
+    """The options `method` takes: its config fields, less those it never reads."""
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(METHODS[method][1]) if f.name not in NOT_READ.get(method, ())]
+
+
 # The methods whose update reads a saliency mask (`--mask`, or the one they compute); the others update every trained
 # weight, so a mask given to them is refused rather than recorded and ignored.
 MASKED = ("sfron", "joint", "nabla_tau", "salun")
+# The options that make a method's own mask: a mask given with `--mask` replaces it, so they are refused beside it.
+MASK_OPTIONS = {
+    "sfron": ("gamma", "fisher_batches", "fisher_groups", "fisher_batch_size", "fisher_guidance", "fisher_max_grad_norm"),
+    "nabla_tau": ("mask_fraction", "saliency_batches"),
+    "salun": ("mask_fraction", "saliency_batches"),
+}
+MASK_OPTIONS["joint"] = MASK_OPTIONS["sfron"]
 
 # Named settings per backbone, applied under flags the user gives (`erase unlearn --preset`, default: the model's
 # backbone). A method without an entry for a backbone runs at its config's defaults. "classifier"
@@ -40,6 +60,8 @@ CLASSIFIER_PRESETS = {
     "rl": {"steps": 60, "lr": 1e-4, "remain_alpha": 1.0, "pseudo_random": True},
     "salun": {"steps": 60, "lr": 1e-4, "remain_alpha": 1.0, "pseudo_random": True},
 }
-PRESETS = {"sfron": SFRON_PRESETS, "joint": SFRON_PRESETS, "nabla_tau": dict(NABLA_TAU_PRESETS)}
+PRESETS = {"sfron": SFRON_PRESETS, "nabla_tau": dict(NABLA_TAU_PRESETS)}
 for _name, _values in CLASSIFIER_PRESETS.items():
     PRESETS.setdefault(_name, {})["classifier"] = _values
+PRESETS["joint"] = {backbone: {k: v for k, v in values.items() if k not in NOT_READ["joint"]}
+                    for backbone, values in SFRON_PRESETS.items()}  # SFR-on's, less what joint never reads

@@ -2,7 +2,8 @@
 
 Each iteration: draw x_t by running the frozen model's own DDIM sampler with the forget condition for a random
 number of steps; then pull eps_theta(x_t, t, c) toward eps*(x_t, null) - eta (eps*(x_t, c) - eps*(x_t, null))
-of the frozen copy eps*. No data is needed beyond the forget conditions.
+of the frozen copy eps*. No data is needed beyond the forget conditions. Which parameters train is
+`--train-params` (erase.unlearn's `train_params`), as for every method: ESD-x is xattn, ESD-u noxattn.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import torch
 
 from erase.config import documented
 from erase.engine import Runtime, frozen_copy, start_run, swapped_denoiser
-from erase.errors import OptionError, option
 from erase.objectives import require_conditional
 
-TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}
+# ESD's names for which parameters train, as `--train-params` spells them (one way to choose them for every method;
+# `--train-method` is ESD's deprecated spelling).
+ESD_TRAIN_PARAMS = {"esd-x": "xattn", "esd-u": "noxattn", "full": "full"}
 
 
 @documented
@@ -26,10 +28,6 @@ class ESDConfig:
     batch_size: int = field(default=1, metadata={"range": "[1, inf)", "help": "forget conditions per iteration (ESD: 1)"})
     lr: float = field(default=1e-5, metadata={"range": "(0, inf)", "help": "Adam learning rate (ESD: 1e-5)"})
     eta: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "negative guidance strength (ESD: 1 to 2)"})
-    train_method: str = field(
-        default="full", metadata={"help": "esd-x (cross-attention), esd-u (all but cross-attention; Stable Diffusion "
-                                          "only) or full", "choices": tuple(TRAIN_METHODS)}
-    )
     ddim_steps: int = field(default=50, metadata={"range": "[1, inf)", "help": "DDIM steps of the sampler that makes x_t (ESD: 50)"})
     start_guidance: float = field(default=3.0, metadata={"range": "[0, inf)", "help": "guidance of that sampler (ESD: 3)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
@@ -44,11 +42,6 @@ def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime =
         monitor=None) -> dict:
     require_conditional(adapter, "--method esd", "its negative guidance eps(x_t, c) - eps(x_t, null)",
                         "use --method ga, or sfron with --forget-objective adaptive or ga")
-    choice = TRAIN_METHODS[config.train_method]
-    if choice != "full":
-        if not hasattr(adapter, "select_trainable"):
-            raise OptionError(f"{option('--train-method')} {config.train_method} needs cross-attention (Stable Diffusion); use full")
-        adapter.select_trainable(choice)
     frozen = frozen_copy(adapter.denoiser)
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm)
@@ -68,4 +61,4 @@ def esd(adapter, forget_data, remain_data, config: ESDConfig, runtime: Runtime =
         return loss, loss
 
     log = run.loop(["forget"], lambda step: {"forget": run.stepper.step(esd_loss)}, runtime, "ESD")
-    return run.finish(log, record={"train_params": choice})
+    return run.finish(log)

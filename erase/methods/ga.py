@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from erase.config import documented
+from erase.config import acts_when, documented
 from erase.engine import Runtime, remain_label_dropout_field, start_run
 
 
@@ -21,7 +21,8 @@ class GAConfig:
     loss_reduction: str = field(
         default="mean", metadata={"help": "per-sample loss over pixels (SalUn DDPM baselines: mean)", "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = remain_label_dropout_field()
+    remain_label_dropout: float | None = remain_label_dropout_field(
+        acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0))
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from erase.config import documented
+from erase.config import acts_when, documented
 from erase.data import ImageDataset
 from erase.engine import MaskedUpdate, Runtime, endless_batches, remain_label_dropout_field, start_run
 from erase.errors import OptionError, option
@@ -37,6 +37,9 @@ from erase.saliency import gradient_magnitude, top_fraction_mask
 from erase.sharding import shard_mask
 
 
+PSEUDO_ONLY = acts_when("direction", "pseudo", lambda c: c.direction == "pseudo")
+
+
 @documented
 @dataclass
 class NablaTauConfig:
@@ -45,7 +48,8 @@ class NablaTauConfig:
     lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "AdamW learning rate (authors: 1e-3 for classifiers; 1e-4 suits diffusion)"})
     lr_end_factor: float = field(default=1.0, metadata={"range": "(0, 1]", "help": "the learning rate decays linearly to this x --lr by the last step (authors, classifiers: 0.1; 1 = constant)"})
     remain_epochs: float = field(
-        default=3.0, metadata={"range": "(0, inf)", "help": "with --steps none: steps = ceil(this x |D_r| / batch size), "
+        default=3.0, metadata={**acts_when("steps", "none", lambda c: c.steps is None), "range": "(0, inf)",
+                               "help": "with --steps none: steps = ceil(this x |D_r| / batch size), "
                                                  "passes over the remain set (the authors' classifier rule: 3)"})
     tau_source: str = field(
         default="relative", metadata={"help": "tau from: null (forget images, null condition), heldout (images the model "
@@ -59,9 +63,11 @@ class NablaTauConfig:
                                            "classes, else heldout",
                                   "choices": ("null", "heldout", "class", "auto", "value", "relative")}
     )
-    tau_value: float | None = field(default=None, metadata={"range": "(0, inf)", "help": "fixed tau for --tau-source value"})
+    tau_value: float | None = field(default=None, metadata={**acts_when("tau_source", "value", lambda c: c.tau_source == "value"), "range": "(0, inf)",
+                                                                   "help": "fixed tau for --tau-source value"})
     tau_factor: float = field(
-        default=4.0, metadata={"range": "(1, inf)", "help": "for --tau-source relative: tau = this x the starting forget loss (on the "
+        default=4.0, metadata={**acts_when("tau_source", "relative", lambda c: c.tau_source == "relative"),
+                               "range": "(1, inf)", "help": "for --tau-source relative: tau = this x the starting forget loss (on the "
                                        "shipped digit model a model retrained without the digit has 1.6-2.4x the "
                                        "base's loss on it, yet raising digit 5's loss to 2x left FA at 65%%, 4x at "
                                        "25%%; the null source, 1.15x, at 95%%)"}
@@ -71,8 +77,12 @@ class NablaTauConfig:
                                               "(absolute: the authors' classifier form, far too weak on pixel-mean "
                                               "denoising losses)", "choices": ("relative", "absolute")}
     )
-    tau_every: int = field(default=10, metadata={"range": "[1, inf)", "help": "steps between tau refreshes"})
-    tau_samples: int = field(default=256, metadata={"range": "[1, inf)", "help": "(image, noise, timestep) draws per tau estimate"})
+    tau_every: int = field(default=10, metadata={
+        **acts_when("tau_source", "null, heldout or auto (the sources refreshed)",
+                    lambda c: c.tau_source in ("null", "heldout", "auto")),
+        "range": "[1, inf)", "help": "steps between tau refreshes (the others are fixed)"})
+    tau_samples: int = field(default=256, metadata={**acts_when("tau_source", "other than value",
+                                                                lambda c: c.tau_source != "value"), "range": "[1, inf)", "help": "(image, noise, timestep) draws per tau estimate"})
     alpha: float | None = field(default=None, metadata={"range": "(0, 1]", "help": "alpha_0 (default: 5/3 |D_f| / (|D_f| + |D_r|), the authors' rule)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
     remain_label_dropout: float | None = remain_label_dropout_field()
@@ -93,17 +103,20 @@ class NablaTauConfig:
                                             "still stops at tau (class-conditional diffusion models)",
                                     "choices": ("ascent", "pseudo")}
     )
-    pseudo_class: int | None = field(default=None, metadata={"range": "[0, inf)", "help": "for --direction pseudo: the "
+    pseudo_class: int | None = field(default=None, metadata={**PSEUDO_ONLY, "range": "[0, inf)", "help": "for --direction pseudo: the "
                                      "class the forget class is moved toward (default: the next remaining class, "
                                      "SalUn's DDPM choice)"})
-    pseudo_random: bool = field(default=False, metadata={"help": "for --direction pseudo: a random remaining class per sample"})
-    timestep_bands: int = field(default=10, metadata={"range": "[1, inf)", "help": "timestep bands for --gap-over timestep"})
+    pseudo_random: bool = field(default=False, metadata={**PSEUDO_ONLY, "help": "for --direction pseudo: a random remaining class per sample"})
+    timestep_bands: int = field(default=10, metadata={**acts_when("gap_over", "timestep", lambda c: c.gap_over == "timestep"),
+                                                      "range": "[1, inf)", "help": "timestep bands for --gap-over timestep"})
     mask_fraction: float | None = field(
         default=None, metadata={"range": "(0, 1]", "help": "confine every update to this share of entries with the "
                                                     "largest forget-loss gradient magnitude (SalUn's saliency rule); "
                                                     "none = all weights (the authors' form)"}
     )
-    saliency_batches: int = field(default=20, metadata={"range": "[1, inf)", "help": "forget batches whose gradient sets the mask"})
+    saliency_batches: int = field(default=20, metadata={
+        **acts_when("mask_fraction", "set", lambda c: c.mask_fraction is not None),
+        "range": "[1, inf)", "help": "forget batches whose gradient sets the mask"})
 
 
 def nabla_tau_forget_term(losses: torch.Tensor, tau, gap: str = "relative", over: str = "batch") -> torch.Tensor:

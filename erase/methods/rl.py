@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-from erase.config import documented
+from erase.config import acts_when, documented
 from erase.engine import Runtime, remain_label_dropout_field, start_run
 from erase.objectives import pseudo_labels, pseudo_target_losses, require_conditional
 
@@ -46,11 +46,13 @@ class RLConfig:
                                   "choices": ("sum", "mean")}
     )
     remain_reduction: str = field(
-        default="mean", metadata={"help": "per-sample remain loss over pixels: mean (the default, with remain_alpha "
+        default="mean", metadata={**acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0),
+                                  "help": "per-sample remain loss over pixels: mean (the default, with remain_alpha "
                                           "3.072) or sum (SalUn DDPM's form, with its remain_alpha 1e-3)",
                                   "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = remain_label_dropout_field()
+    remain_label_dropout: float | None = remain_label_dropout_field(
+        acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0))
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from erase.config import documented
+from erase.config import acts_when, documented
 from erase.data import ImageDataset
 from erase.engine import Runtime, endless_batches, remain_label_dropout_field, start_run
 from erase.objectives import denoising_losses, require_conditional
@@ -33,11 +33,13 @@ class SAConfig:
     surrogate: str = field(default="noise", metadata={"help": "noise (uniform images, SA for DDPM) or pseudo "
                                                               "(the original model's images of --pseudo-class or the "
                                                               "replacement prompt)", "choices": ("noise", "pseudo")})
-    pseudo_class: int | None = field(default=None, metadata={"range": "[0, inf)", "help": "surrogate class for --surrogate pseudo"})
+    pseudo_class: int | None = field(default=None, metadata={**acts_when("surrogate", "pseudo", lambda c: c.surrogate == "pseudo"),
+                                                               "range": "[0, inf)", "help": "surrogate class for --surrogate pseudo"})
     replay_per_condition: int = field(default=16, metadata={"range": "[1, inf)", "help": "images the original model generates per remain condition"})
     replay_steps: int = field(default=50, metadata={"range": "[1, inf)", "help": "DDIM steps for replay and surrogate images"})
     fisher_batches: int = field(default=10, metadata={"range": "[1, inf)", "help": "batches of generated images for the EWC Fisher"})
-    remain_label_dropout: float | None = remain_label_dropout_field()
+    remain_label_dropout: float | None = remain_label_dropout_field(
+        acts_when("replay_alpha", "above 0", lambda c: c.replay_alpha > 0))
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
 
 

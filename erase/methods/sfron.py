@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from erase.config import documented
+from erase.config import acts_when, documented
 from erase.engine import (
     MaskedUpdate,
     PhaseTimer,
@@ -34,6 +34,9 @@ from erase.saliency import fisher_diagonal, saliency_mask, trainable_parameters
 from erase.sharding import shard_mask
 
 
+PSEUDO_ONLY = acts_when("forget_objective", "pseudo", lambda c: c.forget_objective == "pseudo")
+
+
 @documented
 @dataclass
 class SFRonConfig:
@@ -46,7 +49,8 @@ class SFRonConfig:
     remain_alpha: float = field(default=1.0, metadata={"range": "[0, inf)", "help": "scale of the remain step (official: 1)"})
     alpha_placement: str = field(
         default="loss",
-        metadata={"help": "where forget_alpha acts: loss (multiplies the forget loss before clipping, the official "
+        metadata={**acts_when("max_grad_norm", "set", lambda c: c.max_grad_norm is not None),
+                  "help": "where forget_alpha acts: loss (multiplies the forget loss before clipping, the official "
                           "code; with the sum loss the clip binds and alpha has no effect) or clipped (multiplies the "
                           "clipped forget gradient, so the forget step is alpha times the clip norm)",
                   "choices": ("loss", "clipped")},
@@ -61,20 +65,21 @@ class SFRonConfig:
         metadata={"help": "adaptive (weighted gradient ascent), ga (plain ascent) or pseudo (map to --pseudo-class)",
                   "choices": ("adaptive", "ga", "pseudo")},
     )
-    temperature: float = field(default=0.5, metadata={"range": "[0, inf)", "help": "lambda of the adaptive weights; 0 = plain ascent (official DDPM: 0.5)"})
+    temperature: float = field(default=0.5, metadata={**acts_when("forget_objective", "adaptive", lambda c: c.forget_objective == "adaptive"), "range": "[0, inf)", "help": "lambda of the adaptive weights; 0 = plain ascent (official DDPM: 0.5)"})
     pseudo_class: int | None = field(
-        default=None, metadata={"range": "[0, inf)", "help": "target class of the pseudo objective (default: the next remaining class after "
+        default=None, metadata={**PSEUDO_ONLY, "range": "[0, inf)", "help": "target class of the pseudo objective (default: the next remaining class after "
                                         "the forget class, as SalUn's DDPM code maps k to k + 1)"}
     )
     pseudo_random: bool = field(
-        default=False, metadata={"help": "pseudo objective: a random remaining class per sample instead of one fixed class"}
+        default=False, metadata={**PSEUDO_ONLY, "help": "pseudo objective: a random remaining class per sample instead of one fixed class"}
     )
     loss_reduction: str = field(
         default="sum", metadata={"help": "per-sample loss over pixels, for the forget, remain and Fisher losses: sum "
                                          "(the official DDPM code, whose forget_alpha and clip norms assume it) or mean",
                                  "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = remain_label_dropout_field()
+    remain_label_dropout: float | None = remain_label_dropout_field(
+        acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0))
     gamma: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "saliency threshold on F_forget / F_remain (official: 1.0)"})
     fisher_batches: int = field(default=20, metadata={"range": "[1, inf)", "help": "batches per Fisher estimate (ours; the official code takes a pass)"})
     fisher_groups: int = field(
@@ -100,7 +105,8 @@ class SFRonConfig:
     )
     forget_every: int = field(default=1, metadata={"range": "[1, inf)", "help": "take a forget step every k-th iteration (official diffusion: 1)"})
     forget_dense: int = field(
-        default=0, metadata={"range": "[0, inf)", "help": "take a forget step on every one of the first N iterations, then every "
+        default=0, metadata={**acts_when("forget_every", "above 1", lambda c: c.forget_every > 1), "range": "[0, inf)",
+                             "help": "take a forget step on every one of the first N iterations, then every "
                                      "--forget-every-th (ours: erase fast, then let remain steps repair)"}
     )
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
@@ -108,7 +114,7 @@ class SFRonConfig:
 
 # Settings per backbone: the official ones under the conventions their code used (docs/algorithms.md, section 1),
 # and for cfg_unet the official conventions with the pseudo objective and a dense-then-sparse forget schedule. Why
-# these values: docs/presets.md. (joint ignores alpha_placement, forget_every and forget_dense: one summed step.)
+# these values: docs/presets.md. (joint takes one summed step: erase.methods.NOT_READ lists what it never reads.)
 SFRON_PRESETS = {
     "cfg_unet": {"batch_size": 64, "steps": 120, "lr": 2e-4, "forget_objective": "pseudo", "alpha_placement": "clipped",
                  "forget_every": 2, "forget_dense": 20, "fisher_batches": 10},
