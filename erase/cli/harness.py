@@ -12,7 +12,7 @@ COMMANDS = ("unlearn", "train", "train-classifier")  # what the harness runs
 
 def command_args(name: str, *argv) -> argparse.Namespace:
     """`erase NAME ARGV` parsed by that subcommand's own parser (the `erase` command's main is not involved)."""
-    from erase.cli import classifier, train, unlearn
+    from erase.cli import train, train_classifier, unlearn
     from erase.cli.options import OneLineParser, chosen_method
 
     if name not in COMMANDS:
@@ -23,7 +23,7 @@ def command_args(name: str, *argv) -> argparse.Namespace:
     if name == "unlearn":
         unlearn.register(commands, chosen_method(argv))
     else:
-        (train if name == "train" else classifier).register(commands)
+        (train if name == "train" else train_classifier).register(commands)
     return parser.parse_args([name, *argv])
 
 

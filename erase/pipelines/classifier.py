@@ -59,7 +59,8 @@ def no_generation(*args, **kwargs):
 
 
 class ClassifierAdapter:
-    """A classifier whose trainable module the methods see as `denoiser`; a condition is a LongTensor of labels."""
+    """A classifier (`self.classifier`); a condition is a LongTensor of labels. The methods see the adapter interface,
+    in which the trained network is `denoiser` (the word of every other adapter): here it is the classifier."""
 
     backbone = "classifier"
     conditional = True  # the label enters the loss
@@ -72,10 +73,19 @@ class ClassifierAdapter:
     methods = METHODS
 
     def __init__(self, model: nn.Module, info: dict | None = None):
-        self.denoiser = model
+        self.classifier = model
         self.info = dict(info or {})
         self.info["backbone"] = self.backbone
         self.info.setdefault("class_names", [str(i) for i in range(model.num_classes)])
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The adapter interface's name for the trained network: the classifier."""
+        return self.classifier
+
+    @denoiser.setter
+    def denoiser(self, module: nn.Module) -> None:  # the engine swaps in a frozen copy for a moment
+        self.classifier = module
 
     @classmethod
     def create(cls, resolution: int = 16, channels: int = 1, num_classes: int = 10, **info) -> "ClassifierAdapter":
@@ -83,11 +93,11 @@ class ClassifierAdapter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        return next(self.classifier.parameters()).device
 
     @property
     def num_classes(self) -> int:
-        return self.denoiser.num_classes
+        return self.classifier.num_classes
 
     @property
     def class_names(self) -> list[str]:
@@ -95,34 +105,34 @@ class ClassifierAdapter:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return (self.denoiser.channels, self.denoiser.resolution, self.denoiser.resolution)
+        return (self.classifier.channels, self.classifier.resolution, self.classifier.resolution)
 
     latent_shape = image_shape
 
     def to(self, device) -> "ClassifierAdapter":
-        self.denoiser.to(device)
+        self.classifier.to(device)
         return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images  # the network takes [-1, 1] images as the datasets hold them
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(images)
+        return self.classifier(images)
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-sample cross-entropy of `labels`, (B,), in float32."""
-        return F.cross_entropy(self.denoiser(images).float(), labels, reduction="none")
+        return F.cross_entropy(self.classifier(images).float(), labels, reduction="none")
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
         """Logits of `images` in eval mode, in batches, on the CPU (N, num_classes)."""
-        was_training = self.denoiser.training
-        self.denoiser.eval()
+        was_training = self.classifier.training
+        self.classifier.eval()
         try:
-            return torch.cat([self.denoiser(images[i : i + batch_size].to(self.device)).float().cpu()
+            return torch.cat([self.classifier(images[i : i + batch_size].to(self.device)).float().cpu()
                               for i in range(0, len(images), batch_size)])
         finally:
-            self.denoiser.train(was_training)
+            self.classifier.train(was_training)
 
     def accuracy(self, dataset) -> float:
         """Share of `dataset` (images in [-1, 1], labels) classified correctly."""
@@ -149,7 +159,7 @@ class ClassifierAdapter:
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
-        self.denoiser.save_pretrained(directory / COMPONENT)
+        self.classifier.save_pretrained(directory / COMPONENT)
         (directory / COMPONENT / "README.md").unlink(missing_ok=True)  # the mixin's Hub model card
         index = {"_class_name": "ErasableImageClassifier", COMPONENT: ["erase.pipelines.classifier", "SmallCNN"],
                  ERASE_KEY: self.info}
