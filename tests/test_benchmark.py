@@ -184,8 +184,9 @@ def test_tuned_benchmark_selects_per_method_reuses_finished_runs_and_reruns_only
     import erase.eval.inversion
 
     calls, sampled = [], []
-    real_run, real_sample = erase.cli.harness.run_command, erase.eval.class_scores.sample_classes
-    monkeypatch.setattr(erase.cli.harness, "run_command", lambda *argv: (calls.append(argv), real_run(*argv)))
+    real_run, real_sample = erase.cli.harness.unlearn_flags, erase.eval.class_scores.sample_classes
+    monkeypatch.setattr(erase.cli.harness, "unlearn_flags", lambda *argv: (calls.append(("unlearn", *argv)),
+                                                                           real_run(*argv))[1])
     monkeypatch.setattr(erase.eval.class_scores, "sample_classes", lambda *a, **k: (sampled.append(a), real_sample(*a, **k))[1])
     monkeypatch.setattr(erase.eval.inversion, "invert_class", lambda *a, **k: sampled.append("inversion"))
     assert main(argv) == 0

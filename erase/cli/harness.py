@@ -1,5 +1,7 @@
-"""The research harness's steps (benchmark, ablation, tuning, the classifier benchmark, the demo): run a
-subcommand in this process through its own parser, and cache runs, samples and scores by what they depend on."""
+"""The research harness's steps (benchmark, ablation, tuning, the classifier benchmark, the demo): erasure runs call
+`erase.unlearn` with the arguments their flags mean (flags are the spelling the caches are keyed by, and what
+run.json and the reports show); training runs go through their subcommand's own parser; runs, samples and scores are
+cached by what they depend on."""
 
 from __future__ import annotations
 
@@ -28,9 +30,19 @@ def command_args(name: str, *argv) -> argparse.Namespace:
 
 
 def run_command(name: str, *argv) -> None:
-    """Run the `erase NAME` subcommand in this process (errors propagate as UsageError)."""
+    """Run the `erase NAME` subcommand in this process (errors propagate as UsageError): `train` and
+    `train-classifier`, which have no Python API, and the demo's `erase unlearn`, run as a user types it."""
     args = command_args(name, *argv)
     args.run(args)
+
+
+def unlearn_flags(*flags) -> dict:
+    """`erase.unlearn` called with the keyword arguments that `erase unlearn FLAGS` means (as that command's parser
+    reads them); its record. The harness keeps runs as flags, the spelling its caches are keyed by."""
+    from erase.api import unlearn
+    from erase.cli.unlearn import unlearn_arguments
+
+    return unlearn(**unlearn_arguments(command_args("unlearn", *flags)))[1]
 
 
 def method_defaults(method: str) -> dict:
@@ -62,7 +74,7 @@ def cached_unlearn(folder: Path, flags: list) -> dict:
     key = {"flags": [str(f) for f in flags], "defaults": method_defaults(unlearn_method(flags))}
     stamp = folder / "erase-flags.json"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
-        run_command("unlearn", *key["flags"], "--out", folder, "--overwrite")
+        unlearn_flags(*key["flags"], "--out", folder, "--overwrite")
         stamp.write_text(json.dumps(key) + "\n")
     return json.loads((folder / "run.json").read_text())
 

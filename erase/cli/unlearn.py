@@ -131,15 +131,13 @@ def add_model_arguments(parser) -> None:
                        help="classifier judging the probe: 'digits' (shipped) or a folder (default: %(default)s)")
 
 
-def run(args) -> None:
-    """The flags as `erase.unlearn` arguments: one code path, so run.json is the record the API returns."""
-    from accelerate import PartialState
-
-    from erase.api import unlearn
+def unlearn_arguments(args) -> dict:
+    """The flags as `erase.unlearn` keyword arguments: one code path, so run.json is the record the API returns
+    (the research harness calls `erase.unlearn` with these too)."""
     from erase.data import parse_class_ids
     from erase.engine import Runtime
-    from erase.prompts import PromptRow
     from erase.methods import METHODS
+    from erase.prompts import PromptRow
 
     def prompts(texts: list[str], csv: Path | None) -> list:
         return [*(PromptRow(p, None, None, str(i)) for i, p in enumerate(texts)), *([csv] if csv else [])]
@@ -151,14 +149,24 @@ def run(args) -> None:
     else:
         remain = parse_class_ids(args.remain_classes) if args.remain_classes else None
     given = {name for _, cls in METHODS.values() for name in cls.__dataclass_fields__ if hasattr(args, name)}
-    _, record = unlearn(
-        args.model, forget, remain, args.method, model_config=args.model_config, forget_random=args.forget_random,
-        replacement_prompt=args.replacement_prompt, data=args.data, images_per_condition=args.images_per_condition,
-        generation_steps=args.generation_steps, data_cache=args.data_cache, preset=args.preset, mask=args.mask,
-        train_params=args.train_params, gradient_checkpointing=args.gradient_checkpointing,
-        monitor_every=args.monitor_every, monitor_samples=args.monitor_samples, monitor_steps=args.monitor_steps,
+    return dict(
+        model=args.model, forget=forget, remain=remain, method=args.method, model_config=args.model_config,
+        forget_random=args.forget_random, replacement_prompt=args.replacement_prompt, data=args.data,
+        images_per_condition=args.images_per_condition, generation_steps=args.generation_steps,
+        data_cache=args.data_cache, preset=args.preset, mask=args.mask, train_params=args.train_params,
+        gradient_checkpointing=args.gradient_checkpointing, monitor_every=args.monitor_every,
+        monitor_samples=args.monitor_samples, monitor_steps=args.monitor_steps,
         monitor_classifier=args.monitor_classifier, out=args.out, overwrite=args.overwrite,
         **{name: getattr(args, name) for name in given}, **{f: getattr(args, f) for f in Runtime.__dataclass_fields__})
+
+
+def run(args) -> None:
+    """`erase.unlearn` with the flags' arguments, then one summary line."""
+    from accelerate import PartialState
+
+    from erase.api import unlearn
+
+    _, record = unlearn(**unlearn_arguments(args))
     if not PartialState().is_main_process:
         return
     parts = [f"{name} loss {log['value'][0]:.4f} -> {log['value'][-1]:.4f}"
