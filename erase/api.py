@@ -255,16 +255,7 @@ def unlearn(
     from erase.models import to_diffusers
     from erase.record import check_output_dir, checkpoint_folder, discard_checkpoints
 
-    if "retain" in options:  # the name before "remain" was chosen for the kept set everywhere
-        import warnings
-
-        warnings.warn("erase.unlearn(retain=...) is deprecated; pass remain=... (the same set)", DeprecationWarning,
-                      stacklevel=2)
-        if remain is not None:
-            raise OptionError("pass remain=... alone: retain= is its deprecated name")
-        remain = options.pop("retain")
-    if "train_method" in options:  # ESD's own name for what --train-params chooses for every method
-        train_params = esd_train_params(method, options.pop("train_method"), train_params)
+    remain, train_params = deprecated_names(method, remain, train_params, options)
     check_method_name(method, mask, runtime, options)
     folder_input = isinstance(model, (str, os.PathLike))
     if out is not None:
@@ -312,6 +303,23 @@ def unlearn(
     return to_diffusers(opened), record
 
 
+def deprecated_names(method: str, remain, train_params: str, options: dict):
+    """(remain, train_params) with their deprecated spellings in `options` (removed from it) taken in, each with a
+    DeprecationWarning: `retain` (the name before "remain" was chosen for the kept set everywhere) and ESD's
+    `train_method` (what `train_params` chooses for every method)."""
+    import warnings
+
+    if "retain" in options:
+        warnings.warn("erase.unlearn(retain=...) is deprecated; pass remain=... (the same set)", DeprecationWarning,
+                      stacklevel=3)
+        if remain is not None:
+            raise OptionError("pass remain=... alone: retain= is its deprecated name")
+        remain = options.pop("retain")
+    if "train_method" in options:
+        train_params = esd_train_params(method, options.pop("train_method"), train_params)
+    return remain, train_params
+
+
 def esd_train_params(method: str, train_method: str, train_params: str) -> str:
     """`train_params` for ESD's deprecated `train_method` (esd-x, esd-u, full), with a deprecation warning."""
     import warnings
@@ -326,7 +334,7 @@ def esd_train_params(method: str, train_method: str, train_params: str) -> str:
         raise OptionError(f"train_method={train_method!r} and train_params={train_params!r} disagree; pass "
                           "train_params alone")
     warnings.warn(f"erase.unlearn(train_method={train_method!r}) is deprecated; pass train_params={chosen!r} (the "
-                  "same parameters)", DeprecationWarning, stacklevel=3)
+                  "same parameters)", DeprecationWarning, stacklevel=4)
     return chosen
 
 
@@ -765,27 +773,9 @@ def score(
     erased = (header.get("model_info") or {}).get("erased", {})
     forget_classes = (class_ids(as_list(forget), option("--forget-class", "forget")) if forget is not None
                       else erased.get("forget_classes", []))
-    judge = None
-    if classifier or (fid_ref and fid_features == "classifier"):
-        from erase.eval.classifier import load_classifier
-
-        judge = load_classifier(classifier or "digits")
-    metrics = {}
-    if classifier:
-        from erase.eval.metrics import ClassAccuracy
-
-        metrics["classifier"] = ClassAccuracy(judge, str(classifier), forget_classes, where)
-    if fid_ref:
-        metrics["fid"] = fid_metric(pixels.shape[1:], forget_classes, judge, fid_ref, fid_features, fid_classes,
-                                    cache_dir)
-    if nudenet:
-        from erase.eval.metrics import NudityRate
-
-        metrics["nudity"] = NudityRate(folder, threshold)
-    if clip is not None:
-        from erase.eval.metrics import PromptCLIPScore
-
-        metrics["clip"] = PromptCLIPScore(clip, str(clip_model), erased.get("forget_prompts", []))
+    metrics = score_metrics(folder, pixels.shape[1:], where, forget_classes, erased, classifier=classifier,
+                            fid_ref=fid_ref, fid_features=fid_features, fid_classes=fid_classes, cache_dir=cache_dir,
+                            nudenet=nudenet, threshold=threshold, clip=clip, clip_model=clip_model)
     scores: dict = {"images": where, "image_count": len(pixels), "resolution": list(pixels.shape[1:]),
                     "forget_classes": forget_classes,
                     "sampling": {k: v for k, v in header.items() if k != "environment"}}
@@ -798,6 +788,33 @@ def score(
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, scores)
     return scores
+
+
+def score_metrics(folder, shape, where: str, forget_classes: list, erased: dict, *, classifier, fid_ref, fid_features,
+                  fid_classes, cache_dir, nudenet, threshold, clip, clip_model) -> dict:
+    """The metric objects (erase/eval/metrics.py) `erase.score`'s arguments ask for, by section name."""
+    judge = None
+    if classifier or (fid_ref and fid_features == "classifier"):
+        from erase.eval.classifier import load_classifier
+
+        judge = load_classifier(classifier or "digits")
+    metrics = {}
+    if classifier:
+        from erase.eval.metrics import ClassAccuracy
+
+        metrics["classifier"] = ClassAccuracy(judge, str(classifier), forget_classes, where)
+    if fid_ref:
+        metrics["fid"] = fid_metric(shape, forget_classes, judge, fid_ref, fid_features, fid_classes,
+                                    cache_dir)
+    if nudenet:
+        from erase.eval.metrics import NudityRate
+
+        metrics["nudity"] = NudityRate(folder, threshold)
+    if clip is not None:
+        from erase.eval.metrics import PromptCLIPScore
+
+        metrics["clip"] = PromptCLIPScore(clip, str(clip_model), erased.get("forget_prompts", []))
+    return metrics
 
 
 def computed_metrics(metrics: dict, pixels, conditions: list, files: list, batch_size: int = 500):
