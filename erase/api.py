@@ -120,6 +120,10 @@ def read_targets(adapter, forget, remain, forget_random):
     if adapter.conditional:
         adapter.check_class_ids(forget_ids)
     remain_ids = class_ids(remain_items, option("--remain-classes", "remain")) if remain_items else None
+    erased_before = (adapter.info.get("erased") or {}).get("forget_classes", [])
+    if remain_ids is None and erased_before and adapter.generative and adapter.conditional:
+        # sequential erasure: classes an earlier run erased are not kept, or the remain step would teach them again
+        remain_ids = [c for c in range(adapter.num_classes) if c not in forget_ids and c not in erased_before]
     return Targets(forget_ids, remain_ids)
 
 
@@ -235,7 +239,8 @@ def unlearn(
         `model_config` = a local diffusers folder of its family (configs, tokenizer; erase/pipelines/single_file.py):
         it comes back as a pipeline of that folder's class. Pickle checkpoints (.ckpt, .pt, .bin) are refused.
     forget / remain: class ids (`7`, `[1, 3]`, `"0-4"`) for class models; prompts (strings) or prompt CSV files
-        (`pathlib.Path`) for text-to-image models. `remain` defaults to every other class; prompts need it.
+        (`pathlib.Path`) for text-to-image models. `remain` defaults to every other class (less the classes an
+        earlier run erased from this model: sequential erasure keeps them erased); prompts need it.
         (`retain=` is the deprecated name of `remain=`.)
     method: one of erase.methods.METHODS ("sfron", "joint", "nabla_tau", "ga", "rl", "salun", "esd", "sa").
     **options: the method's config fields (`lr=1e-5`, `steps=100`; see help(erase.methods.SFRonConfig)) and runtime

@@ -111,6 +111,10 @@ def test_several_classes_at_once_then_another_in_sequence_are_all_recorded(tmp_p
     assert [(step["method"], step["forget_classes"], step["source"]) for step in facts["sequence"]] == [
         ("ga", [1, 3], str(trained_model_dir)), ("rl", [7], str(first))]
     assert record["forget"] == [7] and record["erasure_sequence"] == facts["sequence"]
+    # the classes erased before are not kept: a remain step on real 1s and 3s would teach them again
+    assert record["remain"] == [0, 2, 4, 5, 6, 8, 9] and record["remain_images"] > 0
+    _, record = erase.unlearn(first, forget=7, remain=[1, 2], method="rl", steps=1, data="digits")
+    assert record["remain"] == [1, 2]  # what the user names is kept as named
     attacked = attack(second, attack="relearn", images=2, relearn_steps=[1], samples=1, sample_steps=1, data="digits")
     assert [row["concept"] for row in attacked["rows"]] == [1, 3, 7]
 

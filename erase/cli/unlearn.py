@@ -86,7 +86,8 @@ def add_target_arguments(parser) -> None:
     what.add_argument("--forget-random", type=float, default=None,
                       help="classifiers: forget this share of the training split, drawn with the model's split seed "
                            "(as `erase train-classifier --forget-random` leaves it out), e.g. 0.1")
-    what.add_argument("--remain-classes", help="classes to keep (default: every other class of the data or model)")
+    what.add_argument("--remain-classes", help="classes to keep (default: every other class of the data or model, "
+                                               "less the classes an earlier erasure removed from it)")
     what.add_argument("--forget-prompt", action="append", default=[], help="a prompt to erase (repeatable)")
     what.add_argument("--forget-prompts", type=Path, help="CSV of prompts to erase (I2P layout), e.g. nsfw.csv")
     what.add_argument("--remain-prompt", "--retain-prompt", action=Renamed, append=True, default=[],
