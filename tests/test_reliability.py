@@ -22,8 +22,8 @@ from PIL import Image
 from erase.engine import Runtime
 from erase.methods import METHODS
 from erase.train import ClassifierTrainConfig, TrainConfig
-from erase.cli import (ablation, attack, benchmark, benchmark_classifier, classifier, demo, grid, guidance, mia, sample, score,
-                     train, unlearn)
+from erase.cli import (ablation, attack, benchmark, benchmark_classifier, demo, grid, guidance, mia, sample, score,
+                     train, train_classifier, unlearn)
 from erase.cli.main import main
 from erase.config import field_ranges
 
@@ -404,7 +404,7 @@ PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases
     "benchmark": (benchmark.RANGES, ["benchmark", "--model", "{nowhere}"]),
     "unlearn": (unlearn.RANGES, ["unlearn", "--model", "{nowhere}", "--forget-class", "1"]),
     "train": (train.RANGES, ["train", "--data", "{nowhere}"]),
-    "train-classifier": (classifier.RANGES, ["train-classifier", "--data", "{nowhere}"]),
+    "train-classifier": (train_classifier.RANGES, ["train-classifier", "--data", "{nowhere}"]),
     "benchmark-classifier": (benchmark_classifier.RANGES, ["benchmark-classifier"]),
     "mia": (mia.RANGES, ["mia", "--models", "{nowhere}", "--forget-class", "1"]),
     "attack": (attack.RANGES, ["attack", "--model", "{nowhere}", "--forget-class", "1"]),
