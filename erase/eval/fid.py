@@ -130,8 +130,8 @@ def real_statistics_path(cache_dir: Path, dataset: str, resolution: int, extract
     return cache_dir / f"fid-real-{dataset}-{resolution}px-{extractor}-{key}.safetensors"
 
 
-def fid_against(fid: FID, real_images_fn, generated: torch.Tensor, cache_file: Path | None) -> float:
-    """Fill real statistics from `cache_file` when present, else from `real_images_fn()` (and cache them)."""
+def fill_real(fid: FID, real_images_fn, cache_file: Path | None) -> None:
+    """Real statistics from `cache_file` when present, else from `real_images_fn()` (and cached there)."""
     if cache_file is not None and cache_file.is_file():
         fid.load_real(cache_file)
     else:
@@ -139,5 +139,10 @@ def fid_against(fid: FID, real_images_fn, generated: torch.Tensor, cache_file: P
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             fid.save_real(cache_file)
+
+
+def fid_against(fid: FID, real_images_fn, generated: torch.Tensor, cache_file: Path | None) -> float:
+    """FID of `generated` against the real statistics `fill_real` gives."""
+    fill_real(fid, real_images_fn, cache_file)
     fid.update(generated, real=False)
     return fid.compute()

@@ -52,7 +52,7 @@ class ClassAccuracy(Metric):
 
 
 class ClassFID(Metric):
-    """FID of the generated images (with `remain_only`, those of classes outside `forget_classes`) against real
+    """FID of the generated images (with `classes` 'remain', those of classes outside `forget_classes`) against real
     images, whose statistics `real_fn` gives once (read from / written to `cache` when one is named)."""
 
     full_state_update = False
@@ -74,13 +74,10 @@ class ClassFID(Metric):
             self.fid.update(pixels[keep], real=False)
 
     def compute(self) -> dict:
-        if self.cache is not None and self.cache.is_file():
-            self.fid.load_real(self.cache)
-        elif int(self.fid.metric.real_features_num_samples) == 0:
-            self.fid.update(self.real_fn(), real=True)
-            if self.cache is not None:
-                self.cache.parent.mkdir(parents=True, exist_ok=True)
-                self.fid.save_real(self.cache)
+        from erase.eval.fid import fill_real
+
+        if int(self.fid.metric.real_features_num_samples) == 0:
+            fill_real(self.fid, self.real_fn, self.cache)
         return {"value": self.fid.compute(), "features": self.features, "reference": self.reference,
                 "classes": self.classes, "samples": self.fid.sample_counts,
                 "real_statistics_cache": str(self.cache) if self.cache else None}
