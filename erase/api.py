@@ -749,7 +749,6 @@ def score(
         overall, per prompt, and for the forget prompts against the rest when the model's record names them.
     """
     from erase.config import check_ranges
-    from erase.errors import DataError
     from erase.record import as_json, check_output_file, environment, write_json
 
     check_ranges(locals(), SCORE_RANGES)
@@ -771,10 +770,10 @@ def score(
     folder, pixels, records, header = scored_images(images, record)
     conditions = [r.get("condition") for r in records]
     where = str(folder) if folder is not None else "in-memory tensor"
-    if clip is not None and not all(isinstance(c, str) for c in conditions):
-        raise DataError(f"{repr(where) if folder is not None else 'the record'} has no prompt per image "
-                        f"(index.json 'condition'); CLIP score needs images drawn with "
-                        f"{option('erase sample --prompts', 'erase.sample(prompts=...)')}")
+    if clip is not None:  # refused before the other metrics load their networks
+        from erase.eval.metrics import check_conditions
+
+        check_conditions(conditions, str, repr(where) if folder is not None else "the record")
     erased = (header.get("model_info") or {}).get("erased", {})
     forget_classes = (class_ids(as_list(forget), option("--forget-class", "forget")) if forget is not None
                       else erased.get("forget_classes", []))
@@ -818,7 +817,8 @@ def score_metrics(folder, shape, where: str, forget_classes: list, erased: dict,
     if clip is not None:
         from erase.eval.metrics import PromptCLIPScore
 
-        metrics["clip"] = PromptCLIPScore(clip, str(clip_model), erased.get("forget_prompts", []))
+        metrics["clip"] = PromptCLIPScore(clip, str(clip_model), erased.get("forget_prompts", []),
+                                          repr(where) if folder is not None else "the record")
     return metrics
 
 

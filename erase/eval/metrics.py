@@ -24,6 +24,18 @@ from torchmetrics.utilities import dim_zero_cat
 from erase.errors import DataError, option
 
 
+def check_conditions(conditions: Sequence, kind: type, where: str) -> None:
+    """Each image has a class id (`kind` int) or a prompt (`kind` str), else a DataError naming `where` (the images,
+    in words) and how to draw such images."""
+    if all(isinstance(c, kind) for c in conditions):
+        return
+    if kind is int:
+        raise DataError(f"{where} has no class id per image (index.json); FA/RA need images drawn with "
+                        f"{option('erase sample --classes', 'erase.sample(classes=...)')}")
+    raise DataError(f"{where} has no prompt per image (index.json 'condition'); CLIP score needs images drawn with "
+                    f"{option('erase sample --prompts', 'erase.sample(prompts=...)')}")
+
+
 class ClassAccuracy(Metric):
     """FA and RA: a classifier's predictions on images drawn per class id (erase/eval/classifier.py)."""
 
@@ -38,9 +50,7 @@ class ClassAccuracy(Metric):
     def update(self, pixels: torch.Tensor, conditions: Sequence, files: Sequence[str] | None = None) -> None:
         from erase.eval.classifier import predict_probabilities
 
-        if not all(isinstance(c, int) for c in conditions):
-            raise DataError(f"{self.where!r} has no class id per image (index.json); FA/RA need images drawn "
-                            f"with {option('erase sample --classes', 'erase.sample(classes=...)')}")
+        check_conditions(conditions, int, repr(self.where))
         self.probabilities.append(predict_probabilities(self.judge, pixels))
         self.classes.append(torch.tensor(list(conditions), dtype=torch.long))
 
@@ -139,9 +149,7 @@ class PromptCLIPScore(Metric):
     def update(self, pixels: torch.Tensor, conditions: Sequence, files: Sequence[str] | None = None) -> None:
         from erase.eval.clip_score import image_text_scores
 
-        if not all(isinstance(c, str) for c in conditions):
-            raise DataError(f"{self.where} has no prompt per image (index.json 'condition'); CLIP score needs images "
-                            f"drawn with {option('erase sample --prompts', 'erase.sample(prompts=...)')}")
+        check_conditions(conditions, str, self.where)
         self.scores.append(image_text_scores(pixels, list(conditions), self.model, self.processor))
         self.prompts.extend(conditions)
 
