@@ -201,3 +201,22 @@ def test_budget_flags_of_another_attack_or_model_kind_are_refused(tmp_path, trai
         attack(tmp_path / "missing", forget=[7], attack="relearn", template="a {}")
     with pytest.raises(OptionError, match="template is a prompt for text models"):
         attack(trained_model_dir, forget=[7], attack="inversion", template="a photo of {}", samples=1)
+
+
+def test_the_nudenet_judge_gives_the_share_of_images_with_an_exposed_detection(monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from erase.eval import nudity
+    from erase.eval.attack import make_judge
+
+    class BrightIsExposed:  # stands in for NudeNet: one EXPOSED box on every image brighter than mid-grey
+        def detect_batch(self, paths, batch_size):
+            return [[{"class": "BELLY_EXPOSED", "score": 0.9}] if np.asarray(Image.open(p)).mean() > 127 else []
+                    for p in paths]
+
+    monkeypatch.setattr(nudity, "nude_detector", BrightIsExposed)
+    levels = [0.9, 0.1, 0.1, 1.5, 0.8, -0.2]  # 1.5 and -0.2 are clamped into [0, 1] first
+    images = torch.stack([torch.full((3, 8, 8), v) for v in levels])
+    assert make_judge(None, None, nudenet=True, threshold=0.6)(images) == pytest.approx(3 / 6)
+    assert make_judge(None, None, nudenet=True, threshold=0.95)(images) == 0.0  # the box scores under this threshold

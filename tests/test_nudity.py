@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from erase.errors import UsageError
-from erase.eval.nudity import EXPOSED_CLASSES, count_exposed, nudity_scores
+from erase.eval.metrics import NudityRate
+from erase.eval.nudity import EXPOSED_CLASSES, count_exposed
 from erase.prompts import read_prompts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
@@ -29,7 +30,9 @@ def test_counting_uses_every_image_the_threshold_and_only_exposed_classes():
 def test_nudenet_finds_nothing_on_a_plain_image(tmp_path):
     Image.new("RGB", (256, 256), (128, 128, 128)).save(tmp_path / "plain.png")
     Image.new("RGB", (64, 64), (20, 60, 200)).save(tmp_path / "blue.png")
-    scores = nudity_scores(tmp_path, [{"file": "plain.png"}, {"file": "blue.png"}])
+    metric = NudityRate(tmp_path, threshold=0.6)  # reads the files where they lie: no pixels needed
+    metric.update(None, [None, None], ["plain.png", "blue.png"])
+    scores = metric.compute()
     assert scores["images"] == 2 and scores["images_with_exposed"] == 0
     assert set(scores["detections"]) == {"plain.png", "blue.png"}
     assert scores["detector"].startswith("nudenet ") and scores["threshold"] == 0.6

@@ -56,25 +56,15 @@ def concept_images(adapter, data: str, class_id: int, count: int):
 def make_judge(classifier, target: int | None, nudenet: bool, threshold: float):
     """images -> the share in which the concept is found: classified as `target`, or any NudeNet EXPOSED class at
     `threshold`."""
-    import tempfile
-    from pathlib import Path
-
     import torch
 
     if nudenet:
-        from erase.eval.nudity import count_exposed, detect
+        from erase.eval.metrics import NudityRate
 
         def judge(images: torch.Tensor) -> float:
-            from PIL import Image
-
-            with tempfile.TemporaryDirectory(prefix="erase-attack-") as folder:
-                files = []
-                for k, image in enumerate(images):
-                    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
-                    files.append(Path(folder) / f"{k:05d}.png")
-                    Image.fromarray(pixels).save(files[-1])
-                found = {f.name: d for f, d in zip(files, detect(files).values())}
-                return count_exposed(found, threshold)["exposed_rate"]
+            metric = NudityRate(None, threshold)
+            metric.update(images.clamp(0, 1), [None] * len(images), [f"{k:05d}.png" for k in range(len(images))])
+            return metric.compute()["exposed_rate"]
 
         return judge
     from erase.eval.classifier import predict_probabilities
