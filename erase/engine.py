@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from erase.checkpoint import Checkpoints, LoopState
-from erase.config import documented
+from erase.config import acts_when, documented
 from erase.errors import NonFiniteLossError, OptionError, UsageError, option
 from erase.memory import PhaseMemory, run_sizes
 from erase.sharding import clip_gradients, full_mask, is_sharded, local, shard_model, unsharded_module
@@ -710,6 +710,10 @@ def run_steps(names: Sequence[str], steps: int, body: Callable[[int], dict], run
     if saving:
         timer.move(saving, phase, "checkpoint")
     return log
+
+
+# `acts_when` metadata of the options that shape the remain step, in a method whose remain_alpha can weight it to nothing
+WITH_REMAIN_STEP = acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0)
 
 
 def remain_label_dropout_field(acts: dict | None = None):

@@ -76,8 +76,8 @@ class _ForeignOption(argparse.Action):
 def add_method_arguments(parser: argparse.ArgumentParser, methods: dict[str, tuple], method: str,
                          not_read: dict[str, tuple] | None = None) -> None:
     """`method`'s config fields (less its `not_read` ones) as flags, each with that method's own type, choices, range
-    and default; the other methods' flags, and the fields it never reads, are refused in one line. Flags default to "not given", so a preset and then the method's own
-    dataclass default apply unless the user sets one."""
+    and default; the other methods' flags, and the fields it never reads, are refused in one line. Flags default to
+    "not given", so a preset and then the method's own dataclass default apply unless the user sets one."""
     if method not in methods:
         return  # argparse refuses the --method value itself
     cls = methods[method][1]

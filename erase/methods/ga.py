@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from erase.config import acts_when, documented
-from erase.engine import Runtime, remain_label_dropout_field, start_run
+from erase.config import documented
+from erase.engine import Runtime, WITH_REMAIN_STEP, remain_label_dropout_field, start_run
 
 
 @documented
@@ -21,8 +21,7 @@ class GAConfig:
     loss_reduction: str = field(
         default="mean", metadata={"help": "per-sample loss over pixels (SalUn DDPM baselines: mean)", "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = remain_label_dropout_field(
-        acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0))
+    remain_label_dropout: float | None = remain_label_dropout_field(WITH_REMAIN_STEP)
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
 

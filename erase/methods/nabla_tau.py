@@ -63,8 +63,9 @@ class NablaTauConfig:
                                            "classes, else heldout",
                                   "choices": ("null", "heldout", "class", "auto", "value", "relative")}
     )
-    tau_value: float | None = field(default=None, metadata={**acts_when("tau_source", "value", lambda c: c.tau_source == "value"), "range": "(0, inf)",
-                                                                   "help": "fixed tau for --tau-source value"})
+    tau_value: float | None = field(default=None, metadata={
+        **acts_when("tau_source", "value", lambda c: c.tau_source == "value"), "range": "(0, inf)",
+        "help": "fixed tau for --tau-source value"})
     tau_factor: float = field(
         default=4.0, metadata={**acts_when("tau_source", "relative", lambda c: c.tau_source == "relative"),
                                "range": "(1, inf)", "help": "for --tau-source relative: tau = this x the starting forget loss (on the "
@@ -81,8 +82,9 @@ class NablaTauConfig:
         **acts_when("tau_source", "null, heldout or auto (the sources refreshed)",
                     lambda c: c.tau_source in ("null", "heldout", "auto")),
         "range": "[1, inf)", "help": "steps between tau refreshes (the others are fixed)"})
-    tau_samples: int = field(default=256, metadata={**acts_when("tau_source", "other than value",
-                                                                lambda c: c.tau_source != "value"), "range": "[1, inf)", "help": "(image, noise, timestep) draws per tau estimate"})
+    tau_samples: int = field(default=256, metadata={
+        **acts_when("tau_source", "other than value", lambda c: c.tau_source != "value"), "range": "[1, inf)",
+        "help": "(image, noise, timestep) draws per tau estimate"})
     alpha: float | None = field(default=None, metadata={"range": "(0, 1]", "help": "alpha_0 (default: 5/3 |D_f| / (|D_f| + |D_r|), the authors' rule)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
     remain_label_dropout: float | None = remain_label_dropout_field()
@@ -107,8 +109,9 @@ class NablaTauConfig:
                                      "class the forget class is moved toward (default: the next remaining class, "
                                      "SalUn's DDPM choice)"})
     pseudo_random: bool = field(default=False, metadata={**PSEUDO_ONLY, "help": "for --direction pseudo: a random remaining class per sample"})
-    timestep_bands: int = field(default=10, metadata={**acts_when("gap_over", "timestep", lambda c: c.gap_over == "timestep"),
-                                                      "range": "[1, inf)", "help": "timestep bands for --gap-over timestep"})
+    timestep_bands: int = field(default=10, metadata={
+        **acts_when("gap_over", "timestep", lambda c: c.gap_over == "timestep"), "range": "[1, inf)",
+        "help": "timestep bands for --gap-over timestep"})
     mask_fraction: float | None = field(
         default=None, metadata={"range": "(0, 1]", "help": "confine every update to this share of entries with the "
                                                     "largest forget-loss gradient magnitude (SalUn's saliency rule); "

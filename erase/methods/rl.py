@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-from erase.config import acts_when, documented
-from erase.engine import Runtime, remain_label_dropout_field, start_run
+from erase.config import documented
+from erase.engine import Runtime, WITH_REMAIN_STEP, remain_label_dropout_field, start_run
 from erase.objectives import pseudo_labels, pseudo_target_losses, require_conditional
 
 RELABEL_ZERO = "its forget loss, the squared gap eps(x_t, c_forget) - eps(x_t, c_pseudo),"
@@ -46,13 +46,12 @@ class RLConfig:
                                   "choices": ("sum", "mean")}
     )
     remain_reduction: str = field(
-        default="mean", metadata={**acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0),
+        default="mean", metadata={**WITH_REMAIN_STEP,
                                   "help": "per-sample remain loss over pixels: mean (the default, with remain_alpha "
                                           "3.072) or sum (SalUn DDPM's form, with its remain_alpha 1e-3)",
                                   "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = remain_label_dropout_field(
-        acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0))
+    remain_label_dropout: float | None = remain_label_dropout_field(WITH_REMAIN_STEP)
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 

@@ -17,6 +17,7 @@ from erase.engine import (
     MaskedUpdate,
     PhaseTimer,
     Runtime,
+    WITH_REMAIN_STEP,
     endless_batches,
     remain_label_dropout_field,
     start_run,
@@ -65,7 +66,9 @@ class SFRonConfig:
         metadata={"help": "adaptive (weighted gradient ascent), ga (plain ascent) or pseudo (map to --pseudo-class)",
                   "choices": ("adaptive", "ga", "pseudo")},
     )
-    temperature: float = field(default=0.5, metadata={**acts_when("forget_objective", "adaptive", lambda c: c.forget_objective == "adaptive"), "range": "[0, inf)", "help": "lambda of the adaptive weights; 0 = plain ascent (official DDPM: 0.5)"})
+    temperature: float = field(default=0.5, metadata={
+        **acts_when("forget_objective", "adaptive", lambda c: c.forget_objective == "adaptive"), "range": "[0, inf)",
+        "help": "lambda of the adaptive weights; 0 = plain ascent (official DDPM: 0.5)"})
     pseudo_class: int | None = field(
         default=None, metadata={**PSEUDO_ONLY, "range": "[0, inf)", "help": "target class of the pseudo objective (default: the next remaining class after "
                                         "the forget class, as SalUn's DDPM code maps k to k + 1)"}
@@ -78,8 +81,7 @@ class SFRonConfig:
                                          "(the official DDPM code, whose forget_alpha and clip norms assume it) or mean",
                                  "choices": ("sum", "mean")}
     )
-    remain_label_dropout: float | None = remain_label_dropout_field(
-        acts_when("remain_alpha", "above 0", lambda c: c.remain_alpha > 0))
+    remain_label_dropout: float | None = remain_label_dropout_field(WITH_REMAIN_STEP)
     gamma: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "saliency threshold on F_forget / F_remain (official: 1.0)"})
     fisher_batches: int = field(default=20, metadata={"range": "[1, inf)", "help": "batches per Fisher estimate (ours; the official code takes a pass)"})
     fisher_groups: int = field(
@@ -105,7 +107,8 @@ class SFRonConfig:
     )
     forget_every: int = field(default=1, metadata={"range": "[1, inf)", "help": "take a forget step every k-th iteration (official diffusion: 1)"})
     forget_dense: int = field(
-        default=0, metadata={**acts_when("forget_every", "above 1", lambda c: c.forget_every > 1), "range": "[0, inf)",
+        default=0, metadata={**acts_when("forget_every", "above 1", lambda c: c.forget_every > 1),
+                             "range": "[0, inf)",
                              "help": "take a forget step on every one of the first N iterations, then every "
                                      "--forget-every-th (ours: erase fast, then let remain steps repair)"}
     )
