@@ -27,6 +27,9 @@ class ImageDataset(torch.utils.data.Dataset):
     # images of the same distribution the model never trained on, where the source knows them (a classifier's
     # validation split): Nabla-tau's tau reference. Subsets do not carry it.
     heldout: "ImageDataset | None" = None
+    # per-image concept ids beside the label, where the source knows them (the styled digits: {"digit", "style"},
+    # their labels being caption ids); subsets carry them
+    concepts: "dict[str, torch.Tensor] | None" = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -39,7 +42,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images.shape[-1]
 
     def subset(self, keep: torch.Tensor, name: str) -> "ImageDataset":
-        return ImageDataset(self.images[keep], self.labels[keep], self.class_names, name)
+        concepts = {k: v[keep] for k, v in self.concepts.items()} if self.concepts else None
+        return ImageDataset(self.images[keep], self.labels[keep], self.class_names, name, concepts=concepts)
 
 
 def _to_tensor(pixels: np.ndarray, resolution: int, max_value: float) -> torch.Tensor:
@@ -122,7 +126,20 @@ def image_folder(path: str | Path, resolution: int, channels: int = 3) -> ImageD
     return ImageDataset(pixels, torch.tensor(labels), [d.name for d in class_dirs], root.name)
 
 
-DATASETS = {"mnist": mnist, "digits": digits}
+def styled(resolution: int = 24) -> ImageDataset:
+    """The MNIST digits in the eight procedural styles of erase/styled.py, captioned (RGB)."""
+    from erase.styled import styled_digits
+
+    return styled_digits(resolution)
+
+
+DATASETS = {"mnist": mnist, "digits": digits, "styled-digits": styled}
+
+
+def channels_of(source: str) -> int:
+    """Image channels of a named source (styled-digits: RGB); 1 for the grey digits and for image folders, which
+    `erase train` reads grey."""
+    return 3 if source == "styled-digits" else 1
 
 
 def load_dataset(source: str, resolution: int, channels: int = 1) -> ImageDataset:

@@ -26,6 +26,12 @@ def register(commands) -> None:
     parser.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers per UNet block (default: %(default)s)")
     parser.add_argument("--exclude-classes", default=None,
                         help="class ids left out of the training data, e.g. '7' or '1,3' (the model keeps all class ids)")
+    parser.add_argument("--exclude-concept", action="append", default=[], metavar="KIND:NAME",
+                        help="for captioned data (styled-digits): leave out every image of a concept, e.g. "
+                             "'style:neon' or 'digit:3' (repeatable); the model still learns every caption's words "
+                             "it meets elsewhere (the retrained-without-concept gold standard)")
+    parser.add_argument("--text-width", type=int, default=32,
+                        help="width of the frozen random CLIP text encoder of --conditioning text (default: %(default)s)")
     parser.add_argument("--hold-out-per-class", type=int, default=0,
                         help="keep this many random images per class out of training (seeded by --split-seed), for "
                              "membership inference (`erase mia`); the model records which (default: %(default)s)")
@@ -84,7 +90,7 @@ def training_scheduler(prediction_type: str, conditioning: str):
 
 
 # erase/config.py check_ranges: plain flags of this command (TrainConfig and Runtime declare their own)
-RANGES = {"resolution": "[8, inf)", "layers_per_block": "[1, inf)", "guidance_scale": "[0, inf)",
+RANGES = {"resolution": "[8, inf)", "text_width": "[8, inf)", "layers_per_block": "[1, inf)", "guidance_scale": "[0, inf)",
           "hold_out_per_class": "[0, inf)", "split_seed": "[0, 4294967295]"}
 
 
@@ -101,6 +107,10 @@ def run(args) -> None:
                               environment, write_json)
     from erase.train import train
 
+    if args.conditioning == "class" and args.data == "styled-digits":
+        raise UsageError("--data styled-digits is captioned: train it with --conditioning text")
+    if args.prompt_template is not None and args.data == "styled-digits":
+        raise UsageError("--data styled-digits brings its own captions; leave --prompt-template out")
     if args.conditioning == "class" and args.prompt_template is not None:
         raise UsageError("--prompt-template names the prompts of --conditioning text; add --conditioning text or "
                          "leave it out")
@@ -143,9 +153,9 @@ def run(args) -> None:
 
 def training_data(args):
     """(the dataset, what trains: without --exclude-classes, held-out split recorded or None, the excluded ids)."""
-    from erase.data import load_dataset, parse_class_ids, split_by_class, split_held_out
+    from erase.data import channels_of, load_dataset, parse_class_ids, split_by_class, split_held_out
 
-    dataset = load_dataset(args.data, args.resolution)
+    dataset = load_dataset(args.data, args.resolution, channels_of(args.data))
     held_out = None
     if args.hold_out_per_class:
         held_out = {"per_class": args.hold_out_per_class, "split_seed": args.split_seed, "data": args.data,
@@ -153,7 +163,38 @@ def training_data(args):
         dataset = split_held_out(dataset, args.hold_out_per_class, args.split_seed)[0]
     excluded = parse_class_ids(args.exclude_classes) if args.exclude_classes else []
     train_data = split_by_class(dataset, excluded)[1] if excluded else dataset
+    if args.exclude_concept:
+        train_data = without_concepts(train_data, args.exclude_concept)
     return dataset, train_data, held_out, excluded
+
+
+def without_concepts(dataset, specs: list[str]):
+    """`dataset` without the images of each 'kind:name' concept (styled-digits: style:KEY, digit:D)."""
+    import torch
+
+    from erase.errors import UsageError
+
+    if not dataset.concepts:
+        raise UsageError(f"--exclude-concept applies to captioned data (styled-digits); {dataset.name} has classes: "
+                         "use --exclude-classes")
+    keep = torch.ones(len(dataset), dtype=torch.bool)
+    for spec in specs:
+        kind, _, name = spec.partition(":")
+        if kind not in dataset.concepts:
+            raise UsageError(f"--exclude-concept {spec!r}: the kind is one of {sorted(dataset.concepts)}, e.g. "
+                             f"'style:neon' or 'digit:3'")
+        keep &= dataset.concepts[kind] != concept_index(kind, name, spec)
+    return dataset.subset(keep, f"{dataset.name} without {', '.join(specs)}")
+
+
+def concept_index(kind: str, name: str, spec: str) -> int:
+    from erase.errors import UsageError
+    from erase.styled import STYLE_KEYS
+
+    names = STYLE_KEYS if kind == "style" else tuple(str(d) for d in range(10))
+    if name not in names:
+        raise UsageError(f"--exclude-concept {spec!r}: no {kind} {name!r}; the {kind}s are {', '.join(names)}")
+    return names.index(name)
 
 
 def new_model(args, dataset, train_data, channels: tuple, held_out, excluded: list):
@@ -163,7 +204,8 @@ def new_model(args, dataset, train_data, channels: tuple, held_out, excluded: li
 
     scheduler = training_scheduler(args.prediction_type, args.conditioning)
     facts = dict(guidance_scale=args.guidance_scale, excluded_classes=excluded, trained_on=dataset.name,
-                 **({"held_out": held_out} if held_out else {}))
+                 **({"held_out": held_out} if held_out else {}),
+                 **({"excluded_concepts": list(args.exclude_concept)} if args.exclude_concept else {}))
     if args.conditioning != "text":
         return CFGUNetAdapter.create(
             args.resolution, channels, dataset.images.shape[1], num_classes=len(dataset.class_names),
@@ -174,9 +216,14 @@ def new_model(args, dataset, train_data, channels: tuple, held_out, excluded: li
     from erase.data import ImageDataset
     from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
-    prompts = class_prompts(args.prompt_template or DEFAULT_TEMPLATE, dataset.class_names)
+    if dataset.concepts:  # captioned data: its class names are the captions
+        prompts, facts["captions"] = list(dataset.class_names), f"{dataset.name}: {len(dataset.class_names)} captions"
+    else:
+        prompts = class_prompts(args.prompt_template or DEFAULT_TEMPLATE, dataset.class_names)
+        facts["class_prompts"] = prompts
+    max_length = max(32, -(-(max(len(p) for p in prompts) + 2) // 16) * 16)  # characters + start and end tokens
     with tempfile.TemporaryDirectory(prefix="erase-tokenizer-") as scratch:  # save_pretrained rewrites it
         adapter = StableDiffusionAdapter.create_pixel_model(args.resolution, dataset.images.shape[1], scheduler,
-                                                            scratch, channels, class_prompts=prompts, **facts)
+                                                            scratch, channels, max_length, args.text_width, **facts)
     ids = adapter.register_prompts(prompts)
     return adapter, ImageDataset(train_data.images, ids[train_data.labels], adapter.class_names, train_data.name)

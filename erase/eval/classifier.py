@@ -23,14 +23,17 @@ SHIPPED = {"digits": ASSETS / "digit-classifier"}
 
 
 class DigitClassifier(nn.Module, PyTorchModelHubMixin):
-    """A small CNN for grey digits; input floats in [0, 1], (N, 1, H, W), resized to `resolution`."""
+    """A small CNN; input floats in [0, 1], (N, C, H, W), resized to `resolution`. `in_channels` 1 (grey digits:
+    RGB input is averaged to grey) or 3 (the styled digits' judges read colour)."""
 
-    def __init__(self, resolution: int = 16, num_classes: int = 10, width: int = 32, feature_dim: int = 128):
+    def __init__(self, resolution: int = 16, num_classes: int = 10, width: int = 32, feature_dim: int = 128,
+                 in_channels: int = 1):
         super().__init__()
         self.resolution = resolution
+        self.in_channels = in_channels
         self.num_features = feature_dim  # what torchmetrics' FID reads off a custom extractor
         self.body = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
@@ -42,8 +45,10 @@ class DigitClassifier(nn.Module, PyTorchModelHubMixin):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         x = to_unit_float(images)
-        if x.shape[1] == 3:
+        if x.shape[1] == 3 and self.in_channels == 1:
             x = x.mean(1, keepdim=True)
+        elif x.shape[1] == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False)
         return (x - 0.5) / 0.5

@@ -58,11 +58,13 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
 
     @classmethod
     def create_pixel_model(cls, resolution: int, in_channels: int, scheduler, scratch: str | Path,
-                           channels: Sequence[int] = (32, 64), **info) -> "StableDiffusionAdapter":
+                           channels: Sequence[int] = (32, 64), max_length: int = 32, text_width: int = 32,
+                           **info) -> "StableDiffusionAdapter":
         """A text-conditional pixel-space model built from configs (seed torch first): a tiny UNet2DConditionModel
-        with cross-attention on a frozen random CLIP text encoder (erase train --conditioning text). It has no VAE;
-        its folder is a StableDiffusionPipeline folder with vae null."""
-        text_encoder, tokenizer = tiny_text_encoder(scratch)
+        with cross-attention on a frozen random CLIP text encoder of `text_width` dimensions reading `max_length`
+        characters (erase train --conditioning text). It has no VAE; its folder is a StableDiffusionPipeline folder
+        with vae null."""
+        text_encoder, tokenizer = tiny_text_encoder(scratch, max_length, text_width)
         unet = tiny_unet_condition(resolution, in_channels, text_encoder.config.hidden_size, channels)
         return cls(unet, None, text_encoder, tokenizer, scheduler, info)
 
@@ -92,7 +94,8 @@ def tiny_text_encoder(directory: str | Path, max_length: int = 32, hidden_size: 
     folder = write_character_vocabulary(Path(directory))
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size,
+        intermediate_size=37 if hidden_size == 32 else 2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1,
     ))
     return text_encoder, tokenizer
@@ -100,10 +103,12 @@ def tiny_text_encoder(directory: str | Path, max_length: int = 32, hidden_size: 
 
 def tiny_unet_condition(sample_size: int = 8, in_channels: int = 4, cross_attention_dim: int = 32,
                         channels: Sequence[int] = (32, 64)) -> UNet2DConditionModel:
-    """A small UNet2DConditionModel with one cross-attention level (tests, erase train --conditioning text)."""
+    """A small UNet2DConditionModel: a plain first level, cross-attention on every lower one (two levels: tests and
+    the 16 px digit text model; three: the styled digits), as erase train --conditioning text builds it."""
+    levels = len(channels)
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
-        block_out_channels=tuple(channels), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
+        block_out_channels=tuple(channels), down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",), cross_attention_dim=cross_attention_dim,
         attention_head_dim=8, norm_num_groups=8,
     )
