@@ -723,6 +723,7 @@ def score(
     *,
     classifier: str | None = None,
     forget=None,
+    forget_concept: str | None = None,
     fid_ref: str | None = None,
     fid_features: str = "classifier",
     fid_classes: str = "remain",
@@ -739,7 +740,10 @@ def score(
         (N, C, H, W) in [0, 1] with `record` = `erase.sample`'s record (each image's condition; tensors are rounded
         to 8 bits first, as the PNGs are, so both give the same numbers).
     classifier: forgetting accuracy (FA, on `forget` classes; default: what the model's record says it erased) and
-        remaining accuracy (RA) with 'digits' (shipped), a classifier folder or a transformers image classifier.
+        remaining accuracy (RA) with 'digits' (shipped), a classifier folder or a transformers image classifier;
+        'styled' (the shipped style and styled-digit judges, on images drawn from erase.styled.CAPTIONS) gives
+        UnlearnCanvas' UA, IRA, CRA, kept and leak (erase/eval/concepts.py) for `forget_concept` ('style:KEY' or
+        'digit:D'; default: the concept the model's record's forget prompts name).
     fid_ref: FID against 'mnist', 'digits' or a folder of real images, in `fid_features` space ('classifier' or
         'inception', which needs clean-fid, installed without torchvision: erase/eval/fid.py); over the remaining
         classes (`fid_classes`='remain') or all.
@@ -777,8 +781,11 @@ def score(
     erased = (header.get("model_info") or {}).get("erased", {})
     forget_classes = (class_ids(as_list(forget), option("--forget-class", "forget")) if forget is not None
                       else erased.get("forget_classes", []))
+    if forget_concept is not None and classifier != "styled":
+        styled = option("--classifier styled", "classifier='styled'")
+        raise OptionError(f"{option('--forget-concept', 'forget_concept')} is scored by the styled judges: add {styled}")
     metrics = score_metrics(folder, pixels.shape[1:], where, forget_classes, erased, classifier=classifier,
-                            fid_ref=fid_ref, fid_features=fid_features, fid_classes=fid_classes, cache_dir=cache_dir,
+                            forget_concept=forget_concept, fid_ref=fid_ref, fid_features=fid_features, fid_classes=fid_classes, cache_dir=cache_dir,
                             nudenet=nudenet, threshold=threshold, clip=clip, clip_model=clip_model)
     scores: dict = {"images": where, "image_count": len(pixels), "resolution": list(pixels.shape[1:]),
                     "forget_classes": forget_classes,
@@ -794,16 +801,26 @@ def score(
     return scores
 
 
-def score_metrics(folder, shape, where: str, forget_classes: list, erased: dict, *, classifier, fid_ref, fid_features,
-                  fid_classes, cache_dir, nudenet, threshold, clip, clip_model) -> dict:
+def score_metrics(folder, shape, where: str, forget_classes: list, erased: dict, *, classifier, forget_concept=None,
+                  fid_ref, fid_features, fid_classes, cache_dir, nudenet, threshold, clip, clip_model) -> dict:
     """The metric objects (erase/eval/metrics.py) `erase.score`'s arguments ask for, by section name."""
     judge = None
-    if classifier or (fid_ref and fid_features == "classifier"):
+    metrics = {}
+    if classifier == "styled":
+        from erase.eval.classifier import load_classifier
+        from erase.eval.concepts import ConceptAccuracy
+        from erase.styled import concept_of_prompts, parse_concept
+
+        forget_prompts = erased.get("forget_prompts", [])
+        concept = (parse_concept(forget_concept) if forget_concept is not None
+                   else concept_of_prompts(forget_prompts))
+        judge = load_classifier("styled-digits")  # FID in the digit judge's features
+        metrics["concepts"] = ConceptAccuracy(load_classifier("styles"), judge, concept, forget_prompts)
+    elif classifier or (fid_ref and fid_features == "classifier"):
         from erase.eval.classifier import load_classifier
 
         judge = load_classifier(classifier or "digits")
-    metrics = {}
-    if classifier:
+    if classifier and classifier != "styled":
         from erase.eval.metrics import ClassAccuracy
 
         metrics["classifier"] = ClassAccuracy(judge, str(classifier), forget_classes, where)

@@ -11,6 +11,10 @@ rendering gets one caption, drawn from a seeded generator, so the dataset is the
 
 The caption of a rendering is `CAPTIONS[label]`; `caption_facts(label)` gives its digit, style, template and
 spellings. `erase train --data styled-digits --conditioning text` trains on every caption.
+
+A concept is a style or a digit, written 'style:neon' or 'digit:3' (`parse_concept`). Erasing one by its prompts
+uses the first spelling of its name and the templates of `ERASE_TEMPLATES` (`erasure_prompts`); `LEAK_TEMPLATE` and
+the second spelling are kept back, so a judge can ask whether the concept leaks under words the erasure never saw.
 """
 
 from __future__ import annotations
@@ -206,9 +210,86 @@ def caption_labels(digits: torch.Tensor, styles: torch.Tensor, seed: int = 0) ->
 
 def styled_digits(resolution: int = 24, seed: int = 0):
     """The styled renderings as an ImageDataset in [-1, 1], labelled by caption id (class names = `CAPTIONS`);
-    `.digits` and `.styles` carry each image's concepts."""
+    `.concepts["digit"]` and `.concepts["style"]` carry each image's concepts."""
     from erase.data import ImageDataset
 
     pixels, digits, styles = render_all(resolution, seed)
     return ImageDataset(pixels * 2 - 1, caption_labels(digits, styles, seed), list(CAPTIONS),
                         f"styled-digits{resolution}", concepts={"digit": digits, "style": styles})
+
+
+# ---- concepts and the prompts that name them ------------------------------------------------------------------
+
+KINDS = ("style", "digit")
+ERASE_TEMPLATES = (0, 1, 2)  # the templates erasure prompts are written in
+LEAK_TEMPLATE = 3  # a template no erasure prompt uses: does the concept come back under it?
+
+
+@dataclass(frozen=True)
+class Concept:
+    kind: str  # "style" or "digit"
+    index: int  # style index into STYLES, or the digit
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{STYLE_KEYS[self.index] if self.kind == 'style' else self.index}"
+
+    @property
+    def other_kind(self) -> str:
+        return "digit" if self.kind == "style" else "style"
+
+    def of(self, facts: CaptionFacts) -> int:
+        """The concept id of this kind that a caption names."""
+        return getattr(facts, self.kind)
+
+    def spelling(self, facts: CaptionFacts) -> int:
+        return facts.style_spelling if self.kind == "style" else facts.digit_spelling
+
+
+def parse_concept(spec: str, flag: str = "--forget-concept") -> Concept:
+    """'style:KEY' or 'digit:D' as a Concept; an OptionError naming `flag` and the choices otherwise."""
+    from erase.errors import OptionError
+
+    kind, _, name = str(spec).partition(":")
+    if kind not in KINDS:
+        raise OptionError(f"{flag} {spec!r}: write KIND:NAME with KIND one of {', '.join(KINDS)}, e.g. 'style:neon' "
+                          "or 'digit:3'")
+    names = STYLE_KEYS if kind == "style" else tuple(str(d) for d in range(10))
+    if name not in names:
+        raise OptionError(f"{flag} {spec!r}: no {kind} {name!r}; the {kind}s are {', '.join(names)}")
+    return Concept(kind, names.index(name))
+
+
+def erasure_prompts(concept: Concept, templates=ERASE_TEMPLATES, spelling: int = 0) -> list[str]:
+    """The captions that name `concept` in its `spelling`, over every concept of the other kind and `templates`,
+    with the other kind's first spelling: what `erase unlearn --forget-prompt` is given to erase it."""
+    prompts = []
+    for other in range(len(STYLES) if concept.kind == "digit" else 10):
+        digit, style = (concept.index, other) if concept.kind == "digit" else (other, concept.index)
+        for template in templates:
+            spellings = (spelling, 0) if concept.kind == "digit" else (0, spelling)
+            prompts.append(caption(digit, style, template, *spellings))
+    return prompts
+
+
+def concept_of_prompts(prompts) -> Concept | None:
+    """The one concept every caption in `prompts` names while the other kind varies (erasure_prompts' shape), or
+    None when there is none or it is ambiguous (one prompt, or prompts that are not captions)."""
+    facts = [facts_of_prompt(p) for p in prompts]
+    if not facts or any(f is None for f in facts):
+        return None
+    for kind in KINDS:
+        other = "digit" if kind == "style" else "style"
+        if len({getattr(f, kind) for f in facts}) == 1 and len({getattr(f, other) for f in facts}) > 1:
+            return Concept(kind, getattr(facts[0], kind))
+    return None
+
+
+def evaluation_prompts(concept: Concept | None = None, templates=(0,)) -> list[str]:
+    """Every digit in every style in `templates` (first spellings), plus for `concept` its prompts under the second
+    spelling and under LEAK_TEMPLATE: the prompt set `erase demo --text` and the text benchmark sample."""
+    prompts = [caption(d, s, t) for d in range(10) for s in range(len(STYLES)) for t in templates]
+    if concept is not None:
+        prompts += erasure_prompts(concept, templates, spelling=1)
+        prompts += erasure_prompts(concept, (LEAK_TEMPLATE,), spelling=0)
+    return list(dict.fromkeys(prompts))

@@ -17,9 +17,14 @@ def register(commands) -> None:
     )
     parser.add_argument("--images", type=Path, required=True, help="folder of generated images")
     parser.add_argument("--classifier", default=None,
-                        help="'digits' (shipped), a classifier folder, or a transformers image-classification folder")
+                        help="'digits' (shipped), 'styled' (the shipped style and styled-digit judges: UA, IRA, CRA "
+                             "of an erased style or digit), a classifier folder, or a transformers "
+                             "image-classification folder")
     parser.add_argument("--forget-class", default=None,
                         help="forgotten class id(s) for FA (default: those recorded by `erase unlearn` in the model)")
+    parser.add_argument("--forget-concept", default=None, metavar="KIND:NAME",
+                        help="with --classifier styled: the erased concept, 'style:KEY' or 'digit:D' (default: the "
+                             "one the model's recorded forget prompts name)")
     parser.add_argument("--fid-ref", default=None,
                         help="real images for FID: 'mnist', 'digits', or a folder of images")
     parser.add_argument("--fid-features", default="classifier", choices=("classifier", "inception"),
@@ -41,7 +46,8 @@ def register(commands) -> None:
 def run(args) -> None:
     from erase.api import score
 
-    scores = score(args.images, classifier=args.classifier, forget=args.forget_class, fid_ref=args.fid_ref,
+    scores = score(args.images, classifier=args.classifier, forget=args.forget_class,
+                   forget_concept=args.forget_concept, fid_ref=args.fid_ref,
                    fid_features=args.fid_features, fid_classes=args.fid_classes, cache_dir=args.cache_dir,
                    nudenet=args.nudenet, threshold=args.threshold, clip_model=args.clip_model, out=args.out,
                    overwrite=args.overwrite)
@@ -52,6 +58,13 @@ def run(args) -> None:
             summary.append(f"FA {c['forgetting_accuracy']:.1%}")
         if c["remaining_accuracy_mean"] is not None:
             summary.append(f"mean RA {c['remaining_accuracy_mean']:.1%}")
+    if "concepts" in scores and scores["concepts"].get("concept"):
+        c = scores["concepts"]
+        summary.append(f"{c['concept']}: UA {c['unlearning_accuracy']:.1%}, IRA {c['in_domain_retain_accuracy']:.1%}, "
+                       f"CRA {c['cross_domain_retain_accuracy']:.1%}, {c['kept_kind']} kept {c['kept']:.1%}")
+    elif "concepts" in scores:
+        c = scores["concepts"]
+        summary.append("style accuracy " + ", ".join(f"{k} {v:.0%}" for k, v in c["style_accuracy"].items()))
     if "fid" in scores:
         summary.append(f"FID ({args.fid_features}) {scores['fid']['value']:.3f}")
     if "nudity" in scores:

@@ -173,28 +173,16 @@ def without_concepts(dataset, specs: list[str]):
     import torch
 
     from erase.errors import UsageError
+    from erase.styled import parse_concept
 
     if not dataset.concepts:
         raise UsageError(f"--exclude-concept applies to captioned data (styled-digits); {dataset.name} has classes: "
                          "use --exclude-classes")
     keep = torch.ones(len(dataset), dtype=torch.bool)
     for spec in specs:
-        kind, _, name = spec.partition(":")
-        if kind not in dataset.concepts:
-            raise UsageError(f"--exclude-concept {spec!r}: the kind is one of {sorted(dataset.concepts)}, e.g. "
-                             f"'style:neon' or 'digit:3'")
-        keep &= dataset.concepts[kind] != concept_index(kind, name, spec)
+        concept = parse_concept(spec, "--exclude-concept")
+        keep &= dataset.concepts[concept.kind] != concept.index
     return dataset.subset(keep, f"{dataset.name} without {', '.join(specs)}")
-
-
-def concept_index(kind: str, name: str, spec: str) -> int:
-    from erase.errors import UsageError
-    from erase.styled import STYLE_KEYS
-
-    names = STYLE_KEYS if kind == "style" else tuple(str(d) for d in range(10))
-    if name not in names:
-        raise UsageError(f"--exclude-concept {spec!r}: no {kind} {name!r}; the {kind}s are {', '.join(names)}")
-    return names.index(name)
 
 
 def new_model(args, dataset, train_data, channels: tuple, held_out, excluded: list):

@@ -19,7 +19,9 @@ from erase.errors import UsageError
 from erase.images import to_unit_float
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED = {"digits": ASSETS / "digit-classifier"}
+SHIPPED = {"digits": ASSETS / "digit-classifier",
+           "styles": ASSETS / "style-classifier",  # the 8 styles of erase.styled, 24 px RGB
+           "styled-digits": ASSETS / "styled-digit-classifier"}  # the digit of a styled rendering, 24 px RGB
 
 
 class DigitClassifier(nn.Module, PyTorchModelHubMixin):
@@ -89,7 +91,7 @@ def load_classifier(spec: str | Path | nn.Module) -> nn.Module:
         return spec.eval()
     folder = SHIPPED.get(str(spec), Path(spec))
     if not Path(folder).is_dir():
-        raise UsageError(f"classifier {str(spec)!r} not found; pass 'digits', a classifier folder, or a transformers model folder")
+        raise UsageError(f"classifier {str(spec)!r} not found; pass {', '.join(map(repr, SHIPPED))}, a classifier folder, or a transformers model folder")
     config = json.loads((Path(folder) / "config.json").read_text()) if (Path(folder) / "config.json").is_file() else {}
     if "architectures" in config or "model_type" in config:
         return TransformersClassifier(folder).eval()
