@@ -148,8 +148,9 @@ def load_data(adapter, targets, *, data, forget_random, remain_given: bool, data
         targets.remain = sorted(set(parts["remain"].labels.tolist()))
         return parts["forget"], parts["remain"], {"source": "training split", **adapter.info["data"],
                                                   "forget_random": forget_random}
-    if source == "auto":
-        source = adapter.default_data
+    if source == "auto":  # a model trained on captioned data erases with its real images
+        trained_on = str(adapter.info.get("trained_on", ""))
+        source = "styled-digits" if trained_on.startswith("styled-digits") else adapter.default_data
     if source == "generated":
         if targets.remain is None:
             if not adapter.conditional:
@@ -165,11 +166,16 @@ def load_data(adapter, targets, *, data, forget_random, remain_given: bool, data
             targets.remain = [c for c in range(adapter.num_classes) if c not in targets.forget]
         forget, remain = from_indexed_folder(adapter, source, targets)
         return forget, remain, {"source": str(source)}
-    if targets.by_prompt:
-        raise DataError(f"{option('--data')} {source!r}: prompt erasure needs 'generated' or a folder written by "
-                        "`erase sample --prompts`")
+    if targets.by_prompt and source != "styled-digits":
+        raise DataError(f"{option('--data')} {source!r}: prompt erasure needs 'generated', captioned data "
+                        "('styled-digits') or a folder written by `erase sample --prompts`")
     channels, _, resolution = adapter.image_shape
     dataset = load_dataset(source, resolution, channels)
+    if targets.by_prompt:
+        from erase.sources import from_captioned_dataset
+
+        forget, remain = from_captioned_dataset(adapter, dataset, targets)
+        return forget, remain, {"source": source, "images": {"forget": len(forget), "remain": len(remain)}}
     held = adapter.info.get("held_out")
     if held and held["data"] == source:  # images the model never saw stay unseen (`erase mia` tests them)
         from erase.data import split_held_out

@@ -22,6 +22,7 @@ from typing import Any
 from erase.errors import ModelError
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "mnist-cfg-unet"  # erase/assets/README.md: how it was made
+SHIPPED_TEXT_MODEL = SHIPPED_MODEL.parent / "styled-digits-t2i"  # the text-to-image model of styled digits
 
 ACCEPTED = "a model folder, a (UNet2DModel, scheduler) pair or a diffusers pipeline of a supported class"
 

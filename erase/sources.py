@@ -89,3 +89,38 @@ def cached_or_generated(adapter, targets: Targets, folder: Path, images_per_cond
         generate_folder(adapter, targets, folder, images_per_condition, seed, num_inference_steps)
     forget, remain = from_indexed_folder(adapter, folder, targets)
     return forget, remain, reused
+
+
+def from_captioned_dataset(adapter, dataset: ImageDataset, targets: Targets) -> tuple[ImageDataset, ImageDataset]:
+    """Forget and remain sets of real images for prompt targets on captioned data (the styled digits): each prompt
+    is one of the dataset's captions, and takes the renderings of the digit and style it names; a rendering whose
+    pair several prompts name is labelled by them in turn, so every prompt gets an equal share."""
+    from erase.styled import facts_of_prompt
+
+    if not dataset.concepts:
+        raise DataError(f"{dataset.name} has no captions per image; prompt erasure needs captioned data "
+                        "(styled-digits), 'generated' or a folder written by `erase sample --prompts`")
+    forget_set, remain_set = targets.condition_sets()
+    pairs = dataset.concepts["digit"] * 1000 + dataset.concepts["style"]
+    taken = torch.zeros(len(dataset), dtype=torch.bool)
+    sets = []
+    for wanted, name in ((forget_set, "forget"), (remain_set, "remain")):
+        by_pair: dict[int, list[str]] = {}
+        for prompt in sorted(wanted):
+            facts = facts_of_prompt(prompt)
+            if facts is None:
+                raise DataError(f"{name} prompt {prompt!r} is not one of {dataset.name}'s captions (erase.styled."
+                                "CAPTIONS); use --data generated for free-form prompts")
+            by_pair.setdefault(facts.digit * 1000 + facts.style, []).append(prompt)
+        indices, prompts = [], []
+        for pair, named in by_pair.items():
+            found = torch.nonzero((pairs == pair) & ~taken).flatten()  # forget first: its images stay out of remain
+            taken[found] = True
+            indices.append(found)
+            prompts += [named[k % len(named)] for k in range(len(found))]
+        index = torch.cat(indices)
+        if len(index) == 0:
+            raise DataError(f"{dataset.name} has no images for the {name} prompts {sorted(wanted)[:3]}")
+        labels = adapter.register_prompts(prompts)
+        sets.append(ImageDataset(dataset.images[index], labels, adapter.class_names, name))
+    return sets[0], sets[1]

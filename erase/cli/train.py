@@ -204,14 +204,20 @@ def new_model(args, dataset, train_data, channels: tuple, held_out, excluded: li
     from erase.data import ImageDataset
     from erase.pipelines.stable_diffusion import StableDiffusionAdapter
 
-    if dataset.concepts:  # captioned data: its class names are the captions
+    words = ()
+    if dataset.concepts:  # captioned data: its class names are the captions, its words whole tokens
+        import re
+
         prompts, facts["captions"] = list(dataset.class_names), f"{dataset.name}: {len(dataset.class_names)} captions"
+        words = sorted({w for p in prompts for w in re.findall(r"[a-z]+|[0-9]", p)})
     else:
         prompts = class_prompts(args.prompt_template or DEFAULT_TEMPLATE, dataset.class_names)
         facts["class_prompts"] = prompts
-    max_length = max(32, -(-(max(len(p) for p in prompts) + 2) // 16) * 16)  # characters + start and end tokens
+    # characters + start and end tokens; captions of whole-word tokens are short, 32 leaves room for attack tokens
+    max_length = 32 if words else max(32, -(-(max(len(p) for p in prompts) + 2) // 16) * 16)
     with tempfile.TemporaryDirectory(prefix="erase-tokenizer-") as scratch:  # save_pretrained rewrites it
         adapter = StableDiffusionAdapter.create_pixel_model(args.resolution, dataset.images.shape[1], scheduler,
-                                                            scratch, channels, max_length, args.text_width, **facts)
+                                                            scratch, channels, max_length, args.text_width, words,
+                                                            **facts)
     ids = adapter.register_prompts(prompts)
     return adapter, ImageDataset(train_data.images, ids[train_data.labels], adapter.class_names, train_data.name)

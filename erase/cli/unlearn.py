@@ -101,9 +101,11 @@ def add_target_arguments(parser) -> None:
 def add_data_arguments(parser) -> None:
     data = parser.add_argument_group("forget and remain images")
     data.add_argument("--data", default="auto",
-                      help="'mnist', 'digits', a folder with one subfolder per class, a folder written by "
-                           "`erase sample` (index.json), or 'generated' (sample the base model); 'auto' = mnist for "
-                           "UNet class models, generated for DiT and the text-to-image families (default: %(default)s)")
+                      help="'mnist', 'digits', 'styled-digits' (real renderings for captions of the styled "
+                           "digits), a folder with one subfolder per class, a folder written by `erase sample` "
+                           "(index.json), or 'generated' (sample the base model); 'auto' = mnist for UNet class "
+                           "models, styled-digits for models trained on it, generated for DiT and the other "
+                           "text-to-image models (default: %(default)s)")
     data.add_argument("--images-per-condition", type=int, default=8,
                       help="with --data generated: images per class or prompt (default: %(default)s)")
     data.add_argument("--generation-steps", type=int, default=50,

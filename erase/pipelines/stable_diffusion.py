@@ -59,12 +59,12 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
     @classmethod
     def create_pixel_model(cls, resolution: int, in_channels: int, scheduler, scratch: str | Path,
                            channels: Sequence[int] = (32, 64), max_length: int = 32, text_width: int = 32,
-                           **info) -> "StableDiffusionAdapter":
+                           words: Sequence[str] = (), **info) -> "StableDiffusionAdapter":
         """A text-conditional pixel-space model built from configs (seed torch first): a tiny UNet2DConditionModel
         with cross-attention on a frozen random CLIP text encoder of `text_width` dimensions reading `max_length`
-        characters (erase train --conditioning text). It has no VAE; its folder is a StableDiffusionPipeline folder
-        with vae null."""
-        text_encoder, tokenizer = tiny_text_encoder(scratch, max_length, text_width)
+        tokens (erase train --conditioning text): characters, and `words` as whole-word tokens. It has no VAE; its
+        folder is a StableDiffusionPipeline folder with vae null."""
+        text_encoder, tokenizer = tiny_text_encoder(scratch, max_length, text_width, words)
         unet = tiny_unet_condition(resolution, in_channels, text_encoder.config.hidden_size, channels)
         return cls(unet, None, text_encoder, tokenizer, scheduler, info)
 
@@ -84,14 +84,14 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
             scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def tiny_text_encoder(directory: str | Path, max_length: int = 32, hidden_size: int = 32):
+def tiny_text_encoder(directory: str | Path, max_length: int = 32, hidden_size: int = 32, words: Sequence[str] = ()):
     """A random-init CLIP text model (2 layers, 32-d) and a character-level CLIP tokenizer written to `directory`:
     the frozen text side of erase train's text-conditional digit models and of the tests (seed torch first)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from erase.pipelines.text import write_character_vocabulary
 
-    folder = write_character_vocabulary(Path(directory))
+    folder = write_character_vocabulary(Path(directory), words)
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size,

@@ -203,8 +203,12 @@ def quiet_load(model_class, directory, **kwargs):
             transformers_logging.enable_progress_bar()
 
 
-def write_character_vocabulary(directory: Path) -> Path:
-    """A character-level CLIP BPE vocabulary (no merges) covering lowercase text, digits and punctuation."""
+def write_character_vocabulary(directory: Path, words=()) -> Path:
+    """A character-level CLIP BPE vocabulary covering lowercase text, digits and punctuation, plus merges that make
+    each of `words` one token (every piece in the vocabulary; a later word's merges rank below every earlier one's,
+    so they never split an earlier word): a frozen random text encoder
+    then sees a caption's words as distinct tokens instead of runs of shared letters. Other text still tokenizes,
+    by characters."""
     import json
     import string
 
@@ -213,6 +217,25 @@ def write_character_vocabulary(directory: Path) -> Path:
     for symbol in string.ascii_lowercase + string.digits + string.punctuation:
         vocab[symbol] = len(vocab)
         vocab[symbol + "</w>"] = len(vocab)
+    merges: dict[tuple[str, str], int] = {}  # pair -> rank
+    for word in dict.fromkeys(w for w in words if len(w) > 1):
+        pieces = _byte_pair_pieces(word, merges)
+        while len(pieces) > 1:  # join what the earlier words' merges leave, left to right, at the lowest ranks
+            merges.setdefault((pieces[0], pieces[1]), len(merges))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            vocab.setdefault(pieces[0], len(vocab))
     (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     return directory
+
+
+def _byte_pair_pieces(word: str, merges: dict) -> list[str]:
+    """CLIP's BPE of one word under `merges` (pair -> rank): merge the lowest-ranked adjacent pair until none is."""
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:
+        ranked = [(merges.get(pair, float("inf")), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        rank, at = min(ranked)
+        if rank == float("inf"):
+            break
+        pieces = pieces[:at] + [pieces[at] + pieces[at + 1]] + pieces[at + 2:]
+    return pieces
