@@ -33,14 +33,16 @@ DEFAULT_CACHE = Path.home() / ".cache" / "erase"  # real-image FID statistics
 # unlearn
 
 
-def choose_preset(method: str, preset: str | None, backbone: str) -> dict:
-    """{"name", "values"} of `preset` for `method` (values {} where the method has none for that backbone)."""
+def choose_preset(method: str, preset: str | None, backbone: str | Sequence[str]) -> dict:
+    """{"name", "values"} of `preset` for `method` (values {} where the method has none for that backbone); with
+    "auto" and several names for the model (its own preset first, then its backbone's), the first the method has."""
     from erase.methods import PRESETS
 
     presets = PRESETS.get(method, {})
     if preset in (None, "none"):
         return {"name": None, "values": {}}
-    name = backbone if preset == "auto" else preset
+    names = [backbone] if isinstance(backbone, str) else list(backbone)
+    name = next((n for n in names if n in presets), names[0]) if preset == "auto" else preset
     if preset != "auto" and name not in presets:
         raise OptionError(f"{option('--preset')} {preset!r} does not exist for {option('--method')} {method}; choose "
                           f"'auto', 'none'{''.join(', ' + repr(n) for n in presets)}")
@@ -410,7 +412,7 @@ def method_config(method: str, config_class, config, method_values: dict, preset
     given value the config would ignore (an option acting only under another's value) is an OptionError."""
     from erase.config import build_config, check_options_act
 
-    chosen = (choose_preset(method, preset, adapter.preset or adapter.backbone) if config is None
+    chosen = (choose_preset(method, preset, [n for n in (adapter.preset, adapter.backbone) if n]) if config is None
               else {"name": None, "values": {}})
     base = dataclasses.asdict(config) if config is not None else {}
     built = build_config(config_class, {**base, **method_values}, chosen["values"])

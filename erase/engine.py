@@ -425,12 +425,20 @@ class UnlearnRun:
 
         return part
 
-    def pseudo_targets(self, forget_data, remain_data, pseudo_class: int | None, pseudo_random: bool):
-        """(the fixed pseudo class, the remaining classes on the device) that a pseudo-label forget objective maps
-        the forget conditions to; the run's conventions record the fixed class (None when drawn per sample)."""
-        from erase.objectives import default_pseudo_class
+    def pseudo_targets(self, forget_data, remain_data, pseudo_class: int | None, pseudo_random: bool,
+                       anchor: str = "fixed"):
+        """(the fixed pseudo class, or with `anchor` "nearest" a table of one remain prompt per forget prompt; the
+        remaining classes on the device) that a pseudo-label forget objective maps the forget conditions to; the
+        run's conventions record the choice (None when drawn per sample)."""
+        from erase.objectives import default_pseudo_class, nearest_prompts
 
         remain_classes = torch.unique(remain_data.labels).to(self.device)
+        if anchor == "nearest" and not pseudo_random and pseudo_class is None:
+            names = self.adapter.class_names
+            forget_ids = forget_data.labels.unique().tolist()
+            table = nearest_prompts(names, forget_ids, remain_classes.tolist())
+            self.conventions["pseudo_class"] = {names[i]: names[int(table[i])] for i in forget_ids}
+            return table.to(self.device), remain_classes
         chosen = default_pseudo_class(forget_data.labels.unique().tolist(), remain_classes.tolist(), pseudo_class)
         self.conventions["pseudo_class"] = None if pseudo_random else chosen
         return chosen, remain_classes

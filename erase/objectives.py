@@ -8,6 +8,9 @@ other; every method's config names the reduction its constants belong to (docs/a
 
 from __future__ import annotations
 
+import difflib
+from typing import Sequence
+
 import torch
 
 from erase.errors import UsageError
@@ -108,12 +111,28 @@ def default_pseudo_class(forget_classes, remain_classes, given: int | None = Non
     return next((c for c in remain if c > first), remain[0])
 
 
-def pseudo_labels(labels: torch.Tensor, pseudo_class: int, remain_classes: torch.Tensor,
+def nearest_prompts(prompts: Sequence[str], forget_ids: Sequence[int], remain_ids: Sequence[int]) -> torch.Tensor:
+    """A table over prompt ids mapping each forget prompt to the remain prompt whose words match it best
+    (difflib's ratio on word lists; the first such remain prompt on ties): with forget and remain prompts written
+    from the same templates, 'a seven in neon style' maps to 'a seven in sepia style', the concept swapped and the
+    rest of the prompt kept (the anchor prompts of concept ablation, chosen without a list)."""
+    table = torch.arange(len(prompts))
+    candidates = [(i, prompts[i].lower().split()) for i in remain_ids]
+    for i in forget_ids:
+        words = prompts[i].lower().split()
+        ratios = [difflib.SequenceMatcher(None, words, other, autojunk=False).ratio() for _, other in candidates]
+        table[i] = candidates[max(range(len(ratios)), key=ratios.__getitem__)][0]
+    return table
+
+
+def pseudo_labels(labels: torch.Tensor, pseudo_class: int | torch.Tensor, remain_classes: torch.Tensor,
                   per_sample_random: bool = False) -> torch.Tensor:
-    """The pseudo condition per sample: `pseudo_class` for all (SalUn's DDPM code), or with `per_sample_random` a
-    random remaining class each. A random class per sample is minimised by a network that ignores its label, which
-    erases more than asked."""
+    """The pseudo condition per sample: `pseudo_class` for all (SalUn's DDPM code), `pseudo_class[label]` where it
+    is a table (`nearest_prompts`), or with `per_sample_random` a random remaining class each. A random class per
+    sample is minimised by a network that ignores its label, which erases more than asked."""
     if per_sample_random:
         pick = torch.randint(0, len(remain_classes), labels.shape, device=labels.device)
         return remain_classes[pick]
+    if isinstance(pseudo_class, torch.Tensor):
+        return pseudo_class[labels]
     return torch.full_like(labels, pseudo_class)

@@ -3,6 +3,7 @@ retrained without the forget set)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ class TrainConfig:
     )
     ema_decay: float = field(default=0.0, metadata={"range": "[0, 1)", "help": "EMA decay of the saved weights; 0 saves the trained weights"})
     max_grad_norm: float | None = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
+    lr_schedule: str = field(default="constant", metadata={"choices": ("constant", "cosine"), "help": "constant, or cosine decay from --lr to 0 over --steps"})
 
 
 def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -> dict:
@@ -37,8 +39,8 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
         raise OptionError(f"{option('--ema-decay')} must be in [0, 1), got {config.ema_decay}")
     if runtime.fully_shard:
         raise OptionError(f"erase train does not shard ({option('--fully-shard')}); train on one process or under DDP")
-    accelerator, timer, _, stepper = prepare_training(adapter, runtime, lr=config.lr,
-                                                      max_grad_norm=config.max_grad_norm, optimizer="adamw")
+    accelerator, timer, optimizer, stepper = prepare_training(adapter, runtime, lr=config.lr,
+                                                              max_grad_norm=config.max_grad_norm, optimizer="adamw")
     params = list(trainable_parameters(adapter.denoiser).values())
     ema = None
     if config.ema_decay > 0:
@@ -53,7 +55,10 @@ def train(adapter, dataset, config: TrainConfig, runtime: Runtime = Runtime()) -
         loss = denoising_losses(adapter, adapter.encode(images), labels).mean()
         return loss, loss
 
-    def step(_: int) -> dict:
+    def step(index: int) -> dict:
+        if config.lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * (1.0 + math.cos(math.pi * index / config.steps)) / 2.0
         loss = stepper.step(loss_fn)
         if ema is not None:
             ema.step(params)
@@ -100,8 +105,6 @@ def random_shift(images: torch.Tensor, pixels: int, generator: torch.Generator, 
 def train_classifier(adapter, dataset, config: ClassifierTrainConfig, runtime: Runtime = Runtime()) -> dict:
     """Cross-entropy training of a classifier adapter in place (AdamW, cosine decay, random shifts); returns
     per-step losses and timings."""
-    import math
-
     steps_per_epoch = max(1, len(dataset) // min(config.batch_size, len(dataset)))
     steps = config.epochs * steps_per_epoch
     accelerator, timer, optimizer, stepper = prepare_training(adapter, runtime, lr=config.lr, max_grad_norm=None,

@@ -6,7 +6,7 @@ from PIL import Image
 
 from erase.eval.grid import image_grid
 from erase.cli.main import main
-from erase.models import SHIPPED_MODEL
+from erase.models import SHIPPED_MODEL, SHIPPED_TEXT_MODEL
 from tests.conftest import tree_digest
 
 
@@ -35,6 +35,28 @@ def test_demo_on_the_shipped_model_at_toy_size(tmp_path, capsys):
     assert Image.open(tmp_path / "grid.png").size[1] == 16 + 4 * 50 + 2  # 4 rows: 2 models x 2 seeds
     assert "mean RA" in capsys.readouterr().out
     assert tree_digest(SHIPPED_MODEL) == before  # the shipped model is read only
+
+
+@pytest.mark.skipif(not (SHIPPED_TEXT_MODEL / "model_index.json").is_file(), reason="the shipped text model is absent")
+def test_text_demo_on_the_shipped_text_model_at_toy_size(tmp_path, capsys):
+    from erase.styled import evaluation_prompts, parse_concept
+
+    before = tree_digest(SHIPPED_TEXT_MODEL)
+    code = main(["demo", "--text", "--forget-style", "sepia", "--out", str(tmp_path), "--steps", "2",
+                 "--per-prompt", "1", "--sample-steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["forget_concept"] == "style:sepia" and scores["preset"]["name"] == "pixel_text"
+    assert scores["evaluation_prompts"] == len(evaluation_prompts(parse_concept("style:sepia")))
+    for model in scores["scores"].values():
+        for key in ("unlearning_accuracy", "in_domain_retain_accuracy", "cross_domain_retain_accuracy", "kept"):
+            assert 0 <= model[key] <= 1
+    assert scores["config"]["pseudo_anchor"] == "nearest"
+    anchors = json.loads((tmp_path / "erased" / "run.json").read_text())["conventions"]["pseudo_class"]
+    assert all("sepia" in f and "sepia" not in a for f, a in anchors.items())  # each prompt to another style's
+    assert Image.open(tmp_path / "grid.png").size[1] == 16 + 12 * 50 + 2  # 3 styles x 4 digits
+    assert "UA" in capsys.readouterr().out
+    assert tree_digest(SHIPPED_TEXT_MODEL) == before  # the shipped model is read only
 
 
 def test_demo_without_the_base_model_exits_2(tmp_path, capsys):

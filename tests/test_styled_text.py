@@ -75,7 +75,52 @@ def test_shipped_text_model_loads_and_samples_in_plain_diffusers():
                                                    local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     size = pipe.unet.config.sample_size
-    out = pipe(caption(3, NEON), num_inference_steps=3, guidance_scale=2.0, height=size, width=size,
+    side = size * pipe.vae_scale_factor  # with no VAE, diffusers still divides height and width by its default 8
+    out = pipe(caption(3, NEON), num_inference_steps=3, guidance_scale=2.0, height=side, width=side,
                output_type="latent", generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, size, size) and torch.isfinite(out).all()
     assert sum(p.stat().st_size for p in SHIPPED_TEXT_MODEL.rglob("*") if p.is_file()) <= 15 * 2**20
+
+
+def test_nearest_prompts_swap_the_style_and_keep_the_digit_and_template():
+    from erase.objectives import nearest_prompts, pseudo_labels
+    from erase.styled import STYLES, DIGIT_WORDS
+
+    forget = erasure_prompts(Concept("style", NEON))
+    remain = [p for s in range(len(STYLES)) if s != NEON for p in erasure_prompts(Concept("style", s))]
+    names = forget + remain
+    table = nearest_prompts(names, range(len(forget)), range(len(forget), len(names)))
+    neon = STYLES[NEON].names[0]
+    for i, prompt in enumerate(forget):
+        anchor = names[int(table[i])]
+        assert anchor in remain
+        # put the anchor's style name back to neon: the forget prompt, word for word
+        other = next(s.names[0] for s in STYLES if s.key != "neon" and f" {s.names[0]} " in f" {anchor} ")
+        assert anchor.replace(other, neon) == prompt, (prompt, anchor)
+    assert all(int(table[j]) == j for j in range(len(forget), len(names)))  # remain prompts map to themselves
+    labels = torch.tensor([0, 5, len(forget)])
+    assert pseudo_labels(labels, table, torch.arange(len(names))).tolist() == table[labels].tolist()
+    assert DIGIT_WORDS[7] in names[int(table[forget.index(next(p for p in forget if "seven" in p))])]
+
+
+def test_pixel_text_models_take_their_own_sfron_preset_and_fall_back_to_the_backbones():
+    from erase.api import choose_preset
+
+    chosen = choose_preset("sfron", "auto", ["pixel_text", "stable_diffusion"])
+    assert chosen["name"] == "pixel_text" and chosen["values"]["pseudo_anchor"] == "nearest"
+    assert choose_preset("sfron", "auto", "stable_diffusion")["values"]["batch_size"] == 2
+    fallback = choose_preset("nabla_tau", "auto", ["pixel_text", "cfg_unet"])
+    assert fallback["name"] == "cfg_unet"  # nabla_tau has no pixel_text preset: the next name it has
+
+
+def test_nearest_anchor_is_refused_on_a_class_model(tmp_path):
+    from erase.errors import OptionError
+    from erase.api import unlearn
+    from tests.conftest import tiny_adapter
+
+    cfg_model_dir = tmp_path / "cfg"
+    tiny_adapter().save_pretrained(cfg_model_dir)
+
+    with pytest.raises(OptionError, match="--pseudo-anchor"):
+        unlearn(cfg_model_dir, forget=[7], data="digits", steps=1, batch_size=4, fisher_batches=1,
+                forget_objective="pseudo", pseudo_anchor="nearest")

@@ -66,7 +66,8 @@ def register(commands, method: str = "sfron") -> None:
     parser.add_argument("--method", default="sfron", choices=sorted(METHODS), help="erasure method (default: %(default)s)")
     parser.add_argument("--preset", default="auto",
                         help="named settings under the flags you give: 'auto' = the model's backbone's (sfron/joint: "
-                             "cfg_unet, dit, stable_diffusion; see erase/methods/sfron.py SFRON_PRESETS), a backbone name, or "
+                             "cfg_unet, dit, stable_diffusion, and pixel_text for the pixel-space text models erase train makes; see "
+                             "erase/methods/sfron.py SFRON_PRESETS), a backbone name, or "
                              "'none' for the method's plain defaults; run.json records it (default: %(default)s)")
     parser.add_argument("--mask", default=None,
                         help="reuse a saliency mask (mask.safetensors of an earlier run) instead of computing one; "

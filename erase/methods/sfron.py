@@ -30,6 +30,7 @@ from erase.objectives import (
     pseudo_target_losses,
     require_conditional,
 )
+from erase.errors import OptionError, option
 from erase.memory import release_freed_memory, tensor_bytes
 from erase.saliency import fisher_diagonal, saliency_mask, trainable_parameters
 from erase.sharding import shard_mask
@@ -75,6 +76,13 @@ class SFRonConfig:
     )
     pseudo_random: bool = field(
         default=False, metadata={**PSEUDO_ONLY, "help": "pseudo objective: a random remaining class per sample instead of one fixed class"}
+    )
+    pseudo_anchor: str = field(
+        default="fixed", metadata={**PSEUDO_ONLY, "choices": ("fixed", "nearest"),
+                                   "help": "pseudo objective on prompts: fixed (every forget prompt maps to one "
+                                           "remain prompt, as classes do) or nearest (each forget prompt maps to the "
+                                           "remain prompt that shares most of its words: the concept swapped, the "
+                                           "rest kept)"}
     )
     loss_reduction: str = field(
         default="sum", metadata={"help": "per-sample loss over pixels, for the forget, remain and Fisher losses: sum "
@@ -123,6 +131,8 @@ SFRON_PRESETS = {
                  "forget_every": 2, "forget_dense": 20, "fisher_batches": 10},
     "dit": {"steps": 600, "batch_size": 1, "lr": 1e-4, "forget_objective": "ga", "forget_alpha": 1e-3,
             "loss_reduction": "mean", "fisher_guidance": None, "fisher_max_grad_norm": None},
+    "pixel_text": {"batch_size": 64, "steps": 120, "lr": 2e-4, "forget_objective": "pseudo", "pseudo_anchor": "nearest",
+                   "alpha_placement": "clipped", "forget_every": 2, "forget_dense": 20, "fisher_batches": 10},
     "stable_diffusion": {"steps": 1000, "batch_size": 2, "lr": 1e-5, "forget_objective": "pseudo",
                          "forget_alpha": 1.0, "remain_alpha": 1.0, "loss_reduction": "mean"},
 }
@@ -194,6 +204,9 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
     if config.forget_objective == "pseudo":
         require_conditional(adapter, "--forget-objective pseudo", "its forget loss, the squared gap "
                             "eps(x_t, c_forget) - eps(x_t, c_pseudo),", "use --forget-objective adaptive or ga")
+        if config.pseudo_anchor == "nearest" and not adapter.takes_prompts:
+            raise OptionError(f"{option('--pseudo-anchor')} nearest matches prompts by their words, and this "
+                              f"{adapter.backbone} model takes class ids; use --pseudo-anchor fixed or --pseudo-class")
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
                     forget_reduction=config.loss_reduction, remain_reduction=config.loss_reduction,
@@ -253,7 +266,7 @@ def make_forget_loss(run, forget_data, remain_data, config: SFRonConfig):
     pseudo_class = remain_classes = None
     if config.forget_objective == "pseudo":
         pseudo_class, remain_classes = run.pseudo_targets(forget_data, remain_data, config.pseudo_class,
-                                                          config.pseudo_random)
+                                                          config.pseudo_random, config.pseudo_anchor)
 
     def forget_loss(alpha: float):
         images, labels = next(run.forget_batches)

@@ -38,6 +38,8 @@ class StableDiffusionAdapter(PromptConditioning, AdapterBase):
         self.tokenizer = tokenizer
         self.source = source
         self.info.setdefault("guidance_scale", 7.5)  # StableDiffusionPipeline's default
+        # a pixel-space model is one of the small ones `erase train` makes: the methods' pixel_text presets apply
+        self.preset = "pixel_text" if self.vae is None else None
         self.info["guidance_convention"] = GUIDANCE_CONVENTION
         self.init_prompts()
         if train_params is not None:  # None: sampling only, the UNet's requires_grad flags stay as they are
