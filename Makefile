@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo demo-text test test-slow clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/erase demo
 
+demo-text: install
+	$(BIN)/erase demo --text --out demo-text-out
+
 test: install
 	$(BIN)/python -m pytest -q
 
@@ -27,4 +30,4 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf demo-out benchmark-out .pytest_cache
+	rm -rf demo-out demo-text-out benchmark-out .pytest_cache
