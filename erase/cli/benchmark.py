@@ -139,8 +139,7 @@ def training_recipe(model: Path) -> tuple[dict, list]:
 def retrained_model(args, model: Path, forget_class: int | list[int], guidance_scale: float) -> Path:
     """RT without `forget_class` (a class or several): reused from the cache when its recorded flags match, else
     trained now."""
-    from erase.errors import UsageError
-    from erase.cli.harness import run_command
+    from erase.cli.harness import cached_training
 
     _, flags = training_recipe(model)
     if args.rt_steps is not None:
@@ -149,16 +148,7 @@ def retrained_model(args, model: Path, forget_class: int | list[int], guidance_s
     flags = [str(f) for f in flags + ["--exclude-classes", ",".join(map(str, classes)), "--guidance-scale",
                                       guidance_scale]]
     folder = (args.rt_cache or args.out / "rt") / f"without-{'-'.join(map(str, classes))}"
-    stamp = folder / "benchmark-flags.json"
-    if stamp.is_file():
-        if json.loads(stamp.read_text()) == flags:
-            print(f"using the cached RT model {folder}")
-            return folder
-        raise UsageError(f"{str(folder)!r} was trained with other flags; delete it or pass another --rt-cache")
-    print(f"training RT (without class {forget_class}): erase train {' '.join(flags)}")
-    run_command("train", *flags, "--out", folder, "--overwrite")
-    stamp.write_text(json.dumps(flags) + "\n")
-    return folder
+    return cached_training(folder, flags, f"without class {forget_class}")
 
 
 def erased_model(args, data: str, method: str, forget_class: int | str, settings: list, seed: int,

@@ -79,6 +79,25 @@ def cached_unlearn(folder: Path, flags: list) -> dict:
     return json.loads((folder / "run.json").read_text())
 
 
+def cached_training(folder: Path, flags: list[str], what: str) -> Path:
+    """`erase train FLAGS --out folder`, skipped when the folder's stamp holds the same flags (a stamp of other
+    flags is refused: the folder is someone else's model)."""
+    import json
+
+    from erase.errors import UsageError
+
+    stamp = folder / "benchmark-flags.json"
+    if stamp.is_file():
+        if json.loads(stamp.read_text()) == flags:
+            print(f"using the cached RT model {folder}")
+            return folder
+        raise UsageError(f"{str(folder)!r} was trained with other flags; delete it or pass another --rt-cache")
+    print(f"training RT ({what}): erase train {' '.join(flags)}")
+    run_command("train", *flags, "--out", folder, "--overwrite")
+    stamp.write_text(json.dumps(flags) + "\n")
+    return folder
+
+
 def cached_json(path: Path, key: dict, compute) -> dict:
     """`compute()`'s JSON result, stored at `path` under `key` and reused while the key is the same."""
     import json

@@ -13,12 +13,12 @@ import threading
 
 from erase import __version__
 
-SUBCOMMANDS = ("train", "train-classifier", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "benchmark-classifier", "mia", "attack", "ablation")
+SUBCOMMANDS = ("train", "train-classifier", "guidance", "unlearn", "sample", "grid", "score", "demo", "benchmark", "benchmark-text", "benchmark-classifier", "mia", "attack", "ablation")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `erase` parser for the command line `argv`: `erase unlearn` gets the flags of the `--method` it names."""
-    from erase.cli import (ablation, attack, benchmark, benchmark_classifier, demo, grid, guidance, mia, sample, score,
+    from erase.cli import (ablation, attack, benchmark, benchmark_classifier, benchmark_text, demo, grid, guidance, mia, sample, score,
                          train, train_classifier, unlearn)
     from erase.cli.options import OneLineParser, chosen_method
 
@@ -30,7 +30,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"erase {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    for module in (train, train_classifier, guidance, unlearn, sample, grid, score, demo, benchmark, benchmark_classifier, mia,
+    for module in (train, train_classifier, guidance, unlearn, sample, grid, score, demo, benchmark, benchmark_text,
+                   benchmark_classifier, mia,
                    attack, ablation):
         if module is unlearn:
             module.register(commands, chosen_method(argv or []))
