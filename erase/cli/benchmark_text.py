@@ -54,10 +54,10 @@ def rt_flags(model: Path, concept: str, guidance_scale: float, steps: int | None
 
 # `erase unlearn` flags per benchmarked method on the text model: the digit benchmark's settings (erase/cli/benchmark.py
 # SETTINGS, each paper's setting at lr x steps held), ESD in both of its published forms; SFR-on and Nabla-tau at
-# `erase unlearn`'s defaults for this model (SFR-on's pixel_text preset).
+# `erase unlearn`'s defaults for this model (SFR-on's pixel_text preset), Nabla-tau at its class-UNet budget.
 TEXT_SETTINGS = {
     "sfron": [],
-    "nabla_tau": [],
+    "nabla_tau": ["--steps", 150, "--batch-size", 64],  # its cfg_unet preset's budget (it has no pixel_text one)
     "ga": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
     "rl": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
     "salun": ["--steps", 100, "--lr", 1e-4, "--batch-size", 64],
@@ -139,7 +139,7 @@ def register(commands) -> None:
     parser = commands.add_parser(
         "benchmark-text", help="styles and digits erased by prompt from the shipped text model vs RT; UA / IRA / CRA",
         description="Tunes every method on a development style and digit (erase/cli/tuning.py's star of "
-                    "configurations; the rule: the best mean of IRA and CRA among configurations with UA >= 95%%, "
+                    "configurations; the rule: the best mean of IRA and CRA among configurations with UA >= 95%, "
                     "else the highest UA), then erases each test concept with three seeds, by its prompts "
                     f"(erase.styled.erasure_prompts), from the shipped text model; trains RT without every image of "
                     "the concept with the base model's own recipe; samples every model on every digit x style "
