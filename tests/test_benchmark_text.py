@@ -97,9 +97,8 @@ def test_report_names_each_missed_target_with_its_figure_and_the_best_method(tmp
 
 
 @shipped
-@pytest.mark.slow
 def test_benchmark_text_end_to_end_at_toy_size_reuses_its_record(tmp_path):
-    """About 4 minutes on 2 cores: RT for 2 steps, SFR-on and ESD-x for 2, one sample per prompt at 2 DDIM steps."""
+    """About 25 s on 2 cores: RT for 2 steps, SFR-on and ESD-x for 2, one sample per prompt at 2 DDIM steps."""
     argv = ["benchmark-text", "--methods", "sfron,esd-x", "--concepts", "style:sepia", "--no-tune", "--extra-seeds",
             "0", "--steps", "2", "--rt-steps", "2", "--per-prompt", "1", "--sample-steps", "2",
             "--record", str(tmp_path / "record"), "--out", str(tmp_path / "out")]
