@@ -433,7 +433,7 @@ class UnlearnRun:
         from erase.objectives import default_pseudo_class, nearest_prompts
 
         remain_classes = torch.unique(remain_data.labels).to(self.device)
-        if anchor == "nearest" and not pseudo_random and pseudo_class is None:
+        if anchor == "nearest":  # prepare_sfron refuses it beside --pseudo-random / --pseudo-class
             names = self.adapter.class_names
             forget_ids = forget_data.labels.unique().tolist()
             table = nearest_prompts(names, forget_ids, remain_classes.tolist())

@@ -124,3 +124,12 @@ def test_nearest_anchor_is_refused_on_a_class_model(tmp_path):
     with pytest.raises(OptionError, match="--pseudo-anchor"):
         unlearn(cfg_model_dir, forget=[7], data="digits", steps=1, batch_size=4, fisher_batches=1,
                 forget_objective="pseudo", pseudo_anchor="nearest")
+
+
+def test_nearest_anchor_is_refused_beside_a_fixed_or_random_pseudo_class(tmp_path):
+    from erase.api import unlearn
+    from erase.errors import OptionError
+
+    with pytest.raises(OptionError, match="chooses each forget prompt's anchor itself"):
+        unlearn(SHIPPED_TEXT_MODEL, forget=[caption(3, NEON)], remain=[caption(4, NEON)], steps=1,
+                batch_size=2, fisher_batches=1, pseudo_anchor="nearest", pseudo_random=True, out=tmp_path / "o")

@@ -207,6 +207,9 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
         if config.pseudo_anchor == "nearest" and not adapter.takes_prompts:
             raise OptionError(f"{option('--pseudo-anchor')} nearest matches prompts by their words, and this "
                               f"{adapter.backbone} model takes class ids; use --pseudo-anchor fixed or --pseudo-class")
+        if config.pseudo_anchor == "nearest" and (config.pseudo_random or config.pseudo_class is not None):
+            raise OptionError(f"{option('--pseudo-anchor')} nearest chooses each forget prompt's anchor itself; drop "
+                              f"{option('--pseudo-random')} / {option('--pseudo-class')} or use --pseudo-anchor fixed")
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
                     forget_reduction=config.loss_reduction, remain_reduction=config.loss_reduction,
