@@ -417,6 +417,8 @@ def method_config(method: str, config_class, config, method_values: dict, preset
     base = dataclasses.asdict(config) if config is not None else {}
     built = build_config(config_class, {**base, **method_values}, chosen["values"])
     check_options_act(built, {*method_values, *base})
+    if hasattr(built, "refuse_conflicts"):  # combinations refused before any data is made (SFR-on's pseudo anchor)
+        built.refuse_conflicts(adapter)
     return built, chosen
 
 

@@ -100,8 +100,8 @@ def test_report_names_each_missed_target_with_its_figure_and_the_best_method(tmp
 def test_benchmark_text_end_to_end_at_toy_size_reuses_its_record(tmp_path):
     """About 25 s on 2 cores: RT for 2 steps, SFR-on and ESD-x for 2, one sample per prompt at 2 DDIM steps."""
     argv = ["benchmark-text", "--methods", "sfron,esd-x", "--concepts", "style:sepia", "--no-tune", "--extra-seeds",
-            "0", "--steps", "2", "--rt-steps", "2", "--per-prompt", "1", "--sample-steps", "2",
-            "--record", str(tmp_path / "record"), "--out", str(tmp_path / "out")]
+            "0", "--steps", "2", "--rt-steps", "2", "--per-prompt", "1", "--sample-steps", "2", "--attack-steps", "1",
+            "--attack-samples", "2", "--record", str(tmp_path / "record"), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["method"] for r in results["rows"]] == ["base", "RT", "sfron", "esd-x"]
@@ -110,10 +110,22 @@ def test_benchmark_text_end_to_end_at_toy_size_reuses_its_record(tmp_path):
     assert results["rows"][2]["scores"]["fid_rt"] > 0 and results["rows"][3]["config"]["steps"] == 2
     units = sorted(p.relative_to(tmp_path / "record").as_posix() for p in (tmp_path / "record").rglob("*.json"))
     assert "runs/sfron-style-sepia-seed0.json" in units and "rt/style-sepia.json" in units
+    attacked = {r["method"]: r["attacks"] for r in results["rows"]}
+    assert set(attacked) == {"base", "RT", "sfron", "esd-x"} and len(set(a["adversarial_prompt"] for a in attacked.values())) >= 1
+    for a in attacked.values():
+        assert a["prompt"] == "a zero in sepia style" and a["template"] == "a zero in {} style" and a["images"] == 25
+        assert all(a[k] in (0.0, 0.5, 1.0) for k in ("fa_before", "fa_inversion", "fa_adversarial"))  # of 2 samples
+    assert sorted(u for u in units if u.startswith("attacks/")) == [
+        "attacks/RT-style-sepia.json", "attacks/base-style-sepia.json", "attacks/esd-x-style-sepia.json",
+        "attacks/sfron-style-sepia.json"]
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "record").rglob("*.json")}
-    assert main(argv) == 0  # the rerun reuses every unit: nothing rewritten
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert "## style:sepia" in (tmp_path / "out" / "benchmark-text.md").read_text()
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "runs")  # a fresh clone has the record but not the erased models
+    assert main(argv) == 0  # the rerun reuses every unit: nothing rewritten, nothing erased again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and not (tmp_path / "out" / "runs").exists()
+    report = (tmp_path / "out" / "benchmark-text.md").read_text()
+    assert "## style:sepia" in report and "| FA after inversion |" in report
 
 
 def test_a_cached_rt_trained_with_other_flags_is_refused_not_reused(tmp_path):
@@ -126,3 +138,35 @@ def test_a_cached_rt_trained_with_other_flags_is_refused_not_reused(tmp_path):
     assert cached_training(folder, ["--steps", "10"], "test") == folder  # same flags: reused, nothing trained
     with pytest.raises(UsageError, match="other flags"):
         cached_training(folder, ["--steps", "20"], "test")
+
+
+@shipped
+def test_the_attackers_images_show_the_attacked_prompts_digit_and_style():
+    """The judges (trained apart from this code) see the prompt's digit and style in the attacker's renderings."""
+    from erase.cli.benchmark_text import attack_setup
+    from erase.eval.classifier import load_classifier, predict_probabilities
+
+    for spec, digit, style, word in (("style:sepia", 0, "sepia", "sepia"), ("digit:3", 3, "crimson", "three")):
+        prompt, template, real = attack_setup(parse_concept(spec), 16)
+        assert facts_of_prompt(prompt).digit == digit and STYLE_KEYS[facts_of_prompt(prompt).style] == style
+        assert template.format(word) == prompt  # the learned token stands where the concept's word was
+        assert real.shape == (25, 3, 16, 16) and real.min() >= -1 and real.max() <= 1
+        images = (real + 1) / 2
+        styles = predict_probabilities(load_classifier("styles"), images).argmax(-1)
+        digits = predict_probabilities(load_classifier("styled-digits"), images).argmax(-1)
+        assert (styles == STYLE_KEYS.index(style)).float().mean() >= 0.9
+        assert (digits == digit).float().mean() >= 0.9
+
+
+def test_report_shows_each_models_attacks(tmp_path):
+    from erase.eval.report_text import attack_table
+
+    attacks = lambda before, inv, adv: {"prompt": "a zero in sepia style", "template": "a zero in {} style",  # noqa: E731
+                                        "images": 25, "fa_before": before, "fa_inversion": inv, "fa_adversarial": adv}
+    rows = [{"concept": "style:sepia", "method": "base", "attacks": attacks(1.0, 1.0, 0.98)},
+            {"concept": "style:sepia", "method": "sfron", "attacks": attacks(0.0, 0.42, 0.06)},
+            {"concept": "style:sepia", "method": "sfron", "seed": 1},
+            {"concept": "digit:3", "method": "sfron", "attacks": attacks(0.5, 0.5, 0.5)}]
+    lines = attack_table(rows, "style:sepia", ["sfron"])
+    assert "| base | 100.0% | 100.0% | 98.0% |" in lines and "| sfron | 0.0% | 42.0% | 6.0% |" in lines
+    assert not any(l.startswith("| RT") for l in lines) and attack_table(rows, "digit:7", ["sfron"]) == []

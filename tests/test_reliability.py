@@ -22,8 +22,8 @@ from PIL import Image
 from erase.engine import Runtime
 from erase.methods import METHODS
 from erase.train import ClassifierTrainConfig, TrainConfig
-from erase.cli import (ablation, attack, benchmark, benchmark_classifier, demo, grid, guidance, mia, sample, score,
-                     train, train_classifier, unlearn)
+from erase.cli import (ablation, attack, benchmark, benchmark_classifier, benchmark_text, demo, grid, guidance, mia,
+                       sample, score, train, train_classifier, unlearn)
 from erase.cli.main import main
 from erase.config import field_ranges
 
@@ -320,6 +320,12 @@ CASES = [
      r"--method esd cannot erase anything .* negative guidance .* is exactly 0; use --method ga"),
     ("ddpm-sa-pseudo-surrogate", [*DDPM, "--method", "sa", "--surrogate", "pseudo"], None,
      r"--surrogate pseudo cannot erase anything .*; use --surrogate noise"),
+    ("pseudo-anchor-nearest-on-class-model", [*UNLEARN, "--method", "sfron", "--pseudo-anchor", "nearest"], None,
+     r"--pseudo-anchor nearest matches prompts by their words, and this cfg_unet model takes class ids; use "
+     r"--pseudo-anchor fixed or --pseudo-class$"),
+    ("pseudo-anchor-nearest-with-pseudo-random", [*SD_UNLEARN, "--pseudo-anchor", "nearest", "--pseudo-random"], None,
+     r"--pseudo-anchor nearest chooses each forget prompt's anchor itself; drop --pseudo-random / --pseudo-class or "
+     r"use --pseudo-anchor fixed$"),
     # single-file checkpoints: refused before any weights load, or with what diffusers could not fit
     ("single-file-pickle-ckpt", SD_FILE, single_file("model.ckpt"),
      r"--model '.*model\.ckpt' is a pickle checkpoint \(\.ckpt\); pickle checkpoints are never loaded \(they can run "
@@ -406,6 +412,7 @@ PLAIN_FLAG_COMMANDS = {  # each command's RANGES with the command line its cases
     "train": (train.RANGES, ["train", "--data", "{nowhere}"]),
     "train-classifier": (train_classifier.RANGES, ["train-classifier", "--data", "{nowhere}"]),
     "benchmark-classifier": (benchmark_classifier.RANGES, ["benchmark-classifier"]),
+    "benchmark-text": (benchmark_text.RANGES, ["benchmark-text", "--model", "{nowhere}"]),
     "mia": (mia.RANGES, ["mia", "--models", "{nowhere}", "--forget-class", "1"]),
     "attack": (attack.RANGES, ["attack", "--model", "{nowhere}", "--forget-class", "1"]),
 }

@@ -65,6 +65,8 @@ TEXT_SETTINGS = {
     "esd-u": ["--method", "esd", "--train-params", "noxattn", "--steps", 100, "--lr", 1e-4],
     "sa": ["--steps", 100, "--lr", 1e-3, "--batch-size", 64],
 }
+RANGES = {"extra_seeds": "[0, inf)", "per_prompt": "[1, inf)", "sample_steps": "[1, inf)", "steps": "[1, inf)",
+          "rt_steps": "[1, inf)", "attack_steps": "[1, inf)", "attack_samples": "[1, inf)", "seed": "[0, 4294967295]"}
 UA_MIN = 0.95  # the tuning rule: among configurations with UA >= this on the development concept, the best retain
 
 
@@ -154,6 +156,13 @@ def register(commands) -> None:
                         help="test concepts, KIND:NAME (default: %(default)s)")
     parser.add_argument("--no-tune", dest="tune", action="store_false",
                         help="skip tuning: every method runs its TEXT_SETTINGS entry")
+    parser.add_argument("--no-attacks", dest="attacks", action="store_false",
+                        help="skip the attacks (concept inversion and the adversarial prompt on the base, RT and each "
+                             "method's first-seed model)")
+    parser.add_argument("--attack-steps", type=int, default=None,
+                        help="override both attacks' steps (quick checks; default: erase attack's, 200 and 40)")
+    parser.add_argument("--attack-samples", type=int, default=50,
+                        help="images judged per attacked model, before and after each attack (default: %(default)s)")
     parser.add_argument("--extra-seeds", type=int, default=2, help="seeds beyond --seed per test concept (default: %(default)s)")
     parser.add_argument("--per-prompt", type=int, default=3, help="scored samples per prompt and model (default: %(default)s)")
     parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per sample (default: %(default)s)")
@@ -178,8 +187,7 @@ def checked(args) -> tuple[list[str], list]:
     unknown = sorted(set(methods) - set(TEXT_SETTINGS))
     if unknown:
         raise UsageError(f"--methods: unknown {unknown}; choose from {', '.join(TEXT_SETTINGS)}")
-    check_ranges(vars(args), {"extra_seeds": "[0, inf)", "per_prompt": "[1, inf)", "sample_steps": "[1, inf)",
-                              "steps": "[1, inf)", "rt_steps": "[1, inf)", "seed": "[0, 4294967295]"})
+    check_ranges(vars(args), RANGES)
     concepts = [parse_concept(c.strip(), "--concepts") for c in args.concepts.split(",") if c.strip()]
     dev = {parse_concept(c).name for c in DEV_CONCEPTS.values()}
     if dev & {c.name for c in concepts}:
@@ -215,16 +223,48 @@ class Bench:
         return sample_prompts(adapter, evaluation_prompts(concept), self.args.per_prompt, self.args.seed,
                               self.args.sample_steps, name)
 
+    def run_flags(self, method: str, concept, extra: list, seed: int) -> list:
+        """`erase unlearn` flags of one erasure of `concept` (its prompt files written under OUT/prompts)."""
+        files = write_prompt_files(self.args.out / "prompts", concept)
+        return ["--model", self.args.model, "--forget-prompts", files["forget"], "--remain-prompts", files["remain"],
+                *method_flags(method, extra), *(["--steps", self.args.steps] if self.args.steps else []),
+                "--seed", seed]
+
+    def attacked(self, adapter, concept) -> dict:
+        """The attacks on one model: the attacked prompt's FA before, after concept inversion and after the
+        adversarial prompt (erase attack's budgets, or --attack-steps), judged by the concept's judge in
+        --attack-samples images each."""
+        import time
+
+        from erase.eval.attack import make_judge, success_rate
+        from erase.eval.inversion import INVERSION_LR, INVERSION_STEPS
+        from erase.eval.prompt_attacks import ADVERSARIAL_STEPS, adversarial_prompt, invert_prompt
+
+        started = time.perf_counter()
+        prompt, template, real = attack_setup(concept, adapter.image_shape[-1])
+        judge = make_judge(self.judges[0 if concept.kind == "style" else 1], concept.index, False, 0.0)
+        seed, steps, samples = self.args.seed, self.args.sample_steps, self.args.attack_samples
+        rate = lambda condition: success_rate(adapter, condition, judge, samples, steps, seed)  # noqa: E731
+        row = {"prompt": prompt, "template": template, "images": len(real),
+               "fa_before": rate(int(adapter.register_prompts([prompt])[0]))}
+        learned = invert_prompt(adapter, real, prompt, self.args.attack_steps or INVERSION_STEPS, INVERSION_LR, seed,
+                                template)
+        with adapter.temporary_prompt(f"<inversion of {prompt!r}>", learned["embedded"]) as inverted:
+            row["fa_inversion"] = rate(inverted)
+        learned = adversarial_prompt(adapter, real, prompt, self.args.attack_steps or ADVERSARIAL_STEPS, seed=seed)
+        with adapter.temporary_prompt(f"<adversarial {learned['prompt']!r}>", learned["embedded"]) as attacked:
+            row["fa_adversarial"] = rate(attacked)
+        row.update(adversarial_prompt=learned["prompt"], seconds=time.perf_counter() - started)
+        print(f"attacks on {prompt!r}: FA {row['fa_before']:.1%}, inversion {row['fa_inversion']:.1%}, "
+              f"adversarial {row['fa_adversarial']:.1%}")
+        return row
+
     def erasure(self, method: str, concept, extra: list, seed: int, folder: Path, reference=None) -> dict:
         """Erase `concept` with `method` (its flags + `extra`) into `folder`; scores, time and the run's facts."""
         from erase.cli.harness import cached_unlearn, method_seconds
         from erase.pipelines import load_adapter
 
-        files = write_prompt_files(self.args.out / "prompts", concept)
-        flags = ["--model", self.args.model, "--forget-prompts", files["forget"], "--remain-prompts", files["remain"],
-                 *method_flags(method, extra), *(["--steps", self.args.steps] if self.args.steps else []),
-                 "--seed", seed]
-        run_record = cached_unlearn(folder, flags)
+        run_record = cached_unlearn(folder, self.run_flags(method, concept, extra, seed))
         images, conditions = self.samples(load_adapter(folder), concept, f"{method} {concept.name} seed {seed}")
         forget = run_record.get("erased", {}).get("forget_prompts") or concept_prompts(concept)[0]
         return {"scores": scored(images, conditions, concept, forget, self.judges, reference),
@@ -234,6 +274,24 @@ class Bench:
 
 
 GRID_DIGITS = (0, 3, 4, 7)
+
+
+def attack_setup(concept, resolution: int):
+    """(prompt, inversion template, real images in [-1, 1]) of the attacks on `concept`: its prompt for the first
+    grid digit (a style) or the first style (a digit) in the first template; the template holds the learned token
+    where the concept's word was; the images are the first INVERSION_IMAGES renderings of that digit in that style."""
+    from erase.eval.inversion import INVERSION_IMAGES
+    from erase.styled import STYLES, TEMPLATES, caption, digit_name, render_all
+
+    pixels, digits, styles = render_all(resolution)
+    if concept.kind == "style":
+        digit, style = GRID_DIGITS[0], concept.index
+        template = TEMPLATES[0].format(digit=digit_name(digit, 0), style="{}")
+    else:
+        digit, style = concept.index, 0
+        template = TEMPLATES[0].format(digit="{}", style=STYLES[style].names[0])
+    keep = (digits == digit) & (styles == style)
+    return caption(digit, style), template, pixels[keep][:INVERSION_IMAGES] * 2 - 1
 
 
 def grid_column(images, conditions, concept) -> list:
@@ -289,7 +347,7 @@ def run(args) -> None:
 
     from safetensors.torch import load_file, save_file
 
-    from erase.cli.harness import cached_training
+    from erase.cli.harness import cached_training, cached_unlearn
     from erase.pipelines import load_adapter
     from erase.record import environment, write_json
     from erase.eval.report_text import write_report
@@ -335,10 +393,30 @@ def run(args) -> None:
                                    lambda: bench.erasure(method, concept, extra, seed, args.out / "runs" / name,
                                                          reference))
                 rows.append({"concept": concept.name, "method": method, "seed": seed, "flags": extra, **value})
+        if args.attacks:
+            rows_of = {r["method"]: r for r in reversed(rows) if r["concept"] == concept.name and r["seed"] == args.seed}
+            rt_folder = (args.rt_cache or args.record / "rt-models") / f"without-{label}"
+            models = {"base": lambda: bench.base, "RT": lambda: load_adapter(rt_folder)}
+            for method in methods:
+                extra = rows_of[method]["flags"]
+
+                def erased(method=method, extra=extra):
+                    folder = args.out / "runs" / f"{method}-{label}-seed{args.seed}"
+                    cached_unlearn(folder, bench.run_flags(method, concept, extra, args.seed))  # (a fresh clone: rerun)
+                    return load_adapter(folder)
+
+                models[method] = erased
+            for name, model in models.items():
+                key = {"model": name, "rt": flags, "attack_steps": args.attack_steps, "samples": args.attack_samples,
+                       **({"flags": method_flags(name, rows_of[name]["flags"]), "steps": args.steps,
+                           "defaults": defaults_of(name)} if name in methods else {})}
+                rows_of[name]["attacks"] = bench.unit("attacks", f"{name}-{label}", key,
+                                                      lambda model=model: bench.attacked(model(), concept))
     results = {"command": "benchmark-text", "model": str(args.model), "guidance_scale": bench.guidance,
                "concepts": [c.name for c in concepts], "methods": methods, "held_out_styles": HELD_OUT_STYLES,
                "per_prompt": args.per_prompt, "sample_steps": args.sample_steps, "seed": args.seed,
                "extra_seeds": args.extra_seeds, "steps_override": args.steps, "rt_steps_override": args.rt_steps,
+               "attacks": args.attacks, "attack_steps_override": args.attack_steps,
                "tuning": tuning, "rows": rows, "seconds": time.time() - started, "environment": environment()}
     write_json(args.out / "results.json", results)
     report = write_report(results, args.report_dir or args.out)

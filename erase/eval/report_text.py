@@ -152,6 +152,23 @@ def grid_picture(rows: list[dict], concept: str, methods: list[str], path: Path)
     return True
 
 
+def attack_table(rows: list[dict], concept: str, methods: list[str]) -> list[str]:
+    """FA of the attacked prompt before and after each attack, for base, RT and each method's first-seed model."""
+    attacked = {r["method"]: r["attacks"] for r in rows if r["concept"] == concept and r.get("attacks")}
+    if not attacked:
+        return []
+    first = next(iter(attacked.values()))
+    lines = [f"Attacks on `{first['prompt']}` ({first['images']} real renderings; inversion: one token in "
+             f"`{first['template']}`; adversarial: tokens in front of the prompt), FA: the judge's share of the "
+             "concept in the samples.", "", "| model | FA before | FA after inversion | FA after adversarial prompt |",
+             "|---|---|---|---|"]
+    for method in ["base", "RT", *methods]:
+        if method in attacked:
+            a = attacked[method]
+            lines.append(f"| {method} | {a['fa_before']:.1%} | {a['fa_inversion']:.1%} | {a['fa_adversarial']:.1%} |")
+    return lines + [""]
+
+
 def write_report(results: dict, directory: Path) -> Path:
     """benchmark-text.md with its pictures in `directory`; returns the markdown path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -188,7 +205,8 @@ def write_report(results: dict, directory: Path) -> Path:
     for concept in concepts:
         picture = f"benchmark-text-grid-{concept.replace(':', '-')}.png"
         drawn = grid_picture(rows, concept, methods, directory / picture)
-        lines += [f"## {concept}", "", *table(grouped(rows, methods, [concept])), ""]
+        lines += [f"## {concept}", "", *table(grouped(rows, methods, [concept])), "",
+                  *attack_table(rows, concept, methods)]
         lines += [f"![{concept}: base, RT and each method's seed-{results['seed']} samples]({picture})", ""] if drawn else []
     lines += ["## SFR-on against the targets", "", "FID is of the remaining prompts' samples against RT's (the style "
               "judge's features), so RT's own is 0: the target reads as at most 1.5x the base model's.", "",

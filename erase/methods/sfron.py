@@ -122,6 +122,18 @@ class SFRonConfig:
     )
     antithetic: bool = field(default=True, metadata={"help": "antithetic timesteps (t and T-1-t in one batch)"})
 
+    def refuse_conflicts(self, adapter) -> None:
+        """Options this model or these other options cannot honour, refused before any data is made
+        (erase.api.method_config calls it; so does the method itself, for direct callers)."""
+        if self.forget_objective != "pseudo" or self.pseudo_anchor != "nearest":
+            return
+        if not adapter.takes_prompts:
+            raise OptionError(f"{option('--pseudo-anchor')} nearest matches prompts by their words, and this "
+                              f"{adapter.backbone} model takes class ids; use --pseudo-anchor fixed or --pseudo-class")
+        if self.pseudo_random or self.pseudo_class is not None:
+            raise OptionError(f"{option('--pseudo-anchor')} nearest chooses each forget prompt's anchor itself; drop "
+                              f"{option('--pseudo-random')} / {option('--pseudo-class')} or use --pseudo-anchor fixed")
+
 
 # Settings per backbone: the official ones under the conventions their code used (docs/algorithms.md, section 1),
 # and for cfg_unet the official conventions with the pseudo objective and a dense-then-sparse forget schedule. Why
@@ -204,12 +216,7 @@ def prepare_sfron(adapter, forget_data, remain_data, config: SFRonConfig, runtim
     if config.forget_objective == "pseudo":
         require_conditional(adapter, "--forget-objective pseudo", "its forget loss, the squared gap "
                             "eps(x_t, c_forget) - eps(x_t, c_pseudo),", "use --forget-objective adaptive or ga")
-        if config.pseudo_anchor == "nearest" and not adapter.takes_prompts:
-            raise OptionError(f"{option('--pseudo-anchor')} nearest matches prompts by their words, and this "
-                              f"{adapter.backbone} model takes class ids; use --pseudo-anchor fixed or --pseudo-class")
-        if config.pseudo_anchor == "nearest" and (config.pseudo_random or config.pseudo_class is not None):
-            raise OptionError(f"{option('--pseudo-anchor')} nearest chooses each forget prompt's anchor itself; drop "
-                              f"{option('--pseudo-random')} / {option('--pseudo-class')} or use --pseudo-anchor fixed")
+        config.refuse_conflicts(adapter)
     run = start_run(adapter, forget_data, remain_data, runtime, monitor=monitor, steps=config.steps, lr=config.lr,
                     batch_size=config.batch_size, max_grad_norm=config.max_grad_norm,
                     forget_reduction=config.loss_reduction, remain_reduction=config.loss_reduction,
