@@ -14,7 +14,8 @@ HIGHER = {"unlearning_accuracy", "in_domain_retain_accuracy", "cross_domain_reta
 # UnlearnCanvas (Zhang et al., NeurIPS 2024 datasets track, table of style unlearning): published anchors
 ANCHORS = ("UnlearnCanvas' published style unlearning (SD v1.5 fine-tuned on 60 styles x 20 objects, A6000): "
            "ESD UA 98.6% in 6163 s per erasure, SalUn UA 86.3% in 667 s. This benchmark is another scale (a 1.06M-"
-           "parameter 16 px pixel-space model, 2 CPU cores): compare the ranking, not the numbers.")
+           "parameter 16 px pixel-space model, 2 CPU cores): compare the ranking, not the numbers. Why ESD and SA "
+           "run below their published DDPM strength in both benchmarks: docs/baselines.md.")
 
 
 def value(row: dict, key: str):

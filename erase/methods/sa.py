@@ -28,7 +28,7 @@ class SAConfig:
     steps: int = field(default=1000, metadata={"range": "[1, inf)", "help": "iterations (ours, at DDPM scale)"})
     batch_size: int = field(default=128, metadata={"range": "[1, inf)", "help": "surrogate and replay batch size"})
     lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "Adam learning rate (SA DDPM: 1e-4)"})
-    ewc_lambda: float = field(default=100.0, metadata={"range": "[0, inf)", "help": "EWC penalty weight lambda (SA: 100 for DDPM)"})
+    ewc_lambda: float = field(default=100.0, metadata={"range": "[0, inf)", "help": "EWC penalty weight lambda, on pixel-mean losses and a batch Fisher (SA's DDPM lambda 10, on pixel sums and a per-sample ELBO Fisher, is about 3.5e9 here on the shipped digit model: scripts/sa_fisher_convention.py; 100 leaves EWC weak and replay does the retaining)"})
     replay_alpha: float = field(default=1.0, metadata={"range": "[0, inf)", "help": "weight of the generative replay loss"})
     surrogate: str = field(default="noise", metadata={"help": "noise (uniform images, SA for DDPM) or pseudo "
                                                               "(the original model's images of --pseudo-class or the "
