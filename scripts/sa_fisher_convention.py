@@ -1,5 +1,4 @@
-"""What SA's published lambda means under `erase`'s conventions (docs/benchmark.md, "Baselines at their published
-strength").
+"""What SA's published lambda means under `erase`'s conventions (docs/baselines.md).
 
 SA's DDPM code (clear-nus/selective-amnesia; the copy in OPTML-Group/Unlearn-Saliency DDPM/) penalises
 lambda * sum F_SA (theta - theta*)^2 beside denoising losses *summed* over pixels, with

@@ -111,9 +111,10 @@ def test_benchmark_text_end_to_end_at_toy_size_reuses_its_record(tmp_path):
     units = sorted(p.relative_to(tmp_path / "record").as_posix() for p in (tmp_path / "record").rglob("*.json"))
     assert "runs/sfron-style-sepia-seed0.json" in units and "rt/style-sepia.json" in units
     attacked = {r["method"]: r["attacks"] for r in results["rows"]}
-    assert set(attacked) == {"base", "RT", "sfron", "esd-x"} and len(set(a["adversarial_prompt"] for a in attacked.values())) >= 1
+    assert set(attacked) == {"base", "RT", "sfron", "esd-x"}
     for a in attacked.values():
         assert a["prompt"] == "a zero in sepia style" and a["template"] == "a zero in {} style" and a["images"] == 25
+        assert a["adversarial_prompt"].endswith(" a zero in sepia style")  # tokens put in front of the prompt
         assert all(a[k] in (0.0, 0.5, 1.0) for k in ("fa_before", "fa_inversion", "fa_adversarial"))  # of 2 samples
     assert sorted(u for u in units if u.startswith("attacks/")) == [
         "attacks/RT-style-sepia.json", "attacks/base-style-sepia.json", "attacks/esd-x-style-sepia.json",

@@ -238,25 +238,25 @@ class Bench:
         --attack-samples images each."""
         import time
 
-        from erase.eval.attack import make_judge, success_rate
+        from erase.eval.attack import attack_prompt, make_judge, success_rate
         from erase.eval.inversion import INVERSION_LR, INVERSION_STEPS
-        from erase.eval.prompt_attacks import ADVERSARIAL_STEPS, adversarial_prompt, invert_prompt
+        from erase.eval.prompt_attacks import ADVERSARIAL_LR, ADVERSARIAL_STEPS, ADVERSARIAL_TOKENS
 
         started = time.perf_counter()
         prompt, template, real = attack_setup(concept, adapter.image_shape[-1])
         judge = make_judge(self.judges[0 if concept.kind == "style" else 1], concept.index, False, 0.0)
         seed, steps, samples = self.args.seed, self.args.sample_steps, self.args.attack_samples
-        rate = lambda condition: success_rate(adapter, condition, judge, samples, steps, seed)  # noqa: E731
+        rate = lambda a, condition: success_rate(a, condition, judge, samples, steps, seed)  # noqa: E731
+        before = rate(adapter, int(adapter.register_prompts([prompt])[0]))  # first, as erase attack does
+        inversion = attack_prompt(adapter, real, prompt, "inversion", {
+            "steps": self.args.attack_steps or INVERSION_STEPS, "lr": INVERSION_LR, "template": template}, rate, seed)
+        adversarial = attack_prompt(adapter, real, prompt, "adversarial", {
+            "steps": self.args.attack_steps or ADVERSARIAL_STEPS, "lr": ADVERSARIAL_LR, "tokens": ADVERSARIAL_TOKENS},
+            rate, seed)
         row = {"prompt": prompt, "template": template, "images": len(real),
-               "fa_before": rate(int(adapter.register_prompts([prompt])[0]))}
-        learned = invert_prompt(adapter, real, prompt, self.args.attack_steps or INVERSION_STEPS, INVERSION_LR, seed,
-                                template)
-        with adapter.temporary_prompt(f"<inversion of {prompt!r}>", learned["embedded"]) as inverted:
-            row["fa_inversion"] = rate(inverted)
-        learned = adversarial_prompt(adapter, real, prompt, self.args.attack_steps or ADVERSARIAL_STEPS, seed=seed)
-        with adapter.temporary_prompt(f"<adversarial {learned['prompt']!r}>", learned["embedded"]) as attacked:
-            row["fa_adversarial"] = rate(attacked)
-        row.update(adversarial_prompt=learned["prompt"], seconds=time.perf_counter() - started)
+               "fa_before": before,
+               "fa_inversion": inversion["fa_after"], "fa_adversarial": adversarial["fa_after"],
+               "adversarial_prompt": adversarial["prompt"], "seconds": time.perf_counter() - started}
         print(f"attacks on {prompt!r}: FA {row['fa_before']:.1%}, inversion {row['fa_inversion']:.1%}, "
               f"adversarial {row['fa_adversarial']:.1%}")
         return row
@@ -396,7 +396,7 @@ def run(args) -> None:
                                                          reference))
                 rows.append({"concept": concept.name, "method": method, "seed": seed, "flags": extra, **value})
         if args.attacks:
-            rows_of = {r["method"]: r for r in reversed(rows) if r["concept"] == concept.name and r["seed"] == args.seed}
+            rows_of = {r["method"]: r for r in rows if r["concept"] == concept.name and r["seed"] == args.seed}
             rt_folder = (args.rt_cache or args.record / "rt-models") / f"without-{label}"
             models = {"base": lambda: bench.base, "RT": lambda: load_adapter(rt_folder)}
             for method in methods:

@@ -209,6 +209,24 @@ def attack(
     return record
 
 
+def attack_prompt(adapter, real, prompt: str, attack: str, budget: dict, rate, seed: int) -> dict:
+    """Concept inversion or the adversarial prompt against `prompt` on a text model, learned on `real` images:
+    fa_after (`rate(adapter, condition)` of the learned condition), the prompt sampled, the attack's start and end
+    loss. `budget`: steps and lr, plus template (inversion) or tokens (adversarial)."""
+    from erase.eval.prompt_attacks import adversarial_prompt, invert_prompt
+
+    if attack == "inversion":
+        learned = invert_prompt(adapter, real, prompt, budget["steps"], budget["lr"], seed, budget["template"])
+        with adapter.temporary_prompt(f"<inversion of {prompt!r}>", learned["embedded"]) as inverted:
+            row = {"fa_after": rate(adapter, inverted), "prompt": learned["template"].format("<learned token>")}
+    else:
+        learned = adversarial_prompt(adapter, real, prompt, budget["steps"], budget["lr"], budget["tokens"], seed)
+        with adapter.temporary_prompt(f"<adversarial {learned['prompt']!r}>", learned["embedded"]) as attacked:
+            row = {"fa_after": rate(adapter, attacked),  # the optimised token ids, not the retokenized text
+                   "prompt": learned["prompt"], "prompt_round_trip": learned["round_trip"]}
+    return {**row, "loss_start": learned["loss_start"], "loss_end": learned["loss_end"]}
+
+
 def attack_concept(adapter, concept, label: int, attack: str, budget: dict, judge, data: str, samples: int,
                    sample_steps: int, seed: int) -> dict:
     """One concept's row: the judge's share of its samples before and after the attack. `concept` is a class id or
@@ -230,19 +248,7 @@ def attack_concept(adapter, concept, label: int, attack: str, budget: dict, judg
                               seed=seed)
         row.update(fa_after=curve[-1]["fa"], curve=curve)
     elif adapter.takes_prompts:
-        from erase.eval.prompt_attacks import adversarial_prompt, invert_prompt
-
-        if attack == "inversion":
-            learned = invert_prompt(adapter, real, concept, budget["steps"], budget["lr"], seed, budget["template"])
-            with adapter.temporary_prompt(f"<inversion of {concept!r}>", learned["embedded"]) as inverted:
-                row["fa_after"] = rate(adapter, inverted)
-            row["prompt"] = learned["template"].format("<learned token>")
-        else:
-            learned = adversarial_prompt(adapter, real, concept, budget["steps"], budget["lr"], budget["tokens"], seed)
-            with adapter.temporary_prompt(f"<adversarial {learned['prompt']!r}>", learned["embedded"]) as attacked:
-                row["fa_after"] = rate(adapter, attacked)  # the optimised token ids, not the retokenized text
-            row.update(prompt=learned["prompt"], prompt_round_trip=learned["round_trip"])
-        row.update(loss_start=learned["loss_start"], loss_end=learned["loss_end"])
+        row.update(attack_prompt(adapter, real, concept, attack, budget, rate, seed))
     else:
         from erase.eval.inversion import invert_class, overridden_class
 
